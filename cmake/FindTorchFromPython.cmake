@@ -1,0 +1,19 @@
+# Locate LibTorch through the installed `torch` wheel, so that C++ and Python users build against
+# the very torch they run (ABI, version and CUDA flavour all match). Re-queried on every
+# configure, so a build folder reused with another Python follows that Python's torch.
+# A standalone LibTorch: -DUNISUB_TORCH_FROM_PYTHON=OFF -DTorch_DIR=<libtorch>/share/cmake/Torch
+option(UNISUB_TORCH_FROM_PYTHON "Find LibTorch through the Python interpreter's torch" ON)
+if(UNISUB_TORCH_FROM_PYTHON)
+  find_package(Python 3.9 REQUIRED COMPONENTS Interpreter)
+  execute_process(
+    COMMAND "${Python_EXECUTABLE}" -c "import torch.utils; print(torch.utils.cmake_prefix_path, end='')"
+    OUTPUT_VARIABLE _unisub_torch_prefix RESULT_VARIABLE _unisub_rc)
+  if(NOT _unisub_rc EQUAL 0)
+    message(FATAL_ERROR "unisub: cannot import torch with ${Python_EXECUTABLE}; install torch, "
+                        "or pass -DUNISUB_TORCH_FROM_PYTHON=OFF -DTorch_DIR=<libtorch>/share/cmake/Torch")
+  endif()
+  set(Torch_DIR "${_unisub_torch_prefix}/Torch" CACHE PATH "" FORCE)
+  set(Caffe2_DIR "${_unisub_torch_prefix}/Caffe2" CACHE PATH "" FORCE)
+endif()
+find_package(Torch REQUIRED)
+message(STATUS "unisub: torch ${Torch_VERSION} at ${TORCH_INSTALL_PREFIX}")

@@ -1,0 +1,49 @@
+#pragma once
+// Input checks shared by every op. Each message names the op, the argument, what was expected
+// and what was given, so a user can fix the call without reading our source.
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <string_view>
+
+namespace unisub::detail {
+
+inline bool is_supported_float(at::ScalarType t) {
+  return t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble;
+}
+
+// float16/bfloat16/float32 are computed in float32 and returned as float32; float64 stays.
+inline at::ScalarType result_dtype(const at::Tensor& t) {
+  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+inline void check_defined(const at::Tensor& t, std::string_view op, std::string_view arg) {
+  TORCH_CHECK(t.defined(), "unisub.", op, ": ", arg, " must be a tensor, got None");
+}
+
+inline void check_float_input(const at::Tensor& t, std::string_view op, std::string_view arg) {
+  check_defined(t, op, arg);
+  TORCH_CHECK(is_supported_float(t.scalar_type()), "unisub.", op, ": ", arg,
+              " must be float16, bfloat16, float32 or float64, got ", t.scalar_type());
+}
+
+inline void check_min_dim(const at::Tensor& t, int64_t min_dim, std::string_view op,
+                          std::string_view arg, std::string_view what) {
+  TORCH_CHECK(t.dim() >= min_dim, "unisub.", op, ": ", arg, " must have at least ", min_dim,
+              " dimensions (", what, "), got shape ", t.sizes());
+}
+
+inline void check_same_device(const at::Tensor& a, std::string_view arg_a, const at::Tensor& b,
+                              std::string_view arg_b, std::string_view op) {
+  TORCH_CHECK(a.device() == b.device(), "unisub.", op, ": ", arg_a, " and ", arg_b,
+              " must be on the same device, got ", a.device(), " and ", b.device());
+}
+
+// Wraps a possibly negative dim into [0, order), or fails naming the argument.
+inline int64_t wrap_dim(int64_t dim, int64_t order, std::string_view op, std::string_view arg) {
+  TORCH_CHECK(dim >= -order && dim < order, "unisub.", op, ": ", arg, " must be in [", -order,
+              ", ", order - 1, "] for a tensor of order ", order, ", got ", dim);
+  return dim < 0 ? dim + order : dim;
+}
+
+}  // namespace unisub::detail

@@ -1,0 +1,164 @@
+// Gram ops: schemas, input checks, the device-independent driver and the C++ API entries.
+#include "ops/gram.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include "ops/checks.h"
+#include "unisub/gram.h"
+
+namespace unisub::detail {
+namespace {
+
+// Bytes of float64 workspace one packed column block may take. Large enough that each GEMM has
+// a long inner dimension, small enough to stay far below the input's own size.
+// On CPU the block is kept small: it is reused across blocks while still in cache, and a large
+// fresh allocation costs more in page faults than the pack itself.
+int64_t workspace_bytes(const at::Tensor& X) { return X.is_cuda() ? (256LL << 20) : (4LL << 20); }
+
+void check_stack(const at::Tensor& X, std::string_view op) {
+  check_float_input(X, op, "X");
+  check_min_dim(X, 2, op, "X", "a model axis and at least one weight axis: [M, d1, ...]");
+  TORCH_CHECK(X.size(0) > 0, "unisub.", op,
+              ": X must hold at least one model (size of dim 0 > 0), got shape ", X.sizes());
+}
+
+// True when the unfolding is a plain 2-D view of X that GEMM can read as it is: no centring,
+// already float64, and `dim` is the first or the last axis.
+bool unfolding_is_a_view(const at::Tensor& X, const Unfolding& u, bool center) {
+  return !center && X.scalar_type() == at::kDouble && (u.outer == 1 || u.inner == 1);
+}
+
+}  // namespace
+
+Unfolding describe_unfolding(const at::Tensor& X, int64_t dim) {
+  Unfolding u;
+  for (int64_t k = 0; k < dim; ++k) u.outer *= X.size(k);
+  u.rows = X.size(dim);
+  for (int64_t k = dim + 1; k < X.dim(); ++k) u.inner *= X.size(k);
+  u.mean_per_row = dim != 0;
+  u.period = dim == 0 ? 1 : u.outer / X.size(0);
+  return u;
+}
+
+at::Tensor model_mean_for_pack(const at::Tensor& X, const Unfolding& u, const GramKernels& k) {
+  const int64_t models = X.size(0);
+  const auto flat = X.reshape({models, -1});
+  auto mean = at::empty({flat.size(1)}, X.options().dtype(at::kDouble));
+  k.spread_sum(flat, mean);
+  mean.div_(static_cast<double>(models)).add_(flat.select(0, 0));
+  return mean.reshape({u.period, u.mean_per_row ? u.rows : 1, u.inner});
+}
+
+namespace {
+
+// acc += A Aᵀ, computing only the block lower triangle (about half the flops of one GEMM for
+// wide Grams); mirror_lower() later fills the upper triangle.
+void syrk_lower(at::Tensor& acc, const at::Tensor& A) {
+  const int64_t d = A.size(0);
+  const int64_t tile = A.is_cuda() ? 1024 : 256;
+  if (d <= tile) {
+    acc.addmm_(A, A.t());
+    return;
+  }
+  for (int64_t i0 = 0; i0 < d; i0 += tile) {
+    const int64_t ni = std::min(tile, d - i0);
+    const auto Ai = A.narrow(0, i0, ni);
+    auto acc_row = acc.narrow(0, i0, ni);
+    // One GEMM per block row: all tiles left of and on the diagonal at once.
+    auto left = acc_row.narrow(1, 0, i0 + ni);
+    left.addmm_(Ai, A.narrow(0, 0, i0 + ni).t());
+  }
+}
+
+}  // namespace
+
+void accumulate_gram(at::Tensor& acc, const at::Tensor& X, int64_t dim, bool center, const GramKernels& k) {
+  const Unfolding u = describe_unfolding(X, dim);
+  if (u.rows == 0 || u.columns() == 0) return;
+  const auto X3 = X.reshape({u.outer, u.rows, u.inner});
+  if (unfolding_is_a_view(X, u, center)) {
+    syrk_lower(acc, u.outer == 1 ? X3.select(0, 0) : X3.select(2, 0).t());
+    return;
+  }
+  std::optional<at::Tensor> mean3;
+  if (center) mean3 = model_mean_for_pack(X, u, k);
+
+  const int64_t total = u.columns();
+  const int64_t budget_cols = workspace_bytes(X) / (8 * u.rows);
+  const int64_t block = std::min(total, std::max<int64_t>(256, budget_cols));
+  // When the rows are X's contiguous axis (dim is last), store the block column-major so the
+  // pack kernel reads X in order; otherwise row-major, reading along `inner`.
+  const bool column_major = u.inner == 1;
+  auto storage = column_major ? at::empty({block, u.rows}, X.options().dtype(at::kDouble))
+                              : at::empty({u.rows, block}, X.options().dtype(at::kDouble));
+  for (int64_t c0 = 0; c0 < total; c0 += block) {
+    const int64_t cols = std::min(block, total - c0);
+    at::Tensor buf = column_major ? storage.narrow(0, 0, cols).t() : storage.narrow(1, 0, cols);
+    k.pack(X3, mean3, u, c0, buf);
+    syrk_lower(acc, buf);
+  }
+}
+
+namespace {
+// Only the lower triangle is accumulated; an exactly symmetric result is what eigensolvers expect.
+at::Tensor mirror_lower(const at::Tensor& G) {
+  const auto lower = G.tril(-1);
+  return (lower + lower.t()).add_(G.diagonal().diag());
+}
+}  // namespace
+
+at::Tensor mode_gram_impl(const at::Tensor& X, int64_t dim, bool center, const GramKernels& k) {
+  check_stack(X, "mode_gram");
+  dim = wrap_dim(dim, X.dim(), "mode_gram", "dim");
+  const int64_t d = X.size(dim);
+  auto acc = at::zeros({d, d}, X.options().dtype(at::kDouble));
+  accumulate_gram(acc, X, dim, center, k);
+  return mirror_lower(acc).to(result_dtype(X));
+}
+
+void gram_update_impl(const at::Tensor& G, const at::Tensor& X, int64_t dim, const GramKernels& k) {
+  constexpr std::string_view op = "gram_update_";
+  check_stack(X, op);
+  check_defined(G, op, "G");
+  dim = wrap_dim(dim, X.dim(), op, "dim");
+  TORCH_CHECK(G.scalar_type() == at::kFloat || G.scalar_type() == at::kDouble, "unisub.", op,
+              ": G must be float32 or float64 (float64 recommended for streaming), got ",
+              G.scalar_type());
+  check_same_device(G, "G", X, "X", op);
+  const int64_t d = X.size(dim);
+  TORCH_CHECK(G.dim() == 2 && G.size(0) == d && G.size(1) == d, "unisub.", op,
+              ": G must have shape [", d, ", ", d, "] (size of X along dim ", dim, "), got ",
+              G.sizes());
+  auto acc = at::zeros({d, d}, X.options().dtype(at::kDouble));
+  accumulate_gram(acc, X, dim, /*center=*/false, k);
+  G.add_(mirror_lower(acc));
+}
+
+
+}  // namespace unisub::detail
+
+TORCH_LIBRARY_FRAGMENT(unisub, m) {
+  m.def("mode_gram(Tensor X, int dim, bool center=False) -> Tensor");
+  m.def("gram_update_(Tensor(a!) G, Tensor X, int dim) -> ()");
+}
+
+namespace unisub {
+
+at::Tensor mode_gram(const at::Tensor& X, int64_t dim, bool center) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("unisub::mode_gram", "")
+                       .typed<at::Tensor(const at::Tensor&, int64_t, bool)>();
+  return op.call(X, dim, center);
+}
+
+const at::Tensor& gram_update_(const at::Tensor& G, const at::Tensor& X, int64_t dim) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("unisub::gram_update_", "")
+                       .typed<void(const at::Tensor&, const at::Tensor&, int64_t)>();
+  op.call(G, X, dim);
+  return G;
+}
+
+}  // namespace unisub

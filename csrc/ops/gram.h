@@ -1,0 +1,47 @@
+#pragma once
+// Device-independent core of the Gram ops (mode_gram, gram_update_). The only device-specific
+// piece is `pack`: it copies a block of columns of the (optionally centred) mode unfolding into a
+// float64 buffer, fusing the permutation, the mean subtraction and the cast into one pass. The
+// GEMMs that follow run through ATen (MKL/OpenBLAS on CPU, cuBLAS on CUDA).
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+namespace unisub::detail {
+
+// The mode-`dim` unfolding of X[M, d1..dp] seen as X3[outer, d, inner]: rows are index `d`,
+// columns the pairs (outer, inner). Centring subtracts mean3[o % period, r or 0, i].
+struct Unfolding {
+  int64_t outer = 1;   // product of the dims before `dim`
+  int64_t rows = 1;    // d_dim
+  int64_t inner = 1;   // product of the dims after `dim`
+  int64_t period = 1;  // outer indices per model (the mean repeats with this period)
+  bool mean_per_row = true;  // false for mode 0: each row is a model, the mean is over rows
+  int64_t columns() const { return outer * inner; }
+};
+
+Unfolding describe_unfolding(const at::Tensor& X, int64_t dim);
+
+// The two memory-bound passes each device implements.
+struct GramKernels {
+  // buf: float64 [rows, cols] with unit stride on one side; writes columns [c0, c0 + cols) of the
+  // unfolding of X3, minus mean3 when given.
+  void (*pack)(const at::Tensor& X3, const std::optional<at::Tensor>& mean3, const Unfolding& u,
+               int64_t c0, at::Tensor& buf);
+  // out[j] = Σₘ (flat[m, j] − flat[0, j]) in float64, for flat [M, N] of any float dtype/strides.
+  // Summing deviations from the first model keeps a common offset out of the sum (shifted-data
+  // algorithm) and centres a stack of identical models to exact zeros.
+  void (*spread_sum)(const at::Tensor& flat, at::Tensor& out);
+};
+
+// Mean over the model axis in float64, shaped for `pack` ([period, rows or 1, inner]).
+at::Tensor model_mean_for_pack(const at::Tensor& X, const Unfolding& u, const GramKernels& k);
+
+// acc (float64 [rows, rows]) += unfolding · unfoldingᵀ, in column blocks of bounded memory.
+// Only the lower triangle of acc is guaranteed; mode_gram/gram_update_ mirror it.
+void accumulate_gram(at::Tensor& acc, const at::Tensor& X, int64_t dim, bool center, const GramKernels& k);
+
+at::Tensor mode_gram_impl(const at::Tensor& X, int64_t dim, bool center, const GramKernels& k);
+void gram_update_impl(const at::Tensor& G, const at::Tensor& X, int64_t dim, const GramKernels& k);
+
+}  // namespace unisub::detail

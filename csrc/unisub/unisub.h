@@ -1,0 +1,3 @@
+#pragma once
+// unisub's C++ API: one function per op, each a dispatcher call into libunisub.
+#include "unisub/gram.h"
