@@ -9,7 +9,8 @@ import torch  # noqa: E402
 
 import harness  # noqa: E402
 
-FAMILIES = {"gram": "bench_gram"}
+# Every benchmarks/bench_<family>.py is a family; it defines cases(device, size, dtypes).
+FAMILIES = {p.stem[len("bench_"):]: p.stem for p in sorted(Path(__file__).parent.glob("bench_*.py"))}
 
 
 def main():

@@ -7,8 +7,8 @@ from ._library import library_path, load_library
 
 load_library()
 
-from . import _fake  # noqa: E402,F401  (registers fake kernels)
-from .ops import gram_update_, mode_gram  # noqa: E402
+from .ops import *  # noqa: E402,F401,F403  (registers the fake kernels too)
+from .ops import __all__ as _op_names  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["mode_gram", "gram_update_", "library_path", "__version__"]
+__all__ = [*_op_names, "library_path", "__version__"]

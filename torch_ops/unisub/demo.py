@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from .ops import mode_gram
+from .ops.gram import mode_gram
 
 _MODES = {0: "model axis", 1: "out (rows)", 2: "in (columns)"}
 
@@ -37,7 +37,7 @@ def components_for(evals: torch.Tensor, tau: float) -> int:
 def run_demo(models: int = 64, seed: int = 0, rows: int = 128, cols: int = 96, rank: int = 8) -> dict:
     generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
-    X = make_stack(models, rows, cols, rank, noise=0.02, generator=generator)
+    X = make_stack(models, rows, cols, rank, noise=0.005, generator=generator)
     null = torch.randn(X.shape, generator=generator) * (X - X.mean(0)).std()
     mean_share = (X.mean(0).square().sum() * models / X.square().sum()).item()
 

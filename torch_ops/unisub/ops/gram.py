@@ -1,7 +1,23 @@
-"""Python entry points of the unisub operators (thin, documented wrappers of torch.ops.unisub)."""
+"""Gram ops: fake kernels (shapes and dtypes for torch.compile / torch.export, mirroring the C++
+checks that decide them) and the documented Python entry points."""
 import torch
 
+from .._dtypes import result_dtype
+from ._checks import wrap_dim
+
 _ops = torch.ops.unisub
+
+
+@torch.library.register_fake("unisub::mode_gram")
+def _mode_gram_fake(X, dim, center=False):
+    torch._check(X.dim() >= 2, lambda: f"unisub.mode_gram: X must have at least 2 dimensions, got {X.dim()}")
+    d = X.shape[wrap_dim(dim, X.dim(), "mode_gram")]
+    return X.new_empty((d, d), dtype=result_dtype(X.dtype))
+
+
+@torch.library.register_fake("unisub::gram_update_")
+def _gram_update_fake(G, X, dim):
+    return None
 
 
 def mode_gram(X: torch.Tensor, dim: int, center: bool = False) -> torch.Tensor:
