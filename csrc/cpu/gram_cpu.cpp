@@ -100,6 +100,9 @@ void spread_sum_cpu(const at::Tensor& flat, at::Tensor& out) {
 constexpr GramKernels kCpuKernels{pack_unfolding_cpu, spread_sum_cpu};
 
 }  // namespace
+
+const GramKernels& cpu_gram_kernels() { return kCpuKernels; }
+
 }  // namespace unisub::detail
 
 TORCH_LIBRARY_IMPL(unisub, CPU, m) {

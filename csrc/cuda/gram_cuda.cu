@@ -87,6 +87,9 @@ void spread_sum_cuda(const at::Tensor& flat, at::Tensor& out) {
 constexpr GramKernels kCudaKernels{pack_unfolding_cuda, spread_sum_cuda};
 
 }  // namespace
+
+const GramKernels& cuda_gram_kernels() { return kCudaKernels; }
+
 }  // namespace unisub::detail
 
 TORCH_LIBRARY_IMPL(unisub, CUDA, m) {

@@ -17,12 +17,16 @@ namespace {
 // fresh allocation costs more in page faults than the pack itself.
 int64_t workspace_bytes(const at::Tensor& X) { return X.is_cuda() ? (256LL << 20) : (4LL << 20); }
 
+}  // namespace
+
 void check_stack(const at::Tensor& X, std::string_view op) {
   check_float_input(X, op, "X");
   check_min_dim(X, 2, op, "X", "a model axis and at least one weight axis: [M, d1, ...]");
   TORCH_CHECK(X.size(0) > 0, "unisub.", op,
               ": X must hold at least one model (size of dim 0 > 0), got shape ", X.sizes());
 }
+
+namespace {
 
 // True when the unfolding is a plain 2-D view of X that GEMM can read as it is: no centring,
 // already float64, and `dim` is the first or the last axis.
@@ -109,13 +113,17 @@ at::Tensor mirror_lower(const at::Tensor& G) {
 }
 }  // namespace
 
-at::Tensor mode_gram_impl(const at::Tensor& X, int64_t dim, bool center, const GramKernels& k) {
-  check_stack(X, "mode_gram");
-  dim = wrap_dim(dim, X.dim(), "mode_gram", "dim");
+at::Tensor gram_f64(const at::Tensor& X, int64_t dim, bool center, const GramKernels& k) {
   const int64_t d = X.size(dim);
   auto acc = at::zeros({d, d}, X.options().dtype(at::kDouble));
   accumulate_gram(acc, X, dim, center, k);
-  return mirror_lower(acc).to(result_dtype(X));
+  return mirror_lower(acc);
+}
+
+at::Tensor mode_gram_impl(const at::Tensor& X, int64_t dim, bool center, const GramKernels& k) {
+  check_stack(X, "mode_gram");
+  dim = wrap_dim(dim, X.dim(), "mode_gram", "dim");
+  return gram_f64(X, dim, center, k).to(result_dtype(X));
 }
 
 void gram_update_impl(const at::Tensor& G, const at::Tensor& X, int64_t dim, const GramKernels& k) {

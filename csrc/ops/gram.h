@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <optional>
+#include <string_view>
 
 namespace unisub::detail {
 
@@ -40,6 +41,16 @@ at::Tensor model_mean_for_pack(const at::Tensor& X, const Unfolding& u, const Gr
 // acc (float64 [rows, rows]) += unfolding · unfoldingᵀ, in column blocks of bounded memory.
 // Only the lower triangle of acc is guaranteed; mode_gram/gram_update_ mirror it.
 void accumulate_gram(at::Tensor& acc, const at::Tensor& X, int64_t dim, bool center, const GramKernels& k);
+
+// The kernels of each device (defined in cpu/gram_cpu.cpp and cuda/gram_cuda.cu).
+const GramKernels& cpu_gram_kernels();
+const GramKernels& cuda_gram_kernels();
+
+// X must be a non-empty stack [M, d1, ...] of a supported float dtype (error names `op`).
+void check_stack(const at::Tensor& X, std::string_view op);
+
+// The exactly symmetric float64 Gram of the mode-`dim` unfolding (dim already wrapped).
+at::Tensor gram_f64(const at::Tensor& X, int64_t dim, bool center, const GramKernels& k);
 
 at::Tensor mode_gram_impl(const at::Tensor& X, int64_t dim, bool center, const GramKernels& k);
 void gram_update_impl(const at::Tensor& G, const at::Tensor& X, int64_t dim, const GramKernels& k);

@@ -1,0 +1,26 @@
+// CPU registrations of the decomposition family: the device-independent drivers with the CPU
+// Jacobi and Gram kernels.
+#include <torch/library.h>
+
+#include "ops/decompositions.h"
+#include "ops/svd.h"
+
+namespace {
+std::string_view view_of(c10::string_view s) { return {s.data(), s.size()}; }
+}  // namespace
+
+TORCH_LIBRARY_IMPL(unisub, CPU, m) {
+  using namespace unisub::detail;
+  m.impl("svd", [](const at::Tensor& A, int64_t rank, c10::string_view method) {
+    return svd_impl(A, rank, view_of(method), jacobi_svd_cpu);
+  });
+  m.impl("orthonormalize", orthonormalize_impl);
+  m.impl("lora_gram", lora_gram_impl);
+  m.impl("mode_svd", [](const at::Tensor& X, int64_t dim, int64_t rank, double energy, bool center,
+                        c10::string_view method) {
+    return mode_svd_impl(X, dim, rank, energy, center, view_of(method), cpu_gram_kernels());
+  });
+  m.impl("hosvd", [](const at::Tensor& X, at::IntArrayRef ranks, bool center) {
+    return hosvd_impl(X, ranks, center, cpu_gram_kernels());
+  });
+}

@@ -1,0 +1,23 @@
+#pragma once
+// Drivers of the decomposition family besides svd (see svd.h): device-independent, given the
+// device's Gram kernels where they need a Gram.
+#include <ATen/core/Tensor.h>
+
+#include <string_view>
+#include <tuple>
+#include <vector>
+
+#include "ops/gram.h"
+
+namespace unisub::detail {
+
+at::Tensor lora_gram_impl(const at::Tensor& B, const at::Tensor& A, bool center);
+at::Tensor orthonormalize_impl(const at::Tensor& A);
+std::tuple<at::Tensor, at::Tensor> mode_svd_impl(const at::Tensor& X, int64_t dim, int64_t rank,
+                                                 double energy, bool center, std::string_view method,
+                                                 const GramKernels& kernels);
+std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> hosvd_impl(const at::Tensor& X,
+                                                                       at::IntArrayRef ranks, bool center,
+                                                                       const GramKernels& kernels);
+
+}  // namespace unisub::detail

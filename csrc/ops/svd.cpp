@@ -1,0 +1,221 @@
+// svd: schema, checks, method selection and the device-independent methods.
+#include "ops/svd.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+
+#include "ops/checks.h"
+#include "ops/decompositions.h"
+#include "ops/matrix_checks.h"
+#include "unisub/decompositions.h"
+
+namespace unisub::detail {
+namespace {
+
+constexpr std::string_view kOp = "svd";
+// Randomized SVD: oversampling and power iterations (Halko, Martinsson & Tropp 2011, §4.3-4.5).
+constexpr int64_t kOversample = 10;
+constexpr int kPowerIterations = 4;
+constexpr uint64_t kSketchSeed = 0x756e69737562ULL;  // fixed: same sketch, same answer, any device
+
+// The Gram route for float32-or-narrower input forms AᵀA in float64. Its error on σᵢ is about
+// ε₆₄‖A‖²/σᵢ, within float32 LAPACK's ε₃₂‖A‖ while σᵢ ≥ (ε₆₄/ε₃₂)‖A‖ ≈ 2e-9‖A‖; `auto` keeps a
+// margin of 50 and falls back to LAPACK below it.
+constexpr double kAutoGramMinRatio = 1e-7;
+
+at::Tensor safe_inverse(const at::Tensor& S, const at::Tensor& floor) {
+  return at::where(S > floor, S.reciprocal(), at::zeros_like(S));
+}
+
+struct Factors {
+  at::Tensor U, S, Vh;  // [B, m, k], [B, k], [B, k, n]
+};
+
+Factors lapack_svd(const at::Tensor& A3, at::ScalarType compute) {
+  auto [U, S, Vh] = at::linalg_svd(A3.to(compute), /*full_matrices=*/false);
+  return {U, S, Vh};
+}
+
+// m ≥ n required. float64 throughout.
+Factors gram_svd_tall(const at::Tensor& A) {
+  const int64_t m = A.size(-2), n = A.size(-1);
+  auto [lambda, V] = at::linalg_eigh(at::matmul(A.mT(), A));
+  lambda = lambda.flip(-1);
+  V = V.flip(-1);
+  // Eigenvalues within rounding of zero (|λ| ≤ n ε λ_max) carry no information about σ: they
+  // become exact zeros, and their U columns are completed instead of amplified noise.
+  const double floor = std::numeric_limits<double>::epsilon() * static_cast<double>(std::max(m, n));
+  lambda = at::where(lambda > lambda.narrow(-1, 0, 1) * floor, lambda, at::zeros_like(lambda));
+  auto S = lambda.sqrt();
+  auto inv = safe_inverse(S, at::zeros_like(S.narrow(-1, 0, 1)));
+  auto U = orthonormal_completion(at::matmul(A, V) * inv.unsqueeze(-2));
+  return {U, S, V.mT()};
+}
+
+Factors jacobi_svd_tall(const at::Tensor& A, JacobiFn jacobi) {
+  const int64_t batch = A.size(0), m = A.size(1), n = A.size(2);
+  auto opts = A.options().dtype(at::kDouble);
+  auto U = at::empty({batch, m, n}, opts), S = at::empty({batch, n}, opts), V = at::empty({batch, n, n}, opts);
+  if (!jacobi(A.contiguous(), U, S, V)) {
+    TORCH_WARN("unisub.svd: one-sided Jacobi did not converge within its sweep limit for at least "
+               "one matrix; the result may be less accurate than usual");
+  }
+  if (S.eq(0).any().item<bool>()) {  // σ = 0: both singular vectors are free; complete both bases
+    U = orthonormal_completion(U);
+    V = orthonormal_completion(V);
+  }
+  return {U, S, V.mT()};
+}
+
+// Gram and Jacobi work on the tall orientation and on matrices scaled to max|a| = 1 (squares of
+// 1e±200 would otherwise overflow or underflow).
+template <typename Method>
+Factors oriented_and_scaled(const at::Tensor& A3, Method&& method) {
+  auto A = A3.to(at::kDouble);
+  auto scale = A.abs().amax({-2, -1}, /*keepdim=*/true);
+  scale = at::where(scale > 0, scale, at::ones_like(scale));
+  A = A / scale;
+  const bool wide = A.size(-2) < A.size(-1);
+  Factors f = method(wide ? A.mT().contiguous() : A.contiguous());
+  f.S = f.S * scale.squeeze(-1);
+  if (wide) return {f.Vh.mT(), f.S, f.U.mT()};
+  return f;
+}
+
+Factors randomized_svd(const at::Tensor& A3, int64_t k, at::ScalarType compute) {
+  const int64_t m = A3.size(-2), n = A3.size(-1);
+  const int64_t s = std::min(k + kOversample, std::min(m, n));
+  auto A = A3.to(compute);
+  auto gen = at::detail::createCPUGenerator(kSketchSeed);
+  auto omega = at::randn({n, s}, gen, at::TensorOptions().dtype(at::kDouble)).to(A.options());
+  auto Q = std::get<0>(at::linalg_qr(at::matmul(A, omega)));
+  for (int it = 0; it < kPowerIterations; ++it) {  // re-orthonormalised every half step
+    auto Z = std::get<0>(at::linalg_qr(at::matmul(A.mT(), Q)));
+    Q = std::get<0>(at::linalg_qr(at::matmul(A, Z)));
+  }
+  auto [Ub, S, Vh] = at::linalg_svd(at::matmul(Q.mT(), A), /*full_matrices=*/false);
+  return {at::matmul(Q, Ub), S, Vh};
+}
+
+bool gram_is_accurate_enough(const at::Tensor& S, int64_t k) {
+  auto ratio = S.narrow(-1, k - 1, 1) / S.narrow(-1, 0, 1).clamp_min(std::numeric_limits<double>::min());
+  return (ratio >= kAutoGramMinRatio).logical_or(S.narrow(-1, 0, 1).eq(0)).all().item<bool>();
+}
+
+}  // namespace
+
+SvdMethod parse_svd_method(std::string_view method, std::string_view op) {
+  if (method == "auto") return SvdMethod::Auto;
+  if (method == "gram") return SvdMethod::Gram;
+  if (method == "jacobi") return SvdMethod::Jacobi;
+  if (method == "randomized") return SvdMethod::Randomized;
+  if (method == "lapack") return SvdMethod::Lapack;
+  TORCH_CHECK(false, "unisub.", op, ": method must be one of 'auto', 'gram', 'jacobi', 'randomized', "
+              "'lapack', got '", method, "'");
+}
+
+void apply_sign_rule(at::Tensor& U, at::Tensor& Vh) {
+  const auto pivot = U.gather(-2, U.abs().argmax(-2, /*keepdim=*/true));  // [*, 1, k]
+  const auto sign = at::where(pivot < 0, -1.0, 1.0).to(U.scalar_type());
+  U = U * sign;
+  if (Vh.defined()) Vh = Vh * sign.mT();
+}
+
+at::Tensor orthonormal_completion(const at::Tensor& A) {
+  auto [Q, R] = at::linalg_qr(A.to(at::kDouble));
+  const auto d = R.diagonal(0, -2, -1);
+  return Q * at::where(d < 0, -1.0, 1.0).to(at::kDouble).unsqueeze(-2);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> svd_impl(const at::Tensor& A, int64_t rank,
+                                                        std::string_view method_name, JacobiFn jacobi) {
+  check_matrix_batch(A, kOp, "A");
+  const int64_t m = A.size(-2), n = A.size(-1), full = std::min(m, n);
+  TORCH_CHECK(rank == -1 || (rank > 0 && rank <= full), "unisub.svd: rank must be -1 (all) or in [1, ",
+              full, "] = [1, min(m, n)] for A of shape ", A.sizes(), ", got ", rank);
+  SvdMethod method = parse_svd_method(method_name, kOp);
+  check_finite(A, kOp, "A");
+  const int64_t k = rank < 0 ? full : rank;
+  const auto out_dtype = result_dtype(A);
+  const auto A3 = A.reshape({-1, m, n});
+
+  Factors f;
+  if (method == SvdMethod::Auto) {
+    method = SvdMethod::Lapack;
+    if (A.scalar_type() != at::kDouble) {
+      f = oriented_and_scaled(A3, gram_svd_tall);
+      if (gram_is_accurate_enough(f.S, k)) method = SvdMethod::Gram;
+    }
+  }
+  switch (method) {
+    case SvdMethod::Gram:
+      if (!f.U.defined()) f = oriented_and_scaled(A3, gram_svd_tall);
+      break;
+    case SvdMethod::Jacobi:
+      f = oriented_and_scaled(A3, [&](const at::Tensor& T) { return jacobi_svd_tall(T, jacobi); });
+      break;
+    case SvdMethod::Randomized:
+      f = randomized_svd(A3, k, out_dtype);
+      break;
+    default:
+      try {
+        f = lapack_svd(A3, out_dtype);
+      } catch (const c10::Error& e) {
+        // Never fail on finite input: Jacobi converges where LAPACK's divide and conquer may not.
+        TORCH_WARN("unisub.svd: LAPACK failed (", e.what_without_backtrace(),
+                   "); falling back to one-sided Jacobi");
+        f = oriented_and_scaled(A3, [&](const at::Tensor& T) { return jacobi_svd_tall(T, jacobi); });
+      }
+  }
+  auto U = f.U.narrow(-1, 0, k), S = f.S.narrow(-1, 0, k), Vh = f.Vh.narrow(-2, 0, k);
+  apply_sign_rule(U, Vh);
+  auto batch = A.sizes().slice(0, A.dim() - 2).vec();
+  auto shaped = [&](const at::Tensor& t, std::initializer_list<int64_t> tail) {
+    auto sizes = batch;
+    sizes.insert(sizes.end(), tail);
+    return t.to(out_dtype).reshape(sizes).contiguous();
+  };
+  return {shaped(U, {m, k}), shaped(S, {k}), shaped(Vh, {k, n})};
+}
+
+at::Tensor orthonormalize_impl(const at::Tensor& A) {
+  constexpr std::string_view op = "orthonormalize";
+  check_matrix_batch(A, op, "A");
+  TORCH_CHECK(A.size(-1) <= A.size(-2), "unisub.orthonormalize: A[*, m, k] must have k <= m (at most m ",
+              "orthonormal columns exist in dimension m), got shape ", A.sizes());
+  check_finite(A, op, "A");
+  auto Q = orthonormal_completion(A);
+  at::Tensor no_vh;
+  apply_sign_rule(Q, no_vh);
+  return Q.to(result_dtype(A)).contiguous();
+}
+
+}  // namespace unisub::detail
+
+TORCH_LIBRARY_FRAGMENT(unisub, m) {
+  m.def("svd(Tensor A, int rank=-1, str method=\"auto\") -> (Tensor U, Tensor S, Tensor Vh)");
+  m.def("orthonormalize(Tensor A) -> Tensor");
+}
+
+namespace unisub {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> svd(const at::Tensor& A, int64_t rank, std::string_view method) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("unisub::svd", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, int64_t, c10::string_view)>();
+  return op.call(A, rank, method);
+}
+
+at::Tensor orthonormalize(const at::Tensor& A) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("unisub::orthonormalize", "")
+                       .typed<at::Tensor(const at::Tensor&)>();
+  return op.call(A);
+}
+
+}  // namespace unisub

@@ -1,0 +1,33 @@
+#pragma once
+// Device-independent SVD driver. Each method is mostly ATen calls (GEMM, eigh, QR, LAPACK /
+// cuSOLVER); the one device-specific kernel is the batched one-sided Jacobi.
+#include <ATen/core/Tensor.h>
+
+#include <string_view>
+#include <tuple>
+
+namespace unisub::detail {
+
+// A: float64 [batch, m, n], contiguous, m ≥ n, entries scaled to |a| ≤ 1. Writes U [batch, m, n],
+// S [batch, n], V [batch, n, n] (not Vᵀ), singular values descending; columns of U for σ = 0 may be
+// zero (the driver completes them). Returns false when some matrix did not converge.
+using JacobiFn = bool (*)(const at::Tensor& A, at::Tensor& U, at::Tensor& S, at::Tensor& V);
+
+bool jacobi_svd_cpu(const at::Tensor& A, at::Tensor& U, at::Tensor& S, at::Tensor& V);
+bool jacobi_svd_cuda(const at::Tensor& A, at::Tensor& U, at::Tensor& S, at::Tensor& V);
+
+enum class SvdMethod { Auto, Gram, Jacobi, Randomized, Lapack };
+SvdMethod parse_svd_method(std::string_view method, std::string_view op);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> svd_impl(const at::Tensor& A, int64_t rank,
+                                                        std::string_view method, JacobiFn jacobi);
+
+// Deterministic signs: the largest-magnitude entry of each column of U is positive (ties: the
+// first); the matching rows of Vh flip with it. Vh may be undefined.
+void apply_sign_rule(at::Tensor& U, at::Tensor& Vh);
+
+// Q with orthonormal columns spanning what A's do, completed where A is rank-deficient, with
+// Q[:, j]·A[:, j] ≥ 0 so that already-orthonormal columns are kept as they are (float64).
+at::Tensor orthonormal_completion(const at::Tensor& A);
+
+}  // namespace unisub::detail
