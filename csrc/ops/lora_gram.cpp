@@ -55,7 +55,7 @@ at::Tensor lora_gram_impl(const at::Tensor& B, const at::Tensor& A, bool center)
   if (center) {
     // Double centring H K H (H = I − 11ᵀ/M): Gram of ΔWᵢ − mean ΔW, exact algebra, in float64.
     const auto row = K.mean(1, /*keepdim=*/true);
-    K = K - row - row.t() + K.mean();
+    K = K - (row + row.t()) + K.mean();  // (row + rowᵀ) first: keeps K bit-symmetric
   }
   return K.to(result_dtype(B));
 }

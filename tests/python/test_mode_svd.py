@@ -1,0 +1,184 @@
+"""mode_svd, hosvd and lora_gram against dense float64 references (explicit unfoldings, explicit
+ΔW) and against tensorly's HOSVD. Bounds: singular values ≤ 1e-12·σ_max (float64 Gram route),
+subspaces by principal angles; float32 randomized ≤ 1e-3 rad with a spectral gap."""
+import numpy as np
+import pytest
+import tensorly
+import tensorly.decomposition
+import torch
+
+import unisub
+from references import unfold
+
+
+def dense_mode_svd(X, dim, center):
+    X = X.double().cpu()
+    if center:
+        X = X - X.mean(0, keepdim=True)
+    U, S, _ = torch.linalg.svd(unfold(X, dim), full_matrices=False)
+    return U, S
+
+
+def largest_angle(U1, U2):
+    cos = torch.linalg.svdvals(U1.double().cpu().T @ U2.double().cpu()).clamp(max=1)
+    return cos.min().arccos().item()
+
+
+@pytest.mark.parametrize("center", [False, True])
+@pytest.mark.parametrize("shape", [(6, 5, 4), (4, 3, 5, 2), (9, 2)], ids=str)
+def test_gram_route_matches_dense_svd(shape, center, device, gen):
+    X = torch.randn(shape, generator=gen, dtype=torch.float64).to(device)
+    for dim in range(len(shape)):
+        U, S = unisub.mode_svd(X, dim, center=center, method="gram")
+        Ur, Sr = dense_mode_svd(X, dim, center)
+        full = min(X.shape[dim], X.numel() // X.shape[dim])
+        assert U.shape == (X.shape[dim], full) and S.shape == (full,)
+        assert (S.cpu() - Sr[:full]).abs().max() <= 1e-12 * Sr[0]
+        eye = torch.eye(full, dtype=torch.float64)
+        assert (U.cpu().T @ U.cpu() - eye).abs().max() <= 1e-12  # completed where rank-deficient
+        # Each singular direction with a separated σ matches the dense one up to sign.
+        gaps = torch.cat([Sr[:1] * 0 + 1, (Sr[1:full] - Sr[:full - 1]).abs()]).clamp(max=1)
+        sep = (gaps > 1e-6) & (torch.cat([(Sr[:full - 1] - Sr[1:full]).abs(), Sr[-1:] * 0 + 1]) > 1e-6) & (Sr[:full] > 1e-8 * Sr[0])
+        dots = (U.cpu() * Ur[:, :full]).sum(0).abs()
+        assert (dots[sep] > 1 - 1e-9).all()
+
+
+def low_rank_stack(gen, M=40, d=600, w=30, k=6, noise=1e-3, dtype=torch.float32):
+    basis = torch.linalg.qr(torch.randn(d, k, generator=gen, dtype=torch.float64))[0]
+    coeffs = torch.randn(M, k, w, generator=gen, dtype=torch.float64) * torch.linspace(5, 1, k, dtype=torch.float64)[:, None]
+    X = (basis @ coeffs + noise * torch.randn(M, d, w, generator=gen, dtype=torch.float64)).movedim(1, 2)
+    return X.to(dtype), basis  # [M, w, d]: the shared basis lives in mode 2
+
+
+@pytest.mark.parametrize("center", [False, True])
+def test_randomized_sketch_finds_the_subspace(center, device, gen):
+    X, basis = low_rank_stack(gen)
+    U, S = unisub.mode_svd(X.to(device), 2, rank=6, center=center, method="randomized")
+    Ur, Sr = dense_mode_svd(X, 2, center)
+    assert largest_angle(U, Ur[:, :6]) <= 1e-3
+    assert ((S.double().cpu() - Sr[:6]).abs() / Sr[0]).max() <= 1e-4
+
+
+def test_auto_sketches_large_modes_and_energy_is_relative_to_the_whole(gen):
+    X, _ = low_rank_stack(gen, d=1024)
+    U, S = unisub.mode_svd(X, 2, rank=6, energy=0.5, center=True)  # auto → sketch (1024 ≥ 512)
+    _, Sr = dense_mode_svd(X, 2, True)
+    cum = (Sr**2).cumsum(0) / (Sr**2).sum()
+    assert S.shape[0] == int((cum < 0.5).sum()) + 1
+
+
+@pytest.mark.parametrize("tau", [0.3, 0.9, 0.999, 1.0])
+def test_energy_threshold_picks_the_smallest_rank(tau, gen):
+    X = torch.randn(12, 10, 7, generator=gen, dtype=torch.float64)
+    U, S = unisub.mode_svd(X, 1, energy=tau, center=True)
+    _, Sr = dense_mode_svd(X, 1, True)
+    cum = (Sr**2).cumsum(0) / (Sr**2).sum()
+    expected = int((cum < tau - 1e-12).sum()) + 1
+    assert S.shape[0] == expected and U.shape == (10, expected)
+    U2, S2 = unisub.mode_svd(X, 1, rank=2, energy=tau, center=True)
+    assert S2.shape[0] == min(2, expected)
+
+
+def test_large_offset_is_centred_exactly(gen):
+    X = 1e4 + torch.randn(30, 8, 6, generator=gen, dtype=torch.float64)
+    _, S = unisub.mode_svd(X, 1, center=True)
+    _, Sr = dense_mode_svd(X, 1, True)
+    assert (S - Sr).abs().max() <= 1e-9 * Sr[0]
+
+
+@pytest.mark.parametrize("center", [False, True])
+def test_hosvd_reconstructs_within_the_discarded_energy(center, device, gen):
+    X = torch.randn(7, 6, 5, generator=gen, dtype=torch.float64).to(device)
+    core, factors, mean = unisub.hosvd(X, [-1, 4, 3], center=center)
+    assert core.shape == (7, 4, 3) and [f.shape for f in factors] == [(7, 7), (6, 4), (5, 3)]
+    rec = mean + torch.einsum("abc,ia,jb,kc->ijk", core, *factors)
+    Xc = X - (X.mean(0) if center else 0)
+    discarded = sum((dense_mode_svd(X, j, center)[1][r:] ** 2).sum() for j, r in [(1, 4), (2, 3)])
+    assert ((rec - X).norm().cpu() ** 2) <= discarded * (1 + 1e-10)
+    full_core, full_factors, _ = unisub.hosvd(X, [-1, -1, -1], center=center)
+    rec_full = mean + torch.einsum("abc,ia,jb,kc->ijk", full_core, *full_factors)
+    assert (rec_full - X).abs().max() <= 1e-12 * Xc.abs().max()
+
+
+def test_hosvd_matches_tensorly(gen):
+    X = torch.randn(8, 7, 6, generator=gen, dtype=torch.float64)
+    ranks = [8, 3, 4]
+    core, factors, _ = unisub.hosvd(X, ranks)
+    tensorly.set_backend("numpy")
+    tl_core, tl_factors = tensorly.decomposition.tucker(X.numpy(), rank=ranks, init="svd", n_iter_max=0)
+    # Tucker(n_iter_max=0, init='svd') is the plain truncated HOSVD: same subspaces per mode up to
+    # the difference between ST-HOSVD and HOSVD, which the reconstruction errors bound together.
+    ours = torch.einsum("abc,ia,jb,kc->ijk", core, *factors)
+    theirs = torch.from_numpy(tensorly.tucker_to_tensor((tl_core, tl_factors)))
+    err_ours, err_theirs = (ours - X).norm(), (theirs - X).norm()
+    assert abs(err_ours - err_theirs) <= 0.05 * err_theirs
+    for j in (1, 2):
+        assert largest_angle(factors[j][:, :1], torch.from_numpy(tl_factors[j])) <= 0.2
+
+
+@pytest.mark.parametrize("center", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lora_gram_matches_dense_deltas(center, dtype, device, gen):
+    M, m, r, n = 9, 12, 3, 10
+    B = torch.randn(M, m, r, generator=gen, dtype=dtype).to(device)
+    A = torch.randn(M, r, n, generator=gen, dtype=dtype).to(device)
+    K = unisub.lora_gram(B, A, center)
+    D = (B.double() @ A.double()).reshape(M, -1).cpu()
+    if center:
+        D = D - D.mean(0)
+    ref = D @ D.T
+    bound = (1e-13 if dtype == torch.float64 else 1e-6) * (D.norm(dim=1)[:, None] * D.norm(dim=1)[None, :] + ref.abs().max())
+    assert ((K.double().cpu() - ref).abs() <= bound).all()
+    assert torch.equal(K, K.T)
+
+
+def test_lora_gram_tiles_many_models(gen):
+    B = torch.randn(150, 20, 16, generator=gen, dtype=torch.float64)  # 1024/16 = 64 models per tile
+    A = torch.randn(150, 16, 18, generator=gen, dtype=torch.float64)
+    D = (B @ A).reshape(150, -1)
+    torch.testing.assert_close(unisub.lora_gram(B, A), D @ D.T, rtol=1e-12, atol=1e-10)
+
+
+ERRORS = [
+    (lambda: unisub.mode_svd(torch.randn(3, 4, 5), 1, rank=5), r"rank must be -1 or in \[1, 4\]"),
+    (lambda: unisub.mode_svd(torch.randn(3, 4, 5), 1, energy=1.5), r"energy must be 0 \(off\) or in \(0, 1\]"),
+    (lambda: unisub.mode_svd(torch.randn(3, 4, 5), 1, method="jacobi"), r"method must be 'auto', 'gram' or 'randomized'"),
+    (lambda: unisub.mode_svd(torch.randn(3, 4, 5), 1, method="randomized"), r"needs a rank"),
+    (lambda: unisub.mode_svd(torch.randn(3, 4, 5), 3), r"dim must be in \[-3, 2\]"),
+    (lambda: unisub.mode_svd(torch.full((3, 4), float("inf")), 1), r"X contains NaN or infinity"),
+    (lambda: unisub.hosvd(torch.randn(3, 4, 5), [2, 2]), r"one rank per mode of X \(3"),
+    (lambda: unisub.hosvd(torch.randn(3, 4, 5), [2, 9, 2]), r"ranks\[1\] must be -1 .* or in \[1, 4\], got 9"),
+    (lambda: unisub.lora_gram(torch.randn(3, 4, 2), torch.randn(4, 2, 5)), r"same number of models, got 3 \(B\) and 4 \(A\)"),
+    (lambda: unisub.lora_gram(torch.randn(3, 4, 2), torch.randn(3, 3, 5)), r"LoRA rank must agree"),
+    (lambda: unisub.lora_gram(torch.randn(3, 4), torch.randn(3, 3, 5)), r"B must have shape \[M, m, r\]"),
+    (lambda: unisub.lora_gram(torch.randn(3, 4, 2), torch.randn(3, 2, 5, dtype=torch.float64)), r"same dtype"),
+    (lambda: unisub.lora_gram(torch.randn(0, 4, 2), torch.randn(0, 2, 5)), r"at least one model"),
+]
+
+
+@pytest.mark.parametrize("call,pattern", ERRORS)
+def test_errors(call, pattern):
+    with pytest.raises(RuntimeError, match=pattern):
+        call()
+
+
+def test_opcheck(device, gen):
+    X = torch.randn(5, 6, 4, generator=gen, dtype=torch.float64).to(device)
+    for args in [(X, 1, -1, 0.0, True, "gram"), (X, 2, 2, 0.0, False, "randomized"), (X, 0, 3, 0.0, True, "auto")]:
+        torch.library.opcheck(torch.ops.unisub.mode_svd.default, args)
+    torch.library.opcheck(torch.ops.unisub.hosvd.default, (X, [-1, 3, 2], True))
+    B = torch.randn(4, 6, 2, generator=gen, dtype=torch.float64).to(device)
+    A = torch.randn(4, 2, 5, generator=gen, dtype=torch.float64).to(device)
+    torch.library.opcheck(torch.ops.unisub.lora_gram.default, (B, A, True))
+
+
+def test_compile_with_data_dependent_rank(device, gen):
+    X = torch.randn(6, 8, 5, generator=gen, dtype=torch.float64).to(device)
+
+    def leading_energy(X):
+        U, S = unisub.mode_svd(X, 1, energy=0.8, center=True)
+        return (S**2).sum(), U.shape[1]
+
+    compiled = torch.compile(leading_energy, fullgraph=True)
+    torch.testing.assert_close(compiled(X)[0], leading_energy(X)[0])
+    assert compiled(X)[1] == leading_energy(X)[1]
