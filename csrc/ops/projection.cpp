@@ -199,7 +199,12 @@ OptTensor stacked_basis(const std::vector<const ListEntry*>& group, OptTensor Li
 
 void project_list_grouped(const std::vector<ListEntry>& entries, bool complement) {
   std::map<std::string, std::vector<const ListEntry*>> groups;
-  for (const auto& e : entries) groups[group_key(e)].push_back(&e);
+  std::vector<at::Tensor> without_bases;  // left alone, or zeroed (all at once) when complementing
+  for (const auto& e : entries) {
+    if (!e.U && !e.V) without_bases.push_back(e.G);
+    else groups[group_key(e)].push_back(&e);
+  }
+  if (complement && !without_bases.empty()) at::_foreach_zero_(without_bases);
   for (const auto& [key, group] : groups) {
     if (group.size() == 1) {
       project_entry(*group.front(), complement);
@@ -261,6 +266,12 @@ void project_list_impl(at::TensorList Gs, const c10::List<OptTensor>& Us, const 
     check_defined(Gs[i], op, indexed("Gs", i));
     if (i > 0) check_same_device(Gs[i], indexed("Gs", i), Gs[0], "Gs[0]", op);
     const OptTensor U = Us.get(i), V = Vs.get(i);
+    // A model's gradient list holds biases and norms with no basis: any shape is fine for those.
+    if (!(U && U->defined()) && !(V && V->defined())) {
+      check_float_input(Gs[i], op, indexed("Gs", i));
+      entries.push_back({Gs[i], std::nullopt, std::nullopt, result_dtype(Gs[i])});
+      continue;
+    }
     const auto a = validate_projection(Gs[i], U, V, op, i, "Gs", /*in_place=*/true);
     entries.push_back({Gs[i], a.U, a.V, a.compute});
     // A basis shared by many entries (one per layer type, say) is checked once.

@@ -242,3 +242,16 @@ def test_tolerance_of_the_check_is_ten_root_epsilon(device, gen):
     unisub.project(G, U * (1 + 0.4 * tol), None)  # diagonal off by 0.8·tol: accepted
     with pytest.raises(RuntimeError, match="orthonormal"):
         unisub.project(G, U * (1 + 0.6 * tol), None)  # off by 1.2·tol: rejected
+
+
+@pytest.mark.parametrize("complement", [False, True])
+def test_project_list_leaves_entries_without_bases_of_any_shape(complement, device, gen):
+    Gs, Us, Vs = model_like_list(gen, torch.float32, device)
+    originals = [G.clone() for G in Gs]
+    unisub.project_list_(Gs, Us, Vs, complement)
+    for G, U, V, o in zip(Gs, Us, Vs, originals):
+        if U is None and V is None:
+            # No basis: the projection is the identity, its complement zero.
+            assert torch.equal(G, torch.zeros_like(o) if complement else o)
+        else:
+            assert_close_to(G, reference(o, U, V, complement), o, torch.float32)
