@@ -320,9 +320,12 @@ at::Tensor subspace_energy_impl(const at::Tensor& G, const OptTensor& U, const O
   if (check_basis) check_bases(a, "subspace_energy", "U", "V");
   const auto Gc = G.to(a.compute);
   // ‖UᵀGV‖² = ‖P_U G P_V‖² for orthonormal bases: only the k × l coefficients are formed.
-  const auto inside = coefficients_compute(Gc, a.U, a.V).square().sum({-2, -1});
-  const auto total = Gc.square().sum({-2, -1});
-  return inside / total;
+  // Norms rather than square().sum(): no temporary as large as G, one read of it. The norms are
+  // accumulated in G's compute dtype (a float64 accumulation would copy G on CPU), so a G whose
+  // ‖G‖² overflows that dtype (‖G‖ ≳ 1e19 in float32) gives NaN, never a wrong finite value.
+  const auto inside = at::linalg_vector_norm(coefficients_compute(Gc, a.U, a.V), 2, {-2, -1});
+  const auto total = at::linalg_vector_norm(Gc, 2, {-2, -1});
+  return inside.div_(total).square_();
 }
 
 }  // namespace unisub::detail
