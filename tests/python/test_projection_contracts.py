@@ -143,3 +143,18 @@ def test_mixed_devices_are_rejected():
         unisub.project(G.cuda(), U, None)
     with pytest.raises(RuntimeError, match=r"Gs\[1\] and Gs\[0\] must be on the same device"):
         unisub.project_list_([G.clone(), G.cuda()], [None, None], [None, None])
+
+
+def test_torch_export(device):
+    class Monitor(torch.nn.Module):
+        def forward(self, G, U, V, U2):
+            return (unisub.project(G, U, V, True), unisub.subspace_energy(G, U, V),
+                    unisub.principal_angles(U, U2), unisub.subspace_distance(U, U2, "max"))
+
+    G = torch.randn(9, 7, dtype=torch.float64, device=device)
+    U, V, U2 = orthonormal(9, 3, 1).to(device), orthonormal(7, 2, 2).to(device), orthonormal(9, 2, 3).to(device)
+    exported = torch.export.export(Monitor(), (G, U, V, U2))
+    targets = {str(n.target) for n in exported.graph.nodes}
+    assert {"unisub.project.default", "unisub.principal_angles.default"} <= targets
+    for got, want in zip(exported.module()(G, U, V, U2), Monitor()(G, U, V, U2)):
+        torch.testing.assert_close(got, want)
