@@ -123,3 +123,43 @@ def cases(device: str, size: str = "quick", dtypes=(torch.float32,)):
         yield from _project_cases(device, size, dtype, gen)
         yield from _list_cases(device, size, dtype, gen)
         yield from _energy_case(device, size, dtype, gen)
+
+
+def interleaved(device="cpu", size="full", rounds=7, only=""):
+    """On a shared, noisy machine: time ours and each baseline alternately, `rounds` times, and
+    keep each one's fastest run (contention only ever adds time)."""
+    import time
+
+    def once(fn):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    for case in cases(device, size):
+        if only not in case.op:
+            continue
+        fns = {"ours": case.ours, **case.baselines}
+        for fn in fns.values():
+            fn()  # warm-up
+        best = {name: min(once(fn) for _ in range(1)) for name, fn in fns.items()}
+        for _ in range(rounds - 1):
+            for name, fn in fns.items():
+                best[name] = min(best[name], once(fn))
+        base = "  ".join(f"{n}: {1e3 * t:.2f} ms ({t / best['ours']:.2f}x)" for n, t in best.items() if n != "ours")
+        print(f"{case.op:<26} {case.shape:<40} {device:<5} ours {1e3 * best['ours']:9.2f} ms | {base}", flush=True)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=interleaved.__doc__)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--size", default="full", choices=["quick", "full"])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--only", default="", help="run the cases whose op name contains this")
+    args = parser.parse_args()
+    interleaved(args.device, args.size, args.rounds, args.only)
