@@ -158,3 +158,21 @@ def test_torch_export(device):
     assert {"unisub.project.default", "unisub.principal_angles.default"} <= targets
     for got, want in zip(exported.module()(G, U, V, U2), Monitor()(G, U, V, U2)):
         torch.testing.assert_close(got, want)
+
+
+def test_torchscript_with_optional_bases(device):
+    @torch.jit.script
+    def hook(G: torch.Tensor, U: torch.Tensor, grads: list[torch.Tensor], bases: list[torch.Tensor | None]):
+        none: list[torch.Tensor | None] = [None for _ in grads]
+        torch.ops.unisub.project_list_(grads, bases, none, True, False)
+        return torch.ops.unisub.project(G, U, None, False, True), torch.ops.unisub.principal_angles(U, U, True)
+
+    G = torch.randn(6, 4, dtype=torch.float64, device=device)
+    U = orthonormal(6, 2, 1).to(device)
+    grads = [torch.randn(6, 3, dtype=torch.float64, device=device), torch.randn(5, dtype=torch.float64, device=device)]
+    want = [grads[0] - U @ (U.T @ grads[0]), torch.zeros(5, dtype=torch.float64, device=device)]
+    P, theta = hook(G, U, grads, [U, None])
+    torch.testing.assert_close(P, U @ (U.T @ G))
+    assert theta.abs().max().item() <= 1e-7  # equal spans: zero angles
+    for g, w in zip(grads, want):
+        torch.testing.assert_close(g, w)
