@@ -1,0 +1,43 @@
+"""svd, mode_svd and lora_gram against the obvious plain-PyTorch route (issue #3 targets):
+- svd of 512 x 64 x 64 and 500 x 4096 x 16 (float32) vs torch.linalg.svd of the same batch;
+- mode_svd(rank=32) of a 500 x 16 x 4096 LoRA-A stack vs the full SVD of its unfolding;
+- lora_gram for M = 200, r = 16, m = n = 1024 vs forming every ΔW and their Gram."""
+import torch
+
+import unisub
+from harness import Case
+
+SIZES = {
+    "quick": {"svd": [(128, 64, 64), (100, 1024, 16)], "mode": (100, 16, 1024, 16), "lora": (50, 512, 16, 512)},
+    "full": {"svd": [(512, 64, 64), (500, 4096, 16)], "mode": (500, 16, 4096, 32), "lora": (200, 1024, 16, 1024)},
+}
+
+
+def cases(device: str, size: str = "quick", dtypes=(torch.float32,)):
+    gen = torch.Generator().manual_seed(0)
+    sizes = SIZES[size]
+    for dtype in dtypes:
+        for shape in sizes["svd"]:
+            A = torch.randn(shape, generator=gen, dtype=dtype).to(device)
+            for method in ("auto", "gram", "jacobi"):
+                if method == "jacobi" and shape[1] > 256:
+                    continue
+                yield Case(op=f"svd[{method}]", shape=str(shape), dtype=dtype, device=device,
+                           ours=lambda A=A, m=method: unisub.svd(A, -1, m),
+                           baselines={"torch.linalg.svd": lambda A=A: torch.linalg.svd(A, full_matrices=False)})
+        M, r_dim, n, rank = sizes["mode"]
+        X = torch.randn(M, r_dim, n, generator=gen, dtype=dtype).to(device)
+        yield Case(op=f"mode_svd[rank={rank}]", shape=f"{(M, r_dim, n)} dim=2 c", dtype=dtype, device=device,
+                   ours=lambda X=X, k=rank: unisub.mode_svd(X, 2, rank=k, center=True),
+                   baselines={"svd of unfolding": lambda X=X: torch.linalg.svd(
+                       (X - X.mean(0)).movedim(2, 0).reshape(X.shape[2], -1), full_matrices=False)})
+        M, m, r, n = sizes["lora"]
+        B = torch.randn(M, m, r, generator=gen, dtype=dtype).to(device)
+        A = torch.randn(M, r, n, generator=gen, dtype=dtype).to(device)
+
+        def dense(B=B, A=A):
+            D = torch.bmm(B, A).reshape(B.shape[0], -1)
+            return D @ D.T
+
+        yield Case(op="lora_gram", shape=f"M={M} m={m} r={r} n={n}", dtype=dtype, device=device,
+                   ours=lambda B=B, A=A: unisub.lora_gram(B, A), baselines={"form ΔW + Gram": dense})
