@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 #include <numeric>
 
 #include "ops/checks.h"
@@ -159,8 +160,11 @@ std::tuple<at::Tensor, at::Tensor> mode_svd_impl(const at::Tensor& X, int64_t di
   } else {
     const auto G = gram_f64(X, dim, center, kernels);
     auto [lambda, V] = at::linalg_eigh(G);
-    lambda = lambda.flip(0).clamp_min(0);
+    lambda = lambda.flip(0);
     V = V.flip(1);
+    // As in svd's Gram route: eigenvalues within rounding of zero are zero.
+    const double floor = std::numeric_limits<double>::epsilon() * static_cast<double>(u.rows);
+    lambda = at::where(lambda > lambda.narrow(0, 0, 1) * floor, lambda, at::zeros_like(lambda));
     int64_t r = rank > 0 ? rank : full;
     if (energy > 0) r = std::min(r, components_for_energy(lambda, G.trace().item<double>(), energy));
     U = V.narrow(1, 0, r);

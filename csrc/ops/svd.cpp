@@ -3,11 +3,13 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "ops/checks.h"
 #include "ops/decompositions.h"
@@ -27,6 +29,8 @@ constexpr uint64_t kSketchSeed = 0x756e69737562ULL;  // fixed: same sketch, same
 // ε₆₄‖A‖²/σᵢ, within float32 LAPACK's ε₃₂‖A‖ while σᵢ ≥ (ε₆₄/ε₃₂)‖A‖ ≈ 2e-9‖A‖; `auto` keeps a
 // margin of 50 and falls back to LAPACK below it.
 constexpr double kAutoGramMinRatio = 1e-7;
+// σ_min/σ_max ≥ 1e-4 (λ ratio 1e-8): the Gram route's U is orthonormal to ε₆₄/1e-8 ≈ 2e-8 < ε₃₂.
+constexpr double kSkipReorthoMinLambdaRatio = 1e-8;
 
 at::Tensor safe_inverse(const at::Tensor& S, const at::Tensor& floor) {
   return at::where(S > floor, S.reciprocal(), at::zeros_like(S));
@@ -41,19 +45,27 @@ Factors lapack_svd(const at::Tensor& A3, at::ScalarType compute) {
   return {U, S, Vh};
 }
 
-// m ≥ n required. float64 throughout.
-Factors gram_svd_tall(const at::Tensor& A) {
+// m ≥ n required; A float64. `float32_output` lets well-conditioned results skip the final
+// re-orthonormalisation: A V / σ is orthonormal to ε₆₄·cond², far below float32 rounding there.
+Factors gram_svd_tall(const at::Tensor& A, bool float32_output) {
   const int64_t m = A.size(-2), n = A.size(-1);
-  auto [lambda, V] = at::linalg_eigh(at::matmul(A.mT(), A));
+  const auto G = at::matmul(A.mT(), A);
+  // Any NaN/inf in A reaches the diagonal of AᵀA: a check on n values instead of m·n.
+  TORCH_CHECK(at::isfinite(G.diagonal(0, -2, -1)).all().item<bool>(),
+              "unisub.svd: A contains NaN or infinity; decompositions need finite input");
+  auto [lambda, V] = at::linalg_eigh(G);
   lambda = lambda.flip(-1);
   V = V.flip(-1);
   // Eigenvalues within rounding of zero (|λ| ≤ n ε λ_max) carry no information about σ: they
   // become exact zeros, and their U columns are completed instead of amplified noise.
   const double floor = std::numeric_limits<double>::epsilon() * static_cast<double>(std::max(m, n));
-  lambda = at::where(lambda > lambda.narrow(-1, 0, 1) * floor, lambda, at::zeros_like(lambda));
+  const auto lambda_max = lambda.narrow(-1, 0, 1);
+  lambda = at::where(lambda > lambda_max * floor, lambda, at::zeros_like(lambda));
   auto S = lambda.sqrt();
-  auto inv = safe_inverse(S, at::zeros_like(S.narrow(-1, 0, 1)));
-  auto U = orthonormal_completion(at::matmul(A, V) * inv.unsqueeze(-2));
+  auto U = at::matmul(A, V * safe_inverse(S, at::zeros_like(lambda_max)).unsqueeze(-2));
+  const bool well_conditioned =
+      float32_output && (lambda.narrow(-1, n - 1, 1) >= lambda_max * kSkipReorthoMinLambdaRatio).all().item<bool>();
+  if (!well_conditioned) U = orthonormal_completion(U);
   return {U, S, V.mT()};
 }
 
@@ -72,19 +84,45 @@ Factors jacobi_svd_tall(const at::Tensor& A, JacobiFn jacobi) {
   return {U, S, V.mT()};
 }
 
-// Gram and Jacobi work on the tall orientation and on matrices scaled to max|a| = 1 (squares of
-// 1e±200 would otherwise overflow or underflow).
+// Gram and Jacobi work on the tall orientation; float64 input is scaled to max|a| = 1 first
+// (squares of 1e±200 would overflow or underflow; float32's range squared fits in float64).
 template <typename Method>
 Factors oriented_and_scaled(const at::Tensor& A3, Method&& method) {
   auto A = A3.to(at::kDouble);
-  auto scale = A.abs().amax({-2, -1}, /*keepdim=*/true);
-  scale = at::where(scale > 0, scale, at::ones_like(scale));
-  A = A / scale;
+  at::Tensor scale;
+  if (A3.scalar_type() == at::kDouble) {
+    scale = A.abs().amax({-2, -1}, /*keepdim=*/true);
+    scale = at::where(scale > 0, scale, at::ones_like(scale));
+    A = A / scale;
+  }
   const bool wide = A.size(-2) < A.size(-1);
   Factors f = method(wide ? A.mT().contiguous() : A.contiguous());
-  f.S = f.S * scale.squeeze(-1);
+  if (scale.defined()) f.S = f.S * scale.squeeze(-1);
   if (wide) return {f.Vh.mT(), f.S, f.U.mT()};
   return f;
+}
+
+// LAPACK and eigh loop over a CPU batch one matrix at a time; running chunks of the batch on
+// every thread uses all cores on batches of small matrices.
+template <typename Method>
+Factors over_batch_chunks(const at::Tensor& A3, Method&& method) {
+  const int64_t batch = A3.size(0);
+  const int64_t chunks = A3.is_cpu() ? std::min<int64_t>(batch, at::get_num_threads()) : 1;
+  if (chunks < 2) return method(A3);
+  std::vector<Factors> parts(chunks);
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t b0 = batch * c / chunks, b1 = batch * (c + 1) / chunks;
+      parts[c] = method(A3.narrow(0, b0, b1 - b0));
+    }
+  });
+  std::vector<at::Tensor> U, S, Vh;
+  for (auto& p : parts) {
+    U.push_back(p.U);
+    S.push_back(p.S);
+    Vh.push_back(p.Vh);
+  }
+  return {at::cat(U), at::cat(S), at::cat(Vh)};
 }
 
 Factors randomized_svd(const at::Tensor& A3, int64_t k, at::ScalarType compute) {
@@ -139,37 +177,47 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> svd_impl(const at::Tensor& A, int
   TORCH_CHECK(rank == -1 || (rank > 0 && rank <= full), "unisub.svd: rank must be -1 (all) or in [1, ",
               full, "] = [1, min(m, n)] for A of shape ", A.sizes(), ", got ", rank);
   SvdMethod method = parse_svd_method(method_name, kOp);
-  check_finite(A, kOp, "A");
   const int64_t k = rank < 0 ? full : rank;
   const auto out_dtype = result_dtype(A);
   const auto A3 = A.reshape({-1, m, n});
+  const bool float32_output = out_dtype != at::kDouble;
+  auto gram = [&](const at::Tensor& T) {
+    return over_batch_chunks(T, [&](const at::Tensor& chunk) {
+      return oriented_and_scaled(chunk, [&](const at::Tensor& C) { return gram_svd_tall(C, float32_output); });
+    });
+  };
+  auto jacobi_route = [&](const at::Tensor& T) {
+    return oriented_and_scaled(T, [&](const at::Tensor& C) { return jacobi_svd_tall(C, jacobi); });
+  };
+  // The Gram route finds non-finite input itself (on the Gram's diagonal, n values).
+  if (method != SvdMethod::Gram && !(method == SvdMethod::Auto && float32_output)) check_finite(A, kOp, "A");
 
   Factors f;
   if (method == SvdMethod::Auto) {
     method = SvdMethod::Lapack;
-    if (A.scalar_type() != at::kDouble) {
-      f = oriented_and_scaled(A3, gram_svd_tall);
+    if (float32_output) {
+      f = gram(A3);
       if (gram_is_accurate_enough(f.S, k)) method = SvdMethod::Gram;
     }
   }
   switch (method) {
     case SvdMethod::Gram:
-      if (!f.U.defined()) f = oriented_and_scaled(A3, gram_svd_tall);
+      if (!f.U.defined()) f = gram(A3);
       break;
     case SvdMethod::Jacobi:
-      f = oriented_and_scaled(A3, [&](const at::Tensor& T) { return jacobi_svd_tall(T, jacobi); });
+      f = jacobi_route(A3);
       break;
     case SvdMethod::Randomized:
-      f = randomized_svd(A3, k, out_dtype);
+      f = over_batch_chunks(A3, [&](const at::Tensor& chunk) { return randomized_svd(chunk, k, out_dtype); });
       break;
     default:
       try {
-        f = lapack_svd(A3, out_dtype);
+        f = over_batch_chunks(A3, [&](const at::Tensor& chunk) { return lapack_svd(chunk, out_dtype); });
       } catch (const c10::Error& e) {
         // Never fail on finite input: Jacobi converges where LAPACK's divide and conquer may not.
         TORCH_WARN("unisub.svd: LAPACK failed (", e.what_without_backtrace(),
                    "); falling back to one-sided Jacobi");
-        f = oriented_and_scaled(A3, [&](const at::Tensor& T) { return jacobi_svd_tall(T, jacobi); });
+        f = jacobi_route(A3);
       }
   }
   auto U = f.U.narrow(-1, 0, k), S = f.S.narrow(-1, 0, k), Vh = f.Vh.narrow(-2, 0, k);
