@@ -171,8 +171,8 @@ std::tuple<at::Tensor, at::Tensor> mode_svd_impl(const at::Tensor& X, int64_t di
     S = lambda.narrow(0, 0, r).sqrt();
   }
   at::Tensor no_vh;
-  apply_sign_rule(U, no_vh);
-  return {U.to(out_dtype).contiguous(), S.to(out_dtype).contiguous()};
+  apply_sign_rule(U, no_vh, out_dtype);
+  return {U, S.to(out_dtype).contiguous()};
 }
 
 std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> hosvd_impl(const at::Tensor& X,

@@ -102,8 +102,8 @@ Factors oriented_and_scaled(const at::Tensor& A3, Method&& method) {
   return f;
 }
 
-// LAPACK and eigh loop over a CPU batch one matrix at a time; running chunks of the batch on
-// every thread uses all cores on batches of small matrices.
+// eigh loops over a CPU batch one matrix at a time; running chunks of the batch on every thread
+// uses all cores on batches of small matrices. (LAPACK's SVD is faster left to torch: measured.)
 template <typename Method>
 Factors over_batch_chunks(const at::Tensor& A3, Method&& method) {
   const int64_t batch = A3.size(0);
@@ -157,11 +157,22 @@ SvdMethod parse_svd_method(std::string_view method, std::string_view op) {
               "'lapack', got '", method, "'");
 }
 
-void apply_sign_rule(at::Tensor& U, at::Tensor& Vh) {
-  const auto pivot = U.gather(-2, U.abs().argmax(-2, /*keepdim=*/true));  // [*, 1, k]
-  const auto sign = at::where(pivot < 0, -1.0, 1.0).to(U.scalar_type());
-  U = U * sign;
-  if (Vh.defined()) Vh = Vh * sign.mT();
+void apply_sign_rule(at::Tensor& U, at::Tensor& Vh, std::optional<at::ScalarType> out_dtype) {
+  // One pass: the largest |u| is positive iff max(u) ≥ −min(u). Exact ties (max = −min) need
+  // the first-occurrence rule, which only the rarer argmax pass can decide.
+  const auto [lo, hi] = at::aminmax(U, -2, /*keepdim=*/true);
+  auto sign = at::where(hi >= -lo, 1.0, -1.0).to(U.scalar_type());
+  if (hi.eq(-lo).logical_and(hi.ne(0)).any().item<bool>()) {
+    const auto pivot = U.gather(-2, U.abs().argmax(-2, /*keepdim=*/true));
+    sign = at::where(pivot < 0, -1.0, 1.0).to(U.scalar_type());
+  }
+  // Multiply, cast and make contiguous in a single pass per factor.
+  auto signed_copy = [&](const at::Tensor& T, const at::Tensor& factor) {
+    auto out = at::empty(T.sizes(), T.options().dtype(out_dtype.value_or(T.scalar_type())));
+    return at::mul_out(out, T, factor);
+  };
+  U = signed_copy(U, sign);
+  if (Vh.defined()) Vh = signed_copy(Vh, sign.mT());
 }
 
 at::Tensor orthonormal_completion(const at::Tensor& A) {
@@ -208,11 +219,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> svd_impl(const at::Tensor& A, int
       f = jacobi_route(A3);
       break;
     case SvdMethod::Randomized:
-      f = over_batch_chunks(A3, [&](const at::Tensor& chunk) { return randomized_svd(chunk, k, out_dtype); });
+      f = randomized_svd(A3, k, out_dtype);
       break;
     default:
       try {
-        f = over_batch_chunks(A3, [&](const at::Tensor& chunk) { return lapack_svd(chunk, out_dtype); });
+        f = lapack_svd(A3, out_dtype);
       } catch (const c10::Error& e) {
         // Never fail on finite input: Jacobi converges where LAPACK's divide and conquer may not.
         TORCH_WARN("unisub.svd: LAPACK failed (", e.what_without_backtrace(),
@@ -221,12 +232,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> svd_impl(const at::Tensor& A, int
       }
   }
   auto U = f.U.narrow(-1, 0, k), S = f.S.narrow(-1, 0, k), Vh = f.Vh.narrow(-2, 0, k);
-  apply_sign_rule(U, Vh);
+  apply_sign_rule(U, Vh, out_dtype);
   auto batch = A.sizes().slice(0, A.dim() - 2).vec();
   auto shaped = [&](const at::Tensor& t, std::initializer_list<int64_t> tail) {
     auto sizes = batch;
     sizes.insert(sizes.end(), tail);
-    return t.to(out_dtype).reshape(sizes).contiguous();
+    return t.to(out_dtype).reshape(sizes).contiguous();  // no copies left for U and Vh
   };
   return {shaped(U, {m, k}), shaped(S, {k}), shaped(Vh, {k, n})};
 }
@@ -239,8 +250,8 @@ at::Tensor orthonormalize_impl(const at::Tensor& A) {
   check_finite(A, op, "A");
   auto Q = orthonormal_completion(A);
   at::Tensor no_vh;
-  apply_sign_rule(Q, no_vh);
-  return Q.to(result_dtype(A)).contiguous();
+  apply_sign_rule(Q, no_vh, result_dtype(A));
+  return Q;
 }
 
 }  // namespace unisub::detail

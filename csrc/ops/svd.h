@@ -3,6 +3,7 @@
 // cuSOLVER); the one device-specific kernel is the batched one-sided Jacobi.
 #include <ATen/core/Tensor.h>
 
+#include <optional>
 #include <string_view>
 #include <tuple>
 
@@ -23,8 +24,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> svd_impl(const at::Tensor& A, int
                                                         std::string_view method, JacobiFn jacobi);
 
 // Deterministic signs: the largest-magnitude entry of each column of U is positive (ties: the
-// first); the matching rows of Vh flip with it. Vh may be undefined.
-void apply_sign_rule(at::Tensor& U, at::Tensor& Vh);
+// first); the matching rows of Vh flip with it. Vh may be undefined. The results are contiguous,
+// cast to out_dtype when given.
+void apply_sign_rule(at::Tensor& U, at::Tensor& Vh, std::optional<at::ScalarType> out_dtype = std::nullopt);
 
 // Q with orthonormal columns spanning what A's do, completed where A is rank-deficient, with
 // Q[:, j]·A[:, j] ≥ 0 so that already-orthonormal columns are kept as they are (float64).

@@ -30,3 +30,11 @@ def centring_error_scale(X: torch.Tensor, dim: int) -> torch.Tensor:
     A = unfold(X - X.mean(0, keepdim=True), dim).abs()
     R = unfold(X, dim).abs()
     return A @ R.T + R @ A.T
+
+
+def largest_angle(U1: torch.Tensor, U2: torch.Tensor) -> float:
+    """Largest principal angle between span(U2) and span(U1) (U1 ⊇-sized), from the sine
+    ‖(I − U1U1ᵀ)U2‖₂ in float64: accurate near 0, where arccos of cosines is not."""
+    U1, U2 = U1.double().cpu(), U2.double().cpu()
+    residual = U2 - U1 @ (U1.T @ U2)
+    return torch.linalg.matrix_norm(residual, ord=2).clamp(max=1).arcsin().item()

@@ -8,7 +8,7 @@ import tensorly.decomposition
 import torch
 
 import unisub
-from references import unfold
+from references import largest_angle, unfold
 
 
 def dense_mode_svd(X, dim, center):
@@ -17,13 +17,6 @@ def dense_mode_svd(X, dim, center):
         X = X - X.mean(0, keepdim=True)
     U, S, _ = torch.linalg.svd(unfold(X, dim), full_matrices=False)
     return U, S
-
-
-def largest_angle(U1, U2):
-    """Largest principal angle between span(U1) ⊇-sized span(U2), from sines (accurate near 0)."""
-    U1, U2 = U1.double().cpu(), U2.double().cpu()
-    residual = U2 - U1 @ (U1.T @ U2)
-    return torch.linalg.matrix_norm(residual, ord=2).clamp(max=1).arcsin().item()
 
 
 @pytest.mark.parametrize("center", [False, True])
