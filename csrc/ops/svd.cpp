@@ -31,6 +31,8 @@ constexpr uint64_t kSketchSeed = 0x756e69737562ULL;  // fixed: same sketch, same
 constexpr double kAutoGramMinRatio = 1e-7;
 // σ_min/σ_max ≥ 1e-4 (λ ratio 1e-8): the Gram route's U is orthonormal to ε₆₄/1e-8 ≈ 2e-8 < ε₃₂.
 constexpr double kSkipReorthoMinLambdaRatio = 1e-8;
+// CPU batches are processed in groups of about this many bytes of float64 input (see svd_impl).
+constexpr int64_t kGroupBytes = 8LL << 20;
 
 at::Tensor safe_inverse(const at::Tensor& S, const at::Tensor& floor) {
   return at::where(S > floor, S.reciprocal(), at::zeros_like(S));
@@ -102,29 +104,6 @@ Factors oriented_and_scaled(const at::Tensor& A3, Method&& method) {
   return f;
 }
 
-// eigh loops over a CPU batch one matrix at a time; running chunks of the batch on every thread
-// uses all cores on batches of small matrices. (LAPACK's SVD is faster left to torch: measured.)
-template <typename Method>
-Factors over_batch_chunks(const at::Tensor& A3, Method&& method) {
-  const int64_t batch = A3.size(0);
-  const int64_t chunks = A3.is_cpu() ? std::min<int64_t>(batch, at::get_num_threads()) : 1;
-  if (chunks < 2) return method(A3);
-  std::vector<Factors> parts(chunks);
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      const int64_t b0 = batch * c / chunks, b1 = batch * (c + 1) / chunks;
-      parts[c] = method(A3.narrow(0, b0, b1 - b0));
-    }
-  });
-  std::vector<at::Tensor> U, S, Vh;
-  for (auto& p : parts) {
-    U.push_back(p.U);
-    S.push_back(p.S);
-    Vh.push_back(p.Vh);
-  }
-  return {at::cat(U), at::cat(S), at::cat(Vh)};
-}
-
 Factors randomized_svd(const at::Tensor& A3, int64_t k, at::ScalarType compute) {
   const int64_t m = A3.size(-2), n = A3.size(-1);
   const int64_t s = std::min(k + kOversample, std::min(m, n));
@@ -193,51 +172,79 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> svd_impl(const at::Tensor& A, int
   const auto A3 = A.reshape({-1, m, n});
   const bool float32_output = out_dtype != at::kDouble;
   auto gram = [&](const at::Tensor& T) {
-    return over_batch_chunks(T, [&](const at::Tensor& chunk) {
-      return oriented_and_scaled(chunk, [&](const at::Tensor& C) { return gram_svd_tall(C, float32_output); });
-    });
+    return oriented_and_scaled(T, [&](const at::Tensor& C) { return gram_svd_tall(C, float32_output); });
   };
   auto jacobi_route = [&](const at::Tensor& T) {
     return oriented_and_scaled(T, [&](const at::Tensor& C) { return jacobi_svd_tall(C, jacobi); });
   };
-  // The Gram route finds non-finite input itself (on the Gram's diagonal, n values).
-  if (method != SvdMethod::Gram && !(method == SvdMethod::Auto && float32_output)) check_finite(A, kOp, "A");
 
-  Factors f;
-  if (method == SvdMethod::Auto) {
-    method = SvdMethod::Lapack;
-    if (float32_output) {
-      f = gram(A3);
-      if (gram_is_accurate_enough(f.S, k)) method = SvdMethod::Gram;
-    }
-  }
-  switch (method) {
-    case SvdMethod::Gram:
-      if (!f.U.defined()) f = gram(A3);
-      break;
-    case SvdMethod::Jacobi:
-      f = jacobi_route(A3);
-      break;
-    case SvdMethod::Randomized:
-      f = randomized_svd(A3, k, out_dtype);
-      break;
-    default:
-      try {
-        f = lapack_svd(A3, out_dtype);
-      } catch (const c10::Error& e) {
-        // Never fail on finite input: Jacobi converges where LAPACK's divide and conquer may not.
-        TORCH_WARN("unisub.svd: LAPACK failed (", e.what_without_backtrace(),
-                   "); falling back to one-sided Jacobi");
-        f = jacobi_route(A3);
+  // The whole pipeline for a group of matrices, down to the signed, cast, truncated factors.
+  auto solve = [&](const at::Tensor& C) -> Factors {
+    SvdMethod chosen = method;
+    Factors f;
+    // The Gram route finds non-finite input itself (on the Gram's diagonal, n values).
+    if (chosen != SvdMethod::Gram && !(chosen == SvdMethod::Auto && float32_output)) check_finite(C, kOp, "A");
+    if (chosen == SvdMethod::Auto) {
+      chosen = SvdMethod::Lapack;
+      if (float32_output) {
+        f = gram(C);
+        if (gram_is_accurate_enough(f.S, k)) chosen = SvdMethod::Gram;
       }
+    }
+    switch (chosen) {
+      case SvdMethod::Gram:
+        if (!f.U.defined()) f = gram(C);
+        break;
+      case SvdMethod::Jacobi:
+        f = jacobi_route(C);
+        break;
+      case SvdMethod::Randomized:
+        f = randomized_svd(C, k, out_dtype);
+        break;
+      default:
+        try {
+          f = lapack_svd(C, out_dtype);
+        } catch (const c10::Error& e) {
+          // Never fail on finite input: Jacobi converges where LAPACK's divide and conquer may not.
+          TORCH_WARN("unisub.svd: LAPACK failed (", e.what_without_backtrace(),
+                     "); falling back to one-sided Jacobi");
+          f = jacobi_route(C);
+        }
+    }
+    auto U = f.U.narrow(-1, 0, k), Vh = f.Vh.narrow(-2, 0, k);
+    apply_sign_rule(U, Vh, out_dtype);
+    return {U, f.S.narrow(-1, 0, k).to(out_dtype), Vh};
+  };
+
+  // On CPU, cache-sized groups of matrices go through the whole pipeline one group per task:
+  // every intermediate (float64 copy, Gram, U) stays in cache instead of streaming the batch
+  // through memory once per step. The grouping is fixed by size, not by thread count, so
+  // results do not depend on the number of threads. Jacobi parallelises inside its kernel.
+  const int64_t batch = A3.size(0);
+  const int64_t group = std::max<int64_t>(1, kGroupBytes / (8 * m * n));
+  Factors f;
+  if (A3.is_cpu() && method != SvdMethod::Jacobi && batch > group) {
+    const auto opts = A3.options().dtype(out_dtype);
+    f = {at::empty({batch, m, k}, opts), at::empty({batch, k}, opts), at::empty({batch, k, n}, opts)};
+    const int64_t groups = (batch + group - 1) / group;
+    at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+      for (int64_t g = g0; g < g1; ++g) {
+        const int64_t b0 = g * group, nb = std::min(group, batch - b0);
+        const Factors part = solve(A3.narrow(0, b0, nb));
+        f.U.narrow(0, b0, nb).copy_(part.U);
+        f.S.narrow(0, b0, nb).copy_(part.S);
+        f.Vh.narrow(0, b0, nb).copy_(part.Vh);
+      }
+    });
+  } else {
+    f = solve(A3);
   }
-  auto U = f.U.narrow(-1, 0, k), S = f.S.narrow(-1, 0, k), Vh = f.Vh.narrow(-2, 0, k);
-  apply_sign_rule(U, Vh, out_dtype);
-  auto batch = A.sizes().slice(0, A.dim() - 2).vec();
+  auto U = f.U, S = f.S, Vh = f.Vh;
+  const auto batch_dims = A.sizes().slice(0, A.dim() - 2).vec();
   auto shaped = [&](const at::Tensor& t, std::initializer_list<int64_t> tail) {
-    auto sizes = batch;
+    auto sizes = batch_dims;
     sizes.insert(sizes.end(), tail);
-    return t.to(out_dtype).reshape(sizes).contiguous();  // no copies left for U and Vh
+    return t.reshape(sizes).contiguous();  // already cast and contiguous: views
   };
   return {shaped(U, {m, k}), shaped(S, {k}), shaped(Vh, {k, n})};
 }
