@@ -4,9 +4,12 @@
 
 #include <string>
 
+#include "test_helpers.h"
 #include "unisub/unisub.h"
 
 namespace {
+
+using unisub::test::error_of;
 
 // Reference Gram of the mode-`dim` unfolding, formed explicitly in float64.
 torch::Tensor reference_gram(torch::Tensor X, int64_t dim, bool center) {
@@ -18,16 +21,6 @@ torch::Tensor reference_gram(torch::Tensor X, int64_t dim, bool center) {
 
 double relative_error(const torch::Tensor& got, const torch::Tensor& want) {
   return (got.to(torch::kDouble) - want).norm().item<double>() / want.norm().item<double>();
-}
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "";
 }
 
 }  // namespace

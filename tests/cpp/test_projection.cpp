@@ -9,9 +9,12 @@
 #include <vector>
 
 #include "ops/projection.h"
+#include "test_helpers.h"
 #include "unisub/unisub.h"
 
 namespace {
+
+using unisub::test::error_of;
 
 torch::Tensor orthonormal(int64_t rows, int64_t cols) {
   return std::get<0>(torch::linalg_qr(torch::randn({rows, cols}, torch::kDouble)));
@@ -33,16 +36,6 @@ torch::Tensor reference(const torch::Tensor& G, const std::optional<torch::Tenso
 
 double relative_error(const torch::Tensor& got, const torch::Tensor& want, const torch::Tensor& scale) {
   return (got.to(torch::kDouble) - want).norm().item<double>() / scale.to(torch::kDouble).norm().item<double>();
-}
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "";
 }
 
 }  // namespace
