@@ -84,7 +84,8 @@ def parse_header(path, raw: bytes, file_size: int) -> Header:
         raise CheckpointError(path, f"header must be a JSON object, got {type(obj).__name__}")
     data_start = 8 + len(raw)
     data_len = file_size - data_start
-    metadata = obj.pop("__metadata__", None) or {}
+    metadata = obj.pop("__metadata__", None)
+    metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise CheckpointError(path, "__metadata__ must map strings to strings")
     tensors = {}
@@ -105,7 +106,7 @@ def _parse_entry(path, key, entry, data_start, data_len) -> TensorInfo:
     if not isinstance(entry, dict):
         fail(f"header entry must be an object, got {type(entry).__name__}")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         fail(f"unknown dtype {dtype!r} (known: {', '.join(DTYPES)})")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         fail(f"shape must be a list of non-negative integers, got {shape!r}")
