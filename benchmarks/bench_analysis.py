@@ -114,7 +114,10 @@ def memory_child(folder, modes, batch_size):
 
     base = _rss_mb()
     t = time.perf_counter()
-    unisub.analyze(folder, modes=modes, energy=0.9, plots=False, progress=True, batch_size=batch_size)
+    # With an output folder each slot's subspace goes to disk when done; without one, all
+    # subspaces are returned in memory (48 slots x ~9 MiB here), which is not streaming.
+    with tempfile.TemporaryDirectory() as out:
+        unisub.analyze(folder, modes=modes, energy=0.9, plots=False, progress=True, batch_size=batch_size, out=out)
     dt = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"RESULT rss_after_import_mb={base:.1f} peak_rss_mb={peak:.1f} seconds={dt:.1f}")
