@@ -62,7 +62,7 @@ setup(
     ext_modules=[CMakeExtension("unisub.libunisub")],
     cmdclass={"build_ext": CMakeBuild},
     python_requires=">=3.10",
-    install_requires=["torch>=2.11"],
+    install_requires=["torch>=2.11", "numpy", "tqdm", "matplotlib"],
     entry_points={"console_scripts": ["unisub=unisub.cli:main"]},
     zip_safe=False,
 )

@@ -12,3 +12,9 @@ from .ops import __all__ as _op_names  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [*_op_names, "library_path", "__version__"]
+
+from .accumulator import SubspaceAccumulator  # noqa: E402
+from .analysis import AnalysisResult, analyze  # noqa: E402
+from .subspace import Subspace  # noqa: E402
+
+__all__ += ["Subspace", "SubspaceAccumulator", "analyze", "AnalysisResult"]

@@ -13,7 +13,126 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--models", type=int, default=64, help="models in the stack (default 64)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_run_demo)
+    _add_analyze(sub)
+    _add_inspect(sub)
     return parser
+
+
+def _add_analyze(sub):
+    p = sub.add_parser("analyze", help="per-slot universal subspaces of many checkpoints",
+                       description="Stream checkpoints (safetensors files or folders, PEFT adapter folders, "
+                                   ".pt/.bin state dicts, or folders of any of these) into per-slot universal "
+                                   "subspaces. Under torchrun the checkpoints are sharded over processes.")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--slots", nargs="+", metavar="PATTERN",
+                   help="tensors to analyse: globs on the full name, or 're:REGEX' (default: every "
+                        "floating-point tensor of 2 or more dimensions)")
+    p.add_argument("--modes", nargs="+", choices=["out", "in"], default=["out", "in"])
+    p.add_argument("--energy", type=float, default=0.9, help="keep the fewest components reaching this "
+                   "explained variance (default 0.9; 1 keeps all that carry variance)")
+    p.add_argument("--rank", type=int, help="keep at most this many components per mode")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--batch-size", type=int, default=8, help="models per streamed batch (default 8)")
+    p.add_argument("--include-1d", action="store_true", help="analyse 1-D tensors (biases, norms) as 1 x n")
+    p.add_argument("--no-lora-scaling", action="store_true",
+                   help="analyse lora_B as stored, without folding in lora_alpha / r")
+    p.add_argument("--no-center", action="store_true", help="do not subtract the mean over models")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run into the same --out")
+    p.add_argument("--device", default=None, help="where the Grams accumulate (default cpu; cuda for NCCL runs)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or table")
+    p.set_defaults(run=_run_analyze)
+
+
+def _add_inspect(sub):
+    p = sub.add_parser("inspect", help="print a saved analysis (a --out folder or a subspace file)")
+    p.add_argument("path", metavar="DIR")
+    p.add_argument("--slot", help="print the spectrum of this slot")
+    p.set_defaults(run=_run_inspect)
+
+
+def _init_distributed(device):
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        cuda = device is not None and str(device).startswith("cuda")
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dist
+
+
+def _run_analyze(args) -> int:
+    from .analysis import analyze
+    from .io import CheckpointError
+    from .table import format_report
+
+    dist = _init_distributed(args.device)
+    device = args.device
+    if dist is not None and device and device.startswith("cuda") and ":" not in device:
+        import os
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    try:
+        result = analyze(args.paths, slots=args.slots, modes=args.modes, energy=args.energy, rank=args.rank,
+                         out=args.out, batch_size=args.batch_size, include_1d=args.include_1d,
+                         scale_lora=not args.no_lora_scaling, center=not args.no_center,
+                         plots=not args.no_plots, progress=not args.quiet, resume=args.resume, device=device)
+    except (CheckpointError, PermissionError, FileNotFoundError, ValueError) as e:
+        print(f"unisub analyze: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if dist is not None:
+            dist.destroy_process_group()
+    if not args.quiet and (dist is None or result.out is None or _is_rank0()):
+        print(format_report(result.report))
+        print(f"written to {args.out}")
+    return 0
+
+
+def _is_rank0():
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _run_inspect(args) -> int:
+    import json
+    from pathlib import Path
+
+    from .table import format_report
+
+    path = Path(args.path)
+    if path.is_file() and path.suffix == ".safetensors":
+        from .subspace import Subspace
+
+        s = Subspace.load(path)
+        print(s)
+        for m in s.bases:
+            ev = s.explained_variance_ratio(m)
+            print(f"  {m}: rank {s.rank(m)} of {ev.numel()}, EVR of the kept components "
+                  f"{float(ev[:s.rank(m)].sum()):.4f}; leading singular values "
+                  + ", ".join(f"{v:.4g}" for v in s.singular_values(m)[:8].tolist()))
+        return 0
+    report_path = path / "report.json"
+    try:
+        report = json.loads(report_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        print(f"unisub inspect: error: cannot read '{report_path}': {e}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    if args.slot:
+        if args.slot not in report["slots"]:
+            print(f"unisub inspect: error: no slot '{args.slot}' in '{report_path}'", file=sys.stderr)
+            return 2
+        for m, mr in report["slots"][args.slot]["modes"].items():
+            print(f"[{m}] singular values: " + ", ".join(f"{v:.5g}" for v in mr["singular_values"]))
+            print(f"[{m}] cumulative EVR:  " + ", ".join(f"{v:.4f}" for v in mr["cumulative_explained_variance"]))
+    return 0
 
 
 def _run_demo(args) -> int:

@@ -1,0 +1,131 @@
+"""SubspaceAccumulator against a float64 dense reference, and its merge / all_reduce / resume
+paths against the one-shot result."""
+import os
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import unisub
+from unisub import SubspaceAccumulator
+
+EPS64 = torch.finfo(torch.float64).eps
+
+
+def dense_grams(X):
+    X = X.double()
+    D = X - X.mean(0)
+    return {"out": torch.einsum("bij,bkj->ik", D, D), "in": torch.einsum("bji,bjk->ik", D, D)}, X.mean(0)
+
+
+def _bound(X):
+    # the input's own rounding carried by the mean and the deviations, times the Gram's width
+    scale = X.double().abs().max().item()
+    dev = (X.double() - X.double().mean(0)).abs().max().item()
+    return 8 * X.shape[0] * max(X.shape[1:]) * EPS64 * scale * max(dev, 1e-300)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [1, 3, 50])
+def test_matches_dense_reference_with_large_offset(dtype, batch, gen):
+    X = (1e4 + torch.randn(23, 7, 5, generator=gen, dtype=torch.float64)).to(dtype)
+    acc = SubspaceAccumulator(modes=("out", "in"))
+    for i in range(0, 23, batch):
+        acc.update(X[i:i + batch])
+    ref, mean = dense_grams(X)
+    assert acc.count == 23
+    assert (acc.mean - mean).abs().max() <= 4 * 23 * EPS64 * 1e4
+    for m in ("out", "in"):
+        err = (acc.grams[m] - ref[m]).abs().max().item()
+        assert err <= _bound(X), f"{m}: {err:.3e} > {_bound(X):.3e}"
+        # relative to the centred energy, not the offset: the offset must not leak in
+        assert err <= 1e-9 * ref[m].abs().max().item()
+
+
+def test_uncentred_mode_and_validation(gen):
+    X = torch.randn(6, 4, 3, generator=gen, dtype=torch.float64)
+    acc = SubspaceAccumulator(modes=("out",), center=False).update(X[:2]).update(X[2:])
+    torch.testing.assert_close(acc.grams["out"], torch.einsum("bij,bkj->ik", X, X), rtol=1e-13, atol=1e-13)
+    with pytest.raises(ValueError, match=r"expected models of shape \[4, 3\], got \[3, 4\]"):
+        acc.update(torch.zeros(1, 3, 4))
+    with pytest.raises(ValueError, match="modes must be"):
+        SubspaceAccumulator(modes=("model",))
+    with pytest.raises(TypeError, match="floating point"):
+        acc.update(torch.zeros(1, 4, 3, dtype=torch.int32))
+
+
+def test_merge_in_any_grouping_equals_one_pass(gen):
+    X = torch.randn(17, 6, 4, generator=gen, dtype=torch.float64) + 3
+    whole = SubspaceAccumulator().update(X)
+    parts = [SubspaceAccumulator().update(X[a:b]) for a, b in [(0, 5), (5, 6), (6, 17)]]
+    merged = parts[2].merge(parts[0]).merge(parts[1])
+    assert merged.count == 17
+    for m in ("out", "in"):
+        torch.testing.assert_close(merged.grams[m], whole.grams[m], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(merged.mean, whole.mean, rtol=1e-14, atol=1e-14)
+
+
+def test_state_dict_weights_only_round_trip_and_resume(tmp_path, gen):
+    X = torch.randn(12, 5, 6, generator=gen)
+    straight = SubspaceAccumulator((5, 6))
+    for i in range(0, 12, 4):
+        straight.update(X[i:i + 4])
+    first = SubspaceAccumulator((5, 6)).update(X[:4])
+    torch.save(first.state_dict(), tmp_path / "s.pt")
+    resumed = SubspaceAccumulator.from_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
+    resumed.update(X[4:8]).update(X[8:])
+    for m in ("out", "in"):
+        assert torch.equal(resumed.grams[m], straight.grams[m]), "resuming must be bit-identical"
+    assert torch.equal(resumed.mean, straight.mean)
+
+
+def test_finalize_rank_energy_and_spectrum(gen):
+    # a stack with an exact rank-2 mode-out structure plus nothing else
+    U = torch.linalg.qr(torch.randn(8, 2, generator=gen, dtype=torch.float64)).Q
+    X = torch.einsum("ik,bkj->bij", U, torch.randn(30, 2, 5, generator=gen, dtype=torch.float64))
+    acc = SubspaceAccumulator(modes=("out",)).update(X)
+    s = acc.finalize(energy=0.999)
+    assert s.rank("out") == 2
+    P = s.bases["out"] @ s.bases["out"].T
+    torch.testing.assert_close(P, U @ U.T, rtol=0, atol=1e-10)
+    assert acc.finalize(rank=1).rank("out") == 1
+    assert acc.finalize().rank("out") == 8
+    ref = torch.linalg.svdvals(torch.cat(list(X - X.mean(0)), dim=1))
+    sv = s.singular_values("out")
+    torch.testing.assert_close(sv[:2], ref[:2], rtol=1e-12, atol=0)
+    # through the Gram, values below √ε·σ_max are rounding noise (DESIGN.md §3)
+    assert sv[2:].max() <= 4 * EPS64 ** 0.5 * sv[0]
+    with pytest.raises(ValueError, match="energy must lie in"):
+        acc.finalize(energy=1.5)
+
+
+def _worker(rank, world, init, X, out):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    acc = SubspaceAccumulator((X.shape[1], X.shape[2]))
+    mine = X[:4] if rank == 0 else X[4:]
+    for i in range(0, mine.shape[0], 3):
+        acc.update(mine[i:i + 3])
+    acc.all_reduce()
+    torch.save((rank, acc.count, acc.mean, acc.grams["out"], acc.grams["in"]), f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_all_reduce_two_gloo_processes(tmp_path, gen):
+    X = torch.randn(10, 4, 6, generator=gen, dtype=torch.float64) + 100
+    ctx = mp.get_context("spawn")
+    init = f"file://{tmp_path / 'rendezvous'}"
+    procs = [ctx.Process(target=_worker, args=(r, 2, init, X, tmp_path / "res")) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(180)
+        assert p.exitcode == 0
+    results = [torch.load(f"{tmp_path / 'res'}.{r}", weights_only=True) for r in range(2)]
+    one = SubspaceAccumulator((4, 6)).update(X)
+    for rank, count, mean, gout, gin in results:
+        assert count == 10
+        torch.testing.assert_close(mean, one.mean, rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(gout, one.grams["out"], rtol=1e-11, atol=1e-9)
+        torch.testing.assert_close(gin, one.grams["in"], rtol=1e-11, atol=1e-9)

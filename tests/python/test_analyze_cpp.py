@@ -1,0 +1,111 @@
+"""The C++ tool unisub-analyze: same results as the Python path on real models, same verdicts on
+mutated headers, clear errors and no output on bad input."""
+import json
+import math
+import subprocess
+
+import pytest
+import torch
+
+import unisub
+from conftest import build_dir
+from fixtures.digits_zoo import build_zoo
+from test_io_safetensors import fuzz_cases
+from unisub.io import CheckpointError, read_header
+
+EPS64 = torch.finfo(torch.float64).eps
+
+
+def tool():
+    path = build_dir() / "csrc" / "tools" / "unisub-analyze"
+    if not path.is_file():
+        cache = (build_dir() / "CMakeCache.txt").read_text() if (build_dir() / "CMakeCache.txt").exists() else ""
+        if "nlohmann_json_DIR:PATH=nlohmann_json_DIR-NOTFOUND" in cache:
+            pytest.skip("built without nlohmann-json, so without unisub-analyze")
+        pytest.fail(f"{path} was not built (the test command builds it)")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("zoo_st")
+    build_zoo(folder, models=9, steps=20, seed=1, formats=("safetensors",))
+    return folder
+
+
+def test_matches_python_to_rounding(zoo, tmp_path):
+    py = unisub.analyze(zoo, out=tmp_path / "py", energy=0.85, batch_size=4, plots=False, progress=False)
+    run = subprocess.run([tool(), str(zoo), "--out", str(tmp_path / "cpp"), "--energy", "0.85", "--batch-size", "4"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "3.weight" in run.stdout and "split sinmax" in run.stdout
+    cpp = json.loads((tmp_path / "cpp" / "report.json").read_text())
+    assert sorted(cpp["slots"]) == sorted(py.slots)
+    for key, rep in py.report["slots"].items():
+        other = cpp["slots"][key]
+        assert other["shape"] == rep["shape"] and other["models"] == rep["models"] == 9
+        assert math.isclose(other["energy"]["mean_share"], rep["energy"]["mean_share"], rel_tol=1e-12)
+        assert math.isclose(other["compression"]["ratio"], rep["compression"]["ratio"], rel_tol=1e-12)
+        for mode, mr in rep["modes"].items():
+            om = other["modes"][mode]
+            assert om["rank"] == mr["rank"] and om["rank_at_tau"] == mr["rank_at_tau"]
+            e1 = torch.tensor(mr["singular_values"], dtype=torch.float64).pow(2)
+            e2 = torch.tensor(om["singular_values"], dtype=torch.float64).pow(2)
+            assert (e1 - e2).abs().max() <= 50 * e1.numel() * EPS64 * e1[0]
+            assert om["null"]["components_above_mp_edge"] == mr["null"]["components_above_mp_edge"]
+            assert math.isclose(om["null"]["mp_upper_edge"], mr["null"]["mp_upper_edge"], rel_tol=1e-12)
+            torch.testing.assert_close(torch.tensor(om["split_half"]["principal_angles_deg"], dtype=torch.float64),
+                                       torch.tensor(mr["split_half"]["principal_angles_deg"], dtype=torch.float64),
+                                       rtol=0, atol=1e-6)
+            for k, v in mr["reconstruction_error"].items():
+                assert math.isclose(om["reconstruction_error"][k], v, abs_tol=1e-9)
+        s1 = py.subspace(key)
+        s2 = unisub.Subspace.load(tmp_path / "cpp" / "subspaces" / f"{key}.safetensors")
+        torch.testing.assert_close(s2.mean, s1.mean, rtol=0, atol=1e-15)
+        for mode in s1.bases:
+            P1, P2 = s1.bases[mode] @ s1.bases[mode].T, s2.bases[mode] @ s2.bases[mode].T
+            ev = s1.eigenvalues[mode]
+            r = s1.rank(mode)
+            gap = (ev[r - 1] - ev[r]) / ev[0] if r < ev.numel() else 1.0
+            if gap > 1e-6:
+                assert (P1 - P2).abs().max() <= 1e-9 / gap, (key, mode)
+
+
+def test_both_readers_agree_on_mutated_headers(tmp_path, gen):
+    seed = int(torch.randint(0, 2**31, (1,), generator=gen))
+    paths = list(fuzz_cases(tmp_path, 300, seed))
+    run = subprocess.run([tool(), "--check-headers", *map(str, paths)], capture_output=True, text=True,
+                         errors="replace", timeout=300)  # messages may quote the mutated bytes
+    assert run.returncode == 0, run.stderr
+    verdicts = run.stdout.splitlines()
+    assert len(verdicts) == len(paths)
+    rejected = 0
+    for p, line in zip(paths, verdicts):
+        try:
+            read_header(p)
+            py_ok = True
+        except CheckpointError:
+            py_ok = False
+        assert line.startswith("ok ") == py_ok, f"{p}: Python {'accepts' if py_ok else 'rejects'}, C++ says {line}"
+        if not py_ok:
+            assert str(p) in line
+            rejected += 1
+    assert rejected > 50
+
+
+def test_bad_input_clear_error_and_no_output(zoo, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in sorted(zoo.iterdir())[:3]:
+        (bad / f.name).write_bytes(f.read_bytes())
+    victim = sorted(bad.iterdir())[1]
+    victim.write_bytes(victim.read_bytes()[:-100])
+    run = subprocess.run([tool(), str(bad), "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1
+    assert f"{victim}: slot" in run.stderr and "past the end" in run.stderr
+    assert not (tmp_path / "o").exists()
+    run = subprocess.run([tool(), str(tmp_path / "empty_missing"), "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and "no such file or folder" in run.stderr
+    run = subprocess.run([tool(), str(zoo), "--energy", "2", "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert run.returncode == 2 and "--energy must lie in (0, 1], got 2" in run.stderr

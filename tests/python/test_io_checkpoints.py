@@ -1,0 +1,108 @@
+"""PEFT adapters (scaling, rsLoRA, rank/alpha patterns), torch state dicts, slot selection and the
+discovery of checkpoints in folders."""
+import json
+import math
+
+import pytest
+import torch
+
+from unisub.io import (CheckpointError, PeftAdapter, TorchCheckpoint, discover, matrix_shape, save_file,
+                       select)
+
+
+def _adapter(folder, config, modules, gen, r_of=lambda m: None):
+    folder.mkdir(parents=True)
+    tensors = {}
+    for mod in modules:
+        r = r_of(mod) or config["r"]
+        tensors[f"base_model.model.{mod}.lora_A.weight"] = torch.randn(r, 6, generator=gen)
+        tensors[f"base_model.model.{mod}.lora_B.weight"] = torch.randn(5, r, generator=gen)
+    save_file(tensors, folder / "adapter_model.safetensors")
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    return tensors
+
+
+MODS = ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj", "model.layers.1.mlp.down_proj"]
+
+
+def test_peft_scaling_plain_and_rslora(tmp_path, gen):
+    for rs in (False, True):
+        cfg = {"r": 4, "lora_alpha": 16, "use_rslora": rs}
+        raw = _adapter(tmp_path / f"a{rs}", cfg, MODS, gen)
+        ad = PeftAdapter(tmp_path / f"a{rs}")
+        s = 16 / math.sqrt(4) if rs else 16 / 4
+        key = "model.layers.0.self_attn.q_proj.lora_B.weight"
+        assert key in ad.slots, "the base_model.model. prefix is dropped"
+        torch.testing.assert_close(ad.get(key), s * raw["base_model.model." + key], rtol=0, atol=0)
+        a_key = key.replace("lora_B", "lora_A")
+        assert torch.equal(ad.get(a_key), raw["base_model.model." + a_key]), "lora_A is never scaled"
+        unscaled = PeftAdapter(tmp_path / f"a{rs}", scale=False)
+        assert torch.equal(unscaled.get(key), raw["base_model.model." + key])
+
+
+def test_peft_rank_and_alpha_patterns_first_match_on_dot_boundary(tmp_path, gen):
+    # "q_proj" must not hit "qq_proj"-like names; the first matching key in file order wins.
+    cfg = {"r": 4, "lora_alpha": 8, "rank_pattern": {"v_proj": 2, "layers.1.mlp.down_proj": 6},
+           "alpha_pattern": {"self_attn.v_proj": 32, "v_proj": 1, "down_proj": 3}}
+    ranks = {MODS[1]: 2, MODS[2]: 6}
+    raw = _adapter(tmp_path / "a", cfg, MODS, gen, r_of=ranks.get)
+    ad = PeftAdapter(tmp_path / "a")
+    expect = {MODS[0]: 8 / 4, MODS[1]: 32 / 2, MODS[2]: 3 / 6}
+    for mod, s in expect.items():
+        key = f"{mod}.lora_B.weight"
+        torch.testing.assert_close(ad.get(key), s * raw["base_model.model." + key], rtol=0, atol=0)
+
+
+def test_peft_rank_mismatch_is_an_error(tmp_path, gen):
+    _adapter(tmp_path / "a", {"r": 4, "lora_alpha": 8}, MODS[:1], gen, r_of=lambda m: 3)
+    with pytest.raises(CheckpointError, match=r"rank 4 for module 'model.layers.0.self_attn.q_proj'.*\[5, 3\]"):
+        PeftAdapter(tmp_path / "a")
+
+
+def test_torch_state_dicts_pt_bin_and_nested(tmp_path, gen):
+    sd = {"w": torch.randn(4, 3, generator=gen), "b": torch.randn(4, generator=gen)}
+    torch.save(sd, tmp_path / "m.pt")
+    torch.save({"state_dict": sd, "epoch": 3}, tmp_path / "n.bin")
+    for name in ("m.pt", "n.bin"):
+        ck = TorchCheckpoint(tmp_path / name)
+        assert ck.slots == {"w": ("F32", (4, 3)), "b": ("F32", (4,))}
+        assert torch.equal(ck.get("w"), sd["w"])
+    (tmp_path / "bad.pt").write_bytes(b"not a zip file at all")
+    with pytest.raises(CheckpointError, match=r"bad\.pt: cannot load"):
+        TorchCheckpoint(tmp_path / "bad.pt")
+
+
+def test_slot_selection_globs_regex_conv_and_1d():
+    slots = {"enc.0.conv.weight": ("F32", (8, 3, 3, 3)), "enc.0.conv.bias": ("F32", (8,)),
+             "enc.1.fc.weight": ("BF16", (4, 8)), "steps": ("I64", ()), "pos_ids": ("I64", (1, 5))}
+    chosen, skipped = select(slots, None, False, "f")
+    assert chosen == ["enc.0.conv.weight", "enc.1.fc.weight"]
+    assert set(skipped) == {"enc.0.conv.bias", "steps", "pos_ids"}
+    assert select(slots, None, True, "f")[0] == ["enc.0.conv.bias", "enc.0.conv.weight", "enc.1.fc.weight"]
+    assert select(slots, ["*.fc.*"], False, "f")[0] == ["enc.1.fc.weight"]
+    assert select(slots, [r"re:conv\.(weight|bias)$"], True, "f")[0] == ["enc.0.conv.bias", "enc.0.conv.weight"]
+    with pytest.raises(CheckpointError, match=r"slot 'pos_ids': dtype I64 cannot be analysed"):
+        select(slots, ["pos_*"], False, "f")
+    assert matrix_shape((8, 3, 3, 3)) == (8, 27) and matrix_shape((5,)) == (1, 5) and matrix_shape(()) is None
+
+
+def test_discover_folders(tmp_path, gen):
+    (tmp_path / "zoo").mkdir()
+    for i in range(3):
+        save_file({"w": torch.randn(2, 2, generator=gen)}, tmp_path / "zoo" / f"m{i}.safetensors")
+    hf = tmp_path / "zoo" / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    save_file({"w": torch.randn(2, 2, generator=gen)}, hf / "model-00001-of-00002.safetensors")
+    save_file({"v": torch.randn(2, 2, generator=gen)}, hf / "model-00002-of-00002.safetensors")
+    _adapter(tmp_path / "zoo" / "lora", {"r": 2, "lora_alpha": 2}, MODS[:1], gen)
+    (tmp_path / "zoo" / "notes.txt").write_text("ignored")
+    cks = discover([tmp_path / "zoo"])
+    names = [c.name.rsplit("/", 1)[-1] for c in cks]
+    assert names == ["hf", "lora", "m0.safetensors", "m1.safetensors", "m2.safetensors"]
+    assert set(cks[0].slots) == {"w", "v"}, "shards of one model are one checkpoint"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match=r"empty: no checkpoints found"):
+        discover([tmp_path / "empty"])
+    with pytest.raises(CheckpointError, match="no such file"):
+        discover([tmp_path / "missing"])

@@ -1,0 +1,254 @@
+"""``unisub.analyze``: per-slot universal subspaces of many checkpoints, streamed.
+
+The loop runs slot by slot and, within a slot, over batches of models: each batch holds only that
+slot of ``batch_size`` models, so memory is one slot's accumulators plus one batch, whatever the
+number or size of the checkpoints. Headers are all validated before any work (a bad file fails in
+seconds, not after hours). Models are split into two halves by their index parity (for split-half
+stability) and, under ``torch.distributed``, sharded over ranks by index; accumulators are
+all-reduced per slot. State is saved as it goes, so ``resume=True`` continues an interrupted run.
+"""
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from .accumulator import SubspaceAccumulator
+from .io import CheckpointError, discover, ensure_writable_dir, matrix_shape, select, write_json
+from .io.atomic import atomic_path
+from .metrics import ERROR_RANKS, TAUS, slot_report
+from .subspace import Subspace
+
+REPORT = "report.json"
+
+
+@dataclass
+class AnalysisResult:
+    report: Dict
+    out: Optional[Path] = None
+    _subspaces: Dict[str, Subspace] = field(default_factory=dict)
+
+    @property
+    def slots(self) -> List[str]:
+        return list(self.report["slots"])
+
+    def subspace(self, slot: str) -> Subspace:
+        if slot in self._subspaces:
+            return self._subspaces[slot]
+        if self.out is None:
+            raise KeyError(slot)
+        return Subspace.load(self.out / "subspaces" / f"{safe_name(slot)}.safetensors")
+
+
+def safe_name(slot: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", slot)
+
+
+def _dist():
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _plan(checkpoints, patterns, include_1d):
+    ref = checkpoints[0]
+    chosen, skipped = select(ref.slots, patterns, include_1d, ref.name)
+    if not chosen:
+        what = f"matches --slots {' '.join(patterns)}" if patterns else "is a floating-point tensor of 2 or more dimensions"
+        raise CheckpointError(ref.name, f"no tensor {what} (it has {len(ref.slots)} tensors"
+                                        f"{': ' + ', '.join(list(ref.slots)[:5]) if ref.slots else ''})")
+    for ck in checkpoints[1:]:
+        for key in chosen:
+            if key not in ck.slots:
+                raise CheckpointError(ck.file_of(key), f"missing (present in '{ref.file_of(key)}')", slot=key)
+            dtype, shape = ck.slots[key]
+            if shape != ref.slots[key][1]:
+                raise CheckpointError(ck.file_of(key), f"shape {list(shape)} differs from {list(ref.slots[key][1])} "
+                                                       f"in '{ref.file_of(key)}'", slot=key)
+            select({key: (dtype, shape)}, [key], True, ck.file_of(key))  # dtype check, names the file
+    return chosen, skipped
+
+
+def _fingerprint(checkpoints, options) -> str:
+    items = [(ck.name, [os.path.getsize(p) for p in _files(ck)]) for ck in checkpoints]
+    return hashlib.sha256(json.dumps([items, options], sort_keys=True).encode()).hexdigest()
+
+
+def _files(ck):
+    names = {ck.file_of(k) for k in ck.slots} or {ck.name}
+    return sorted(p for p in names if os.path.isfile(p))
+
+
+def _read(ck, key, shape):
+    t = ck.get(key)
+    if tuple(t.shape) != tuple(ck.slots[key][1]):
+        raise CheckpointError(ck.file_of(key), f"read shape {list(t.shape)}, header says {list(ck.slots[key][1])}", slot=key)
+    return t.reshape(shape)
+
+
+def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Sequence[str] = ("out", "in"),
+            energy: Optional[float] = 0.9, rank: Optional[int] = None, out=None, batch_size: int = 8,
+            include_1d: bool = False, scale_lora: bool = True, center: bool = True,
+            taus: Sequence[float] = TAUS, error_ranks: Sequence[int] = ERROR_RANKS, plots: bool = True,
+            progress: bool = True, resume: bool = False, device=None, group=None,
+            checkpoint_every: float = 60.0, on_batch: Optional[Callable[[str, int], None]] = None) -> AnalysisResult:
+    """Analyse ``sources`` (files or folders of checkpoints); see ``unisub analyze --help``.
+
+    ``out``: folder for subspaces (``subspaces/<slot>.safetensors``), ``report.json``, plots and
+    resume state; without it nothing is written and subspaces stay in memory.
+    ``checkpoint_every``: seconds between saves of the in-progress slot's state (0: every batch).
+    ``on_batch(slot, batch_index)`` is called after each batch (progress hooks, tests)."""
+    if batch_size < 1:
+        raise ValueError(f"analyze: batch_size must be >= 1, got {batch_size}")
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    rank_id, world = _dist()
+    device = torch.device(device or "cpu")
+    patterns = list(slots) if slots else None
+    out = Path(out) if out is not None else None
+    if out is not None and rank_id == 0:
+        ensure_writable_dir(out)
+        for sub in ("subspaces", "slots", "state"):
+            ensure_writable_dir(out / sub)
+
+    checkpoints = discover(sources, scale_lora=scale_lora)
+    chosen, skipped = _plan(checkpoints, patterns, include_1d)
+    M = len(checkpoints)
+    options = {"slots": chosen, "modes": list(modes), "energy": energy, "rank": rank, "center": center,
+               "batch_size": batch_size, "world": world, "scale_lora": scale_lora, "include_1d": include_1d,
+               "taus": list(taus), "error_ranks": list(error_ranks)}
+    fp = _fingerprint(checkpoints, options)
+    state_dir = out / "state" if out is not None else None
+    if state_dir is not None:
+        _prepare_state(state_dir, fp, resume, rank_id, world)
+
+    mine = [i for i in range(M) if i % world == rank_id]
+    batches = [mine[j:j + batch_size] for j in range(0, len(mine), batch_size)]
+    bar = _progress(len(chosen) * len(batches), progress and rank_id == 0, "analyse")
+    reports, subspaces = {}, {}
+    for si, key in enumerate(chosen):
+        slot_file = out / "slots" / f"{safe_name(key)}.json" if out is not None else None
+        if resume and slot_file is not None and slot_file.exists():
+            reports[key] = json.loads(slot_file.read_text())
+            bar.update(len(batches))
+            continue
+        shape = matrix_shape(checkpoints[0].slots[key][1])
+        halves = [SubspaceAccumulator(shape, modes, center, device) for _ in range(2)]
+        start = _load_partial(state_dir, key, halves, rank_id) if resume and state_dir is not None else 0
+        bar.update(start)
+        last_save = time.monotonic()
+        for bi in range(start, len(batches)):
+            batch = batches[bi]
+            mats = {i: _read(checkpoints[i], key, shape) for i in batch}
+            for h in (0, 1):
+                part = [mats[i] for i in batch if i % 2 == h]
+                if part:
+                    halves[h].update(torch.stack(part))
+            del mats
+            bar.update(1)
+            if state_dir is not None and (time.monotonic() - last_save >= checkpoint_every or bi + 1 == len(batches)):
+                _save_partial(state_dir, key, halves, bi + 1, rank_id)
+                last_save = time.monotonic()
+            if on_batch is not None:
+                on_batch(key, bi)
+        if world > 1:
+            for h in halves:
+                h.all_reduce(group)
+        total = halves[0].merged(halves[1])
+        meta = {"source_files": [checkpoints[0].file_of(key)], "original_shape": list(checkpoints[0].slots[key][1])}
+        sub = total.finalize(rank=rank, energy=energy, slot=key, metadata=meta)
+        split = halves if min(h.count for h in halves) >= 2 else None
+        rep = slot_report(sub, total, split, taus, error_ranks, null_seed=si)
+        reports[key] = rep
+        if rank_id == 0 and out is not None:
+            sub.save(out / "subspaces" / f"{safe_name(key)}.safetensors")
+            write_json(slot_file, rep)
+        elif out is None:
+            subspaces[key] = sub
+        if state_dir is not None:
+            (state_dir / f"partial.rank{rank_id}.pt").unlink(missing_ok=True)
+    bar.close()
+
+    report = {"format": "unisub.report/1", "models": M, "sources": [ck.name for ck in checkpoints],
+              "options": options, "skipped": skipped, "slots": reports, "summary": summarize(reports)}
+    if rank_id == 0 and out is not None:
+        write_json(out / REPORT, report)
+        if plots:
+            from .plots import plot_report
+
+            plot_report(report, out / "plots", progress=progress)
+    return AnalysisResult(report, out, subspaces)
+
+
+def summarize(reports: Dict) -> Dict:
+    """Averages over slots, per mode."""
+    summary = {}
+    modes = sorted({m for r in reports.values() for m in r["modes"]})
+    for m in modes:
+        rs = [r["modes"][m] for r in reports.values() if m in r["modes"]]
+        if not rs:
+            continue
+        def avg(f):
+            return sum(f(x) for x in rs) / len(rs)
+        summary[m] = {
+            "slots": len(rs),
+            "mean_rank": avg(lambda x: x["rank"]),
+            "mean_rank_fraction": avg(lambda x: x["rank"] / x["dim"]),
+            "mean_components_above_mp_edge": avg(lambda x: x["null"]["components_above_mp_edge"]),
+            "mean_split_half_max_sin": (sum(x["split_half"]["max_sin"] for x in rs if x["split_half"])
+                                        / max(1, sum(1 for x in rs if x["split_half"]))),
+        }
+    if reports:
+        summary["mean_energy_share_of_mean"] = sum(r["energy"]["mean_share"] for r in reports.values()) / len(reports)
+        summary["mean_compression_ratio"] = sum(r["compression"]["ratio"] for r in reports.values()) / len(reports)
+    return summary
+
+
+def _prepare_state(state_dir: Path, fp: str, resume: bool, rank_id: int, world: int):
+    marker = state_dir / "fingerprint.json"
+    if resume:
+        if not marker.exists():
+            raise FileNotFoundError(f"--resume: no saved state in '{state_dir}' (start without --resume)")
+        saved = json.loads(marker.read_text())["fingerprint"]
+        if saved != fp:
+            raise ValueError(f"--resume: the state in '{state_dir}' is from a different run (other checkpoints, "
+                             f"slots, options or number of processes); start without --resume")
+        return
+    if rank_id == 0:
+        for p in list(state_dir.glob("partial.rank*.pt")) + list((state_dir.parent / "slots").glob("*.json")):
+            p.unlink()
+        write_json(marker, {"fingerprint": fp})
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _save_partial(state_dir, key, halves, next_batch, rank_id):
+    with atomic_path(state_dir / f"partial.rank{rank_id}.pt") as tmp:
+        torch.save({"slot": key, "next_batch": next_batch, "halves": [h.state_dict() for h in halves]}, tmp)
+
+
+def _load_partial(state_dir, key, halves, rank_id) -> int:
+    path = state_dir / f"partial.rank{rank_id}.pt"
+    if not path.exists():
+        return 0
+    state = torch.load(path, weights_only=True)
+    if state["slot"] != key:
+        return 0
+    for h, s in zip(halves, state["halves"]):
+        h.load_state_dict(s)
+    return int(state["next_batch"])
+
+
+def _progress(total, enabled, desc):
+    from tqdm import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc=desc, unit="batch", dynamic_ncols=True, leave=True)

@@ -1,0 +1,210 @@
+"""Checkpoints as read-one-slot-at-a-time objects: safetensors files (sharded or not), PEFT
+adapter folders and ``.pt`` / ``.bin`` state dicts, behind one small interface."""
+import json
+import math
+import re
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import torch
+
+from .errors import CheckpointError
+from .safetensors import NAMES, SafetensorsFile, read_header
+
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".bin", ".pth")
+
+
+class Checkpoint:
+    """``slots`` maps each tensor name to (dtype name, shape) without reading any data;
+    ``get(name)`` reads that one tensor."""
+
+    name: str
+    slots: Dict[str, Tuple[str, Tuple[int, ...]]]
+
+    def get(self, key) -> torch.Tensor:
+        raise NotImplementedError
+
+    def file_of(self, key) -> str:
+        return self.name
+
+
+class SafetensorsCheckpoint(Checkpoint):
+    def __init__(self, files: List[Path], name=None):
+        self.name = str(name or files[0])
+        self._where, self.slots = {}, {}
+        for path in files:
+            f = SafetensorsFile(path)
+            for key, info in f.header.tensors.items():
+                if key in self._where:
+                    raise CheckpointError(path, f"tensor also present in shard '{self._where[key].path}'", slot=key)
+                self._where[key] = f
+                self.slots[key] = (info.dtype, info.shape)
+
+    def get(self, key):
+        if key not in self._where:
+            raise CheckpointError(self.name, "no such tensor in this checkpoint", slot=key)
+        return self._where[key].get(key)
+
+    def file_of(self, key):
+        return str(self._where[key].path) if key in self._where else self.name
+
+
+class TorchCheckpoint(Checkpoint):
+    """A ``torch.save``-d state dict. Loaded with ``weights_only=True`` (never unpickles code) and
+    ``mmap=True`` where the file is in the zip format, so a slot is read without the rest."""
+
+    def __init__(self, path: Path):
+        self.name = str(path)
+        self.path = path
+        sd = self._load()
+        self.slots = {}
+        for k, v in sd.items():
+            if isinstance(v, torch.Tensor):
+                self.slots[k] = (NAMES.get(v.dtype, str(v.dtype).replace("torch.", "")), tuple(v.shape))
+
+    def _load(self):
+        try:
+            try:
+                sd = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e) and "zip" not in str(e):
+                    raise
+                sd = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises many kinds for a corrupt file; name the file.
+            raise CheckpointError(self.path, f"cannot load as a state dict: {e}") from e
+        if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+            sd = sd["state_dict"]
+        if not isinstance(sd, dict):
+            raise CheckpointError(self.path, f"expected a dict of tensors, got {type(sd).__name__}")
+        return sd
+
+    def get(self, key):
+        sd = self._load()
+        if key not in sd or not isinstance(sd[key], torch.Tensor):
+            raise CheckpointError(self.path, "no such tensor in this checkpoint", slot=key)
+        return sd[key].clone()
+
+
+def _pattern_key(patterns, module):
+    """PEFT's rule: the first key (file order) that matches the module name on a dot boundary."""
+    for key in patterns:
+        if re.match(rf"(.*\.)?({key})$", module):
+            return key
+    return None
+
+
+class PeftAdapter(Checkpoint):
+    """A PEFT LoRA folder. Tensor names lose the ``base_model.model.`` prefix. With ``scale``,
+    every ``lora_B`` (and ``lora_embedding_B``) is multiplied by its module's scaling
+    (lora_alpha / r, or lora_alpha / sqrt(r) for rsLoRA, with rank_pattern / alpha_pattern
+    overrides), so B·A is the ΔW the adapter adds: adapters trained with different alphas become
+    comparable, which per-factor analysis without the scaling silently gets wrong."""
+
+    PREFIX = "base_model.model."
+
+    def __init__(self, folder: Path, scale: bool = True):
+        self.name = str(folder)
+        self.folder = folder
+        cfg_path = folder / "adapter_config.json"
+        try:
+            self.config = json.loads(cfg_path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise CheckpointError(cfg_path, f"cannot read adapter config: {e}") from e
+        st, pt = folder / "adapter_model.safetensors", folder / "adapter_model.bin"
+        if st.exists():
+            self.inner = SafetensorsCheckpoint([st])
+        elif pt.exists():
+            self.inner = TorchCheckpoint(pt)
+        else:
+            raise CheckpointError(folder, "PEFT folder has adapter_config.json but neither "
+                                          "adapter_model.safetensors nor adapter_model.bin")
+        self.scale = scale
+        self._raw = {self._rename(k): k for k in self.inner.slots}
+        self.slots = {self._rename(k): v for k, v in self.inner.slots.items()}
+        self.scalings = {}
+        for key, (_, shape) in self.slots.items():
+            if ".lora_B" in key or ".lora_embedding_B" in key:
+                self.scalings[key] = self._scaling(key, shape)
+
+    def _rename(self, key):
+        return key[len(self.PREFIX):] if key.startswith(self.PREFIX) else key
+
+    def _scaling(self, key, shape):
+        module = re.split(r"\.lora_(?:embedding_)?B", key)[0]
+        cfg = self.config
+        rank_key = _pattern_key(cfg.get("rank_pattern") or {}, module)
+        alpha_key = _pattern_key(cfg.get("alpha_pattern") or {}, module)
+        r = cfg["rank_pattern"][rank_key] if rank_key else cfg.get("r", 8)
+        alpha = cfg["alpha_pattern"][alpha_key] if alpha_key else cfg.get("lora_alpha", 8)
+        actual_r = shape[1] if ".lora_B" in key else shape[0]
+        if len(shape) >= 2 and actual_r != r:
+            raise CheckpointError(self.folder, f"adapter_config.json gives rank {r} for module "
+                                               f"'{module}' but lora_B has shape {list(shape)}", slot=key)
+        return alpha / math.sqrt(r) if cfg.get("use_rslora", False) else alpha / r
+
+    def get(self, key):
+        if key not in self._raw:
+            raise CheckpointError(self.name, "no such tensor in this adapter", slot=key)
+        t = self.inner.get(self._raw[key])
+        if self.scale and key in self.scalings:
+            t = t.to(torch.float64 if t.dtype == torch.float64 else torch.float32) * self.scalings[key]
+        return t
+
+    def file_of(self, key):
+        return self.inner.file_of(self._raw.get(key, key))
+
+
+def open_checkpoint(path: Path, scale_lora: bool = True) -> Checkpoint:
+    path = Path(path)
+    if path.is_dir():
+        if (path / "adapter_config.json").exists():
+            return PeftAdapter(path, scale=scale_lora)
+        shards = sorted(path.glob("*.safetensors"))
+        if shards:
+            return SafetensorsCheckpoint(shards, name=path)
+        for name in ("pytorch_model.bin", "model.pt", "model.bin"):
+            if (path / name).exists():
+                return TorchCheckpoint(path / name)
+        raise CheckpointError(path, "folder holds no checkpoint")
+    if path.suffix == ".safetensors":
+        return SafetensorsCheckpoint([path])
+    if path.suffix in WEIGHT_SUFFIXES:
+        return TorchCheckpoint(path)
+    raise CheckpointError(path, f"unknown checkpoint type (expected a folder or one of {WEIGHT_SUFFIXES})")
+
+
+def _is_model_folder(path: Path) -> bool:
+    """A folder is one model if it is a PEFT adapter or a Hugging Face model folder; otherwise it
+    is a folder *of* models."""
+    return ((path / "adapter_config.json").exists() or (path / "config.json").exists()
+            or any(path.glob("*.safetensors.index.json")) or (path / "model.safetensors").exists()
+            or (path / "pytorch_model.bin").exists())
+
+
+def discover(paths, scale_lora: bool = True) -> List[Checkpoint]:
+    """Resolve the user's PATHs into checkpoints, in a deterministic (sorted) order."""
+    found = []
+
+    def visit(p: Path, top: bool):
+        if p.is_dir():
+            if _is_model_folder(p):
+                found.append(p)
+                return
+            children = sorted(p.iterdir())
+            n0 = len(found)
+            for c in children:
+                if c.is_dir() or c.suffix in WEIGHT_SUFFIXES:
+                    visit(c, False)
+            if top and len(found) == n0:
+                raise CheckpointError(p, "no checkpoints found in this folder (looked for *.safetensors, "
+                                         "*.pt, *.bin and model/adapter folders)")
+        elif p.exists():
+            found.append(p)
+        else:
+            raise CheckpointError(p, "no such file or folder")
+
+    for p in paths:
+        visit(Path(p), True)
+    if not found:
+        raise CheckpointError(", ".join(map(str, paths)) or "(none)", "no checkpoints given")
+    return [open_checkpoint(p, scale_lora) for p in found]
