@@ -182,11 +182,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> svd_impl(const at::Tensor& A, int
   auto solve = [&](const at::Tensor& C) -> Factors {
     SvdMethod chosen = method;
     Factors f;
+    // auto: measured on CPU (benchmarks/RESULTS.md), the Gram route is not faster than LAPACK at
+    // 64 x 64 or 4096 x 16, so CPU takes LAPACK; on CUDA float32 takes the Gram route where it is
+    // as accurate as LAPACK (see kAutoGramMinRatio).
+    const bool auto_gram = chosen == SvdMethod::Auto && float32_output && !C.is_cpu();
     // The Gram route finds non-finite input itself (on the Gram's diagonal, n values).
-    if (chosen != SvdMethod::Gram && !(chosen == SvdMethod::Auto && float32_output)) check_finite(C, kOp, "A");
+    if (chosen != SvdMethod::Gram && !auto_gram) check_finite(C, kOp, "A");
     if (chosen == SvdMethod::Auto) {
       chosen = SvdMethod::Lapack;
-      if (float32_output) {
+      if (auto_gram) {
         f = gram(C);
         if (gram_is_accurate_enough(f.S, k)) chosen = SvdMethod::Gram;
       }

@@ -28,7 +28,8 @@ def svd(A: torch.Tensor, rank: int = -1, method: str = "auto") -> Tuple[torch.Te
     accuracy, the most accurate), ``"lapack"`` (the platform library; backward stable),
     ``"gram"`` (eigh of the smaller Gram in float64; fastest for tall-skinny factors, squares the
     condition number), ``"randomized"`` (range finder with 10 extra columns and 4 power
-    iterations, for ``rank`` much smaller than ``min(m, n)``), ``"auto"`` (see docs/decompositions.md).
+    iterations, for ``rank`` much smaller than ``min(m, n)``), ``"auto"`` (LAPACK on CPU; on CUDA the
+    float64 Gram route for float32 input where it is as accurate; see docs/decompositions.md).
     Signs: the largest-magnitude entry of each column of ``U`` is positive. Differentiable.
     """
     return _ops.svd(A, rank, method)
