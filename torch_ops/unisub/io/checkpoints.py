@@ -1,5 +1,7 @@
 """Checkpoints as read-one-slot-at-a-time objects: safetensors files (sharded or not), PEFT
 adapter folders and ``.pt`` / ``.bin`` state dicts, behind one small interface."""
+
+import abc
 import json
 import math
 import re
@@ -14,15 +16,16 @@ from .safetensors import NAMES, SafetensorsFile, read_header
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".bin", ".pth")
 
 
-class Checkpoint:
+class Checkpoint(abc.ABC):
     """``slots`` maps each tensor name to (dtype name, shape) without reading any data;
-    ``get(name)`` reads that one tensor."""
+    ``get(name)`` reads that one tensor (each format implements it)."""
 
     name: str
     slots: Dict[str, Tuple[str, Tuple[int, ...]]]
 
+    @abc.abstractmethod
     def get(self, key) -> torch.Tensor:
-        raise NotImplementedError
+        """The tensor stored under ``key``, read from disk now."""
 
     def file_of(self, key) -> str:
         return self.name
