@@ -19,8 +19,6 @@
 namespace unisub::detail {
 namespace {
 
-constexpr int64_t kOversample = 10;
-constexpr int kPowerIterations = 4;
 constexpr uint64_t kSketchSeed = 0x6d6f64655f737664ULL;
 // `auto` sketches only when the Gram would be large and few components are wanted.
 constexpr int64_t kAutoSketchMinRows = 512;
@@ -80,12 +78,12 @@ struct CentredUnfolding {
 at::Tensor orthonormal_basis(const at::Tensor& Y) { return std::get<0>(at::linalg_qr(Y)); }
 
 std::tuple<at::Tensor, at::Tensor> sketched_leading(const CentredUnfolding& cu, int64_t k) {
-  const int64_t width = cu.u.columns(), s = std::min(k + kOversample, std::min(cu.u.rows, width));
+  const int64_t width = cu.u.columns(), s = std::min(k + kSketchOversample, std::min(cu.u.rows, width));
   auto gen = at::detail::createCPUGenerator(kSketchSeed);
   auto omega = at::randn({cu.u.outer, cu.u.inner, s}, gen, at::TensorOptions().dtype(at::kDouble))
                    .to(cu.X3.options());
   auto Q = orthonormal_basis(cu.times(omega));
-  for (int it = 0; it < kPowerIterations; ++it) {  // re-orthonormalised every half step
+  for (int it = 0; it < kSketchPowerIterations; ++it) {  // re-orthonormalised every half step
     const auto Z = orthonormal_basis(cu.transposed_times(Q).reshape({width, -1}));
     Q = orthonormal_basis(cu.times(Z.reshape({cu.u.outer, cu.u.inner, -1})));
   }
@@ -140,7 +138,7 @@ std::tuple<at::Tensor, at::Tensor> mode_svd_impl(const at::Tensor& X, int64_t di
 
   const bool sketch = method == SvdMethod::Randomized ||
                       (method == SvdMethod::Auto && rank > 0 && u.rows >= kAutoSketchMinRows &&
-                       rank + kOversample <= u.rows / 4);
+                       rank + kSketchOversample <= u.rows / 4);
   at::Tensor U, S;
   if (sketch) {
     CentredUnfolding cu{X.reshape({u.outer, u.rows, u.inner}).to(out_dtype), at::Tensor(), u};

@@ -20,9 +20,6 @@ namespace unisub::detail {
 namespace {
 
 constexpr std::string_view kOp = "svd";
-// Randomized SVD: oversampling and power iterations (Halko, Martinsson & Tropp 2011, §4.3-4.5).
-constexpr int64_t kOversample = 10;
-constexpr int kPowerIterations = 4;
 constexpr uint64_t kSketchSeed = 0x756e69737562ULL;  // fixed: same sketch, same answer, any device
 
 // The Gram route for float32-or-narrower input forms AᵀA in float64. Its error on σᵢ is about
@@ -106,12 +103,12 @@ Factors oriented_and_scaled(const at::Tensor& A3, Method&& method) {
 
 Factors randomized_svd(const at::Tensor& A3, int64_t k, at::ScalarType compute) {
   const int64_t m = A3.size(-2), n = A3.size(-1);
-  const int64_t s = std::min(k + kOversample, std::min(m, n));
+  const int64_t s = std::min(k + kSketchOversample, std::min(m, n));
   auto A = A3.to(compute);
   auto gen = at::detail::createCPUGenerator(kSketchSeed);
   auto omega = at::randn({n, s}, gen, at::TensorOptions().dtype(at::kDouble)).to(A.options());
   auto Q = std::get<0>(at::linalg_qr(at::matmul(A, omega)));
-  for (int it = 0; it < kPowerIterations; ++it) {  // re-orthonormalised every half step
+  for (int it = 0; it < kSketchPowerIterations; ++it) {  // re-orthonormalised every half step
     auto Z = std::get<0>(at::linalg_qr(at::matmul(A.mT(), Q)));
     Q = std::get<0>(at::linalg_qr(at::matmul(A, Z)));
   }

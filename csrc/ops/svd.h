@@ -17,6 +17,11 @@ using JacobiFn = bool (*)(const at::Tensor& A, at::Tensor& U, at::Tensor& S, at:
 bool jacobi_svd_cpu(const at::Tensor& A, at::Tensor& U, at::Tensor& S, at::Tensor& V);
 bool jacobi_svd_cuda(const at::Tensor& A, at::Tensor& U, at::Tensor& S, at::Tensor& V);
 
+// Randomized range finder shared by svd and mode_svd: extra columns and power iterations
+// (Halko, Martinsson & Tropp 2011, §4.3-4.5); docs/decompositions.md states these values.
+constexpr int64_t kSketchOversample = 10;
+constexpr int kSketchPowerIterations = 4;
+
 enum class SvdMethod { Auto, Gram, Jacobi, Randomized, Lapack };
 SvdMethod parse_svd_method(std::string_view method, std::string_view op);
 
