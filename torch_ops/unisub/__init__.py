@@ -18,3 +18,7 @@ from .analysis import AnalysisResult, analyze  # noqa: E402
 from .subspace import Subspace  # noqa: E402
 
 __all__ += ["Subspace", "SubspaceAccumulator", "analyze", "AnalysisResult"]
+
+from .projector import GradientProjector  # noqa: E402
+
+__all__ += ["GradientProjector"]
