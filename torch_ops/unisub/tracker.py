@@ -1,0 +1,300 @@
+"""Track, during training, how much of each layer's weight, update and gradient lies in a subspace,
+and how far the subspace the run is actually moving in is from a reference (DESIGN.md §1 use (e)).
+
+    tracker = ConvergenceTracker(model, subspaces, every=10, csv="run/convergence.csv")
+    for batch in data:
+        loss(model, batch).backward()
+        optimizer.step()
+        metrics = tracker.step()      # after optimizer.step(), before zero_grad(): {} on skipped steps
+        optimizer.zero_grad()
+    tracker.close()
+
+See docs/tracking.md for what each number means, its cost and its memory.
+"""
+import csv as _csv
+import math
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Union
+
+import torch
+
+from .mapping import MappedParameter, SubspaceSpec, map_parameters
+from .ops.decompositions import svd
+from .ops.metrics import principal_angles, subspace_distance
+from .ops.projection import subspace_energy
+
+PathLike = Union[str, Path]
+
+#: Extra columns of each update's random sketch beyond the estimated rank (as in randomized SVD).
+OVERSAMPLE = 10
+#: Default CSV file name inside ``log_dir``.
+CSV_NAME = "convergence.csv"
+
+
+class _Side:
+    """The run's recent updates on one side (out: rows, in: columns) of one layer, kept as a ring
+    buffer of Gaussian sketches: ``Y_t = ΔW_t Ω_t`` (out) or ``ΔW_tᵀ Ω_t`` (in), with a fresh
+    ``Ω_t`` of ``s = rank + OVERSAMPLE`` columns per update. ``E[Y_t Y_tᵀ] = s·ΔW_t ΔW_tᵀ``, so the
+    concatenated sketches estimate the Gram of the window's stacked updates, whose leading
+    eigenvectors are the run's own subspace. Where ``s`` would reach the other dimension the
+    update itself is stored (``Ω = I``): then the estimate is exact."""
+
+    def __init__(self, side: str, ref: torch.Tensor, rank: Optional[int], other: int, window: int,
+                 generator: Optional[torch.Generator]):
+        self.side = side
+        self.ref = ref
+        rows = ref.shape[0]
+        self.rank = min(rank if rank is not None else ref.shape[1], rows)
+        s = self.rank + OVERSAMPLE
+        self.exact = s >= other
+        self.width = other if self.exact else s
+        self.other = other
+        self.buffer = torch.zeros(window, rows, self.width, dtype=ref.dtype, device=ref.device)
+        self.filled = 0
+        self.next = 0
+        self.generator = generator
+
+    def push(self, delta: torch.Tensor):
+        """``delta`` is the m × n update; the out side sketches its columns, the in side its rows."""
+        D = delta if self.side == "out" else delta.T
+        slot = self.buffer[self.next]
+        if self.exact:
+            slot.copy_(D)
+        else:
+            omega = torch.randn(self.other, self.width, dtype=D.dtype, device=D.device, generator=self.generator)
+            torch.mm(D, omega, out=slot)
+        self.next = (self.next + 1) % self.buffer.shape[0]
+        self.filled = min(self.filled + 1, self.buffer.shape[0])
+
+    def estimate(self) -> Optional[torch.Tensor]:
+        """Orthonormal basis of the window's leading left singular subspace, at ``rank`` columns or
+        fewer where the window's updates span fewer directions (numerical rank); None when no
+        update in the window moved the weights."""
+        if self.filled == 0:
+            return None
+        rows = self.buffer.shape[1]
+        # [Y_1 … Y_filled] as one rows × (filled·width) matrix (column order does not matter).
+        A = self.buffer[:self.filled].permute(1, 0, 2).reshape(rows, -1)
+        k = min(self.rank, A.shape[1])
+        method = "randomized" if k + OVERSAMPLE <= min(A.shape) // 2 else "auto"
+        U, S, _ = svd(A, k, method)
+        if not bool(torch.isfinite(S).all()) or float(S[0]) == 0.0:
+            return None
+        tol = max(A.shape) * torch.finfo(A.dtype).eps * float(S[0])
+        r = int((S > tol).sum())
+        return U[:, :r]
+
+
+class _Layer:
+    def __init__(self, mp: MappedParameter, ref: Optional[MappedParameter], window: int, rank: Optional[int],
+                 generator: Optional[torch.Generator]):
+        self.mp = mp
+        self.name = mp.name
+        self.dtype = mp.U.dtype if mp.U is not None else mp.V.dtype
+        self.W0 = self.current().clone()
+        self.sides: List[_Side] = []
+        if ref is not None and window > 0:
+            m, n = mp.matrix_shape
+            if ref.U is not None:
+                self.sides.append(_Side("out", ref.U, rank, n, window, generator))
+            if ref.V is not None:
+                self.sides.append(_Side("in", ref.V, rank, m, window, generator))
+        self.previous = self.W0.clone() if self.sides else None
+
+    def current(self) -> torch.Tensor:
+        return self.mp.as_matrix(self.mp.param.detach()).to(self.dtype)
+
+    def keys(self) -> List[str]:
+        keys = ["weight_energy"] + (["mean_share"] if self.mp.mean is not None else [])
+        keys += ["update_energy", "grad_energy"]
+        if self.sides:
+            keys.append("max_angle")
+            for side in self.sides:
+                keys += [f"max_angle_{side.side}", f"distance_{side.side}"]
+        return [f"{self.name}/{k}" for k in keys]
+
+    def measure(self) -> torch.Tensor:
+        """The values of ``keys()`` as one float64 vector on the parameter's device."""
+        mp, U, V = self.mp, self.mp.U, self.mp.V
+        nan = torch.full((), math.nan, dtype=self.dtype, device=self.W0.device)
+        W = self.current()
+        out = []
+        if mp.mean is not None:
+            D = W - mp.mean
+            out.append(subspace_energy(D, U, V, False))
+            out.append(1 - torch.linalg.vector_norm(D) ** 2 / torch.linalg.vector_norm(W) ** 2)
+        else:
+            out.append(subspace_energy(W, U, V, False))
+        out.append(subspace_energy(W - self.W0, U, V, False))
+        g = mp.param.grad
+        out.append(subspace_energy(mp.as_matrix(g.detach()), U, V, False) if g is not None else nan)
+        if self.sides:
+            delta = W - self.previous
+            moved = bool(delta.any())
+            if moved:
+                for side in self.sides:
+                    side.push(delta)
+                self.previous.copy_(W)
+            values = []
+            for side in self.sides:
+                est = side.estimate()
+                if est is None or est.shape[1] == 0:
+                    values.append((nan, nan))
+                    continue
+                theta = principal_angles(est, side.ref, False)
+                values.append((theta[-1], subspace_distance(est, side.ref, "projection", False)))
+            out.append(torch.stack([v[0] for v in values]).max())  # NaN if any side is NaN
+            for a, d in values:
+                out += [a, d]
+        return torch.stack([v.to(torch.float64) for v in out])
+
+
+class ConvergenceTracker:
+    """Energy of each tracked layer's weight, update (W − W₀) and gradient inside its subspace, and
+    principal angles between the subspace of the run's recent updates and a reference.
+
+    Args:
+        model: the module (anything with ``named_parameters()``) being trained.
+        subspaces: parameter name → subspace, as :func:`unisub.mapping.map_parameters` accepts
+            (a :class:`unisub.Subspace`, a ``(U, V)`` pair, or ``{"out": U, "in": V}``); checked
+            here, once (names, shapes, orthonormality).
+        reference: the subspaces the run's own update subspace is compared with; ``None`` uses
+            ``subspaces``. Another mapping (e.g. a subspace fitted on other models) may cover any
+            of the tracked parameters; the others get no angles.
+        every: measure on steps that are multiples of ``every``; other calls return ``{}``.
+        window: how many recent updates (ΔW = W_t − W at the previous tracked step) the run's
+            subspace is estimated from; 0 turns the angles off (and their memory and cost).
+        rank: columns of the estimated subspace; ``None`` uses the reference basis's rank.
+        log_dir: base folder for relative ``csv``/``tensorboard`` paths and for ``True``; given
+            alone, a CSV is written to ``log_dir/convergence.csv``.
+        csv: a CSV file (one row per tracked step, flushed after each row), or ``True`` for
+            ``log_dir/convergence.csv``.
+        tensorboard: a TensorBoard log folder (``torch.utils.tensorboard.SummaryWriter``), or
+            ``True`` for ``log_dir``.
+        seed: seed of the random sketches (on the parameters' device); ``None`` draws from torch's
+            global generator.
+
+    Call :meth:`step` once per optimizer step, after ``optimizer.step()`` and before
+    ``zero_grad()``: the weight is then the updated one and ``p.grad`` the gradient that produced
+    the update. Gradient energies are NaN for parameters without a ``.grad``.
+    """
+
+    def __init__(self, model, subspaces: Mapping[str, SubspaceSpec],
+                 reference: Optional[Mapping[str, SubspaceSpec]] = None, every: int = 1, window: int = 8,
+                 rank: Optional[int] = None, log_dir: Optional[PathLike] = None,
+                 csv: Union[None, bool, PathLike] = None, tensorboard: Union[None, bool, PathLike] = None,
+                 seed: Optional[int] = None):
+        if not hasattr(model, "named_parameters"):
+            raise TypeError(f"model must have named_parameters() (a torch.nn.Module), got {type(model).__name__}")
+        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+            raise ValueError(f"every must be a positive integer, got {every!r}")
+        if not isinstance(window, int) or isinstance(window, bool) or window < 0:
+            raise ValueError(f"window must be a non-negative integer, got {window!r}")
+        if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 1):
+            raise ValueError(f"rank must be a positive integer or None, got {rank!r}")
+        mapped = map_parameters(model.named_parameters(), subspaces)
+        if not mapped:
+            raise ValueError("subspaces is empty: map at least one parameter to a subspace")
+        if reference is None:
+            refs = {mp.name: mp for mp in mapped}
+        else:
+            refs = {mp.name: mp for mp in map_parameters(model.named_parameters(), reference)}
+            untracked = sorted(set(refs) - {mp.name for mp in mapped})
+            if untracked:
+                raise ValueError(f"reference names parameters that subspaces does not track: {untracked}")
+        self.every = every
+        self.window = window
+        self._calls = 0
+        generators = {}
+        with torch.no_grad():
+            self.layers = []
+            for mp in mapped:
+                gen = None
+                if seed is not None:
+                    if mp.param.device not in generators:
+                        generators[mp.param.device] = torch.Generator(device=mp.param.device).manual_seed(seed)
+                    gen = generators[mp.param.device]
+                self.layers.append(_Layer(mp, refs.get(mp.name), window, rank, gen))
+        layer_keys = [layer.keys() for layer in self.layers]
+        names = [k.split("/", 1)[1] for keys in layer_keys for k in keys]
+        self._mean_names = [n for n in dict.fromkeys(names)]
+        #: every key :meth:`step` returns on a tracked step, in order (the CSV columns after "step").
+        self.keys: List[str] = [k for keys in layer_keys for k in keys] + [f"mean/{n}" for n in self._mean_names]
+        self.last: Dict[str, float] = {}
+        self._csv_file = self._csv = self._tb = None
+        base = Path(log_dir) if log_dir is not None else None
+        if base is not None and csv is None and tensorboard is None:
+            csv = True
+        csv_path = self._resolve(base, csv, CSV_NAME, "csv")
+        tb_path = self._resolve(base, tensorboard, None, "tensorboard")
+        if csv_path is not None:
+            csv_path.parent.mkdir(parents=True, exist_ok=True)
+            self._csv_file = open(csv_path, "w", newline="")
+            self._csv = _csv.writer(self._csv_file)
+            self._csv.writerow(["step", *self.keys])
+            self._csv_file.flush()
+        if tb_path is not None:
+            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+
+            self._tb = SummaryWriter(log_dir=str(tb_path))
+
+    @staticmethod
+    def _resolve(base: Optional[Path], value, default_name: Optional[str], what: str) -> Optional[Path]:
+        if value is None or value is False:
+            return None
+        if value is True:
+            if base is None:
+                raise ValueError(f"{what}=True needs log_dir")
+            return base / default_name if default_name else base
+        path = Path(value)
+        return base / path if base is not None and not path.is_absolute() else path
+
+    def step(self, global_step: Optional[int] = None) -> Dict[str, float]:
+        """Count one training step and, on steps that are multiples of ``every``, measure, log and
+        return ``{key: float}`` (``{}`` otherwise). ``global_step`` (e.g. when resuming) replaces the
+        internal count, which starts at 1 on the first call, for the multiple test and the logs."""
+        self._calls += 1
+        step = self._calls if global_step is None else int(global_step)
+        if step % self.every != 0:
+            return {}
+        with torch.no_grad():
+            flat = torch.cat([layer.measure().cpu() for layer in self.layers]).tolist()
+        result = dict(zip((k for k in self.keys if not k.startswith("mean/")), flat))
+        for name in self._mean_names:
+            vals = [v for k, v in result.items() if k.rsplit("/", 1)[1] == name and not math.isnan(v)]
+            result[f"mean/{name}"] = sum(vals) / len(vals) if vals else math.nan
+        self.last = result
+        self._log(step, result)
+        return result
+
+    def _log(self, step: int, result: Dict[str, float]):
+        if self._csv is not None:
+            self._csv.writerow([step, *(repr(result[k]) for k in self.keys)])
+            self._csv_file.flush()
+        if self._tb is not None:
+            for k in self.keys:
+                if math.isfinite(result[k]):
+                    self._tb.add_scalar(k, result[k], step)
+            self._tb.flush()
+
+    def close(self):
+        """Flush and close the CSV file and the TensorBoard writer (idempotent)."""
+        if self._csv_file is not None:
+            self._csv_file.close()
+            self._csv_file = self._csv = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
