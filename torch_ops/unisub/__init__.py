@@ -22,3 +22,4 @@ __all__ += ["Subspace", "SubspaceAccumulator", "analyze", "AnalysisResult"]
 from .projector import GradientProjector  # noqa: E402
 
 __all__ += ["GradientProjector"]
+from . import nn, optim  # noqa: E402  (unisub.nn.SubspaceLinear, unisub.optim.SubspaceAdamW, ...)
