@@ -129,3 +129,144 @@ def test_all_reduce_two_gloo_processes(tmp_path, gen):
         torch.testing.assert_close(mean, one.mean, rtol=1e-13, atol=1e-13)
         torch.testing.assert_close(gout, one.grams["out"], rtol=1e-11, atol=1e-9)
         torch.testing.assert_close(gin, one.grams["in"], rtol=1e-11, atol=1e-9)
+
+
+# ---- mode 0 of LoRA deltas: LoraDeltaAccumulator (lora_gram, never forming ΔW) ----
+
+from unisub.accumulator import LoraDeltaAccumulator  # noqa: E402
+from unisub.metrics import principal_angles  # noqa: E402
+
+
+def _lora_models(gen, M=11, m=9, n=7, ranks=(1, 2, 3, 4), dtype=torch.float32):
+    """M models with LoRA ranks cycling through ``ranks``, a shared component (so the spectrum is
+    not flat) and a large common offset in B (so centring matters), and per-model scalings."""
+    B0 = torch.randn(m, max(ranks), generator=gen, dtype=torch.float64)
+    A0 = torch.randn(max(ranks), n, generator=gen, dtype=torch.float64)
+    out = []
+    for i in range(M):
+        r = ranks[i % len(ranks)]
+        B = (3 * B0[:, :r] + torch.randn(m, r, generator=gen, dtype=torch.float64)).to(dtype)
+        A = (A0[:r] + 0.5 * torch.randn(r, n, generator=gen, dtype=torch.float64)).to(dtype)
+        out.append((B, A, float(torch.rand((), generator=gen, dtype=torch.float64)) * 4 + 0.25))
+    return out
+
+
+def dense_delta(models, center=True):
+    """The reference: form every ΔW_i = s_i B_i A_i in float64, stack, centre, Gram, eigh."""
+    W = torch.stack([s * B.double() @ A.double() for B, A, s in models])
+    X = W.reshape(W.shape[0], -1)
+    D = X - X.mean(0) if center else X
+    K = D @ D.T
+    ev, V = torch.linalg.eigh(K)
+    return K, ev.flip(0).clamp_min(0), V.flip(1), D
+
+
+def check_spectrum(ev, ev_ref, V, V_ref, k):
+    """Eigenvalues: relative 1e-10 (float64) for every eigenvalue above 1e-4·λ_max, 1e-10·λ_max for
+    the rest (the centred Gram's exact zero); spans of the leading k eigenvectors: principal
+    angles with sin θ ≤ 1e-10 / relative eigengap."""
+    lmax = ev_ref[0].item()
+    big = ev_ref > 1e-4 * lmax
+    assert ((ev - ev_ref).abs()[big] <= 1e-10 * ev_ref[big]).all(), (ev, ev_ref)
+    assert (ev - ev_ref).abs().max() <= 1e-10 * lmax
+    gap = (ev_ref[k - 1] - ev_ref[k]).item() / lmax
+    theta = principal_angles(V[:, :k], V_ref[:, :k])
+    assert theta.sin().max() <= 1e-10 / gap, (theta, gap)
+
+
+@pytest.mark.parametrize("center", [True, False])
+def test_lora_delta_matches_dense_reference_mixed_ranks(center, gen):
+    models = _lora_models(gen)
+    acc = LoraDeltaAccumulator(center=center)
+    for B, A, s in models:
+        acc.add(B, A, s)
+    K_ref, ev_ref, V_ref, _ = dense_delta(models, center)
+    K = acc.gram()
+    assert K.dtype == torch.float64 and K.shape == (11, 11)
+    assert (K - K_ref).abs().max() <= 1e-12 * K_ref.abs().max()
+    ev, V = acc.eigh()
+    check_spectrum(ev, ev_ref, V, V_ref, k=3)
+    if center:
+        # the centring is lora_gram's own: the op with center=True on the scaled factors agrees
+        Bs, As = acc.factors()
+        torch.testing.assert_close(K, unisub.lora_gram(Bs, As, center=True), rtol=0, atol=1e-13 * K.abs().max().item())
+
+
+def test_lora_delta_finalize_scores_and_eigen_weights(gen):
+    models = _lora_models(gen, M=10)
+    acc = LoraDeltaAccumulator()
+    for i, (B, A, s) in enumerate(models):
+        acc.add(B, A, s, id=i)
+    _, ev_ref, V_ref, D = dense_delta(models)
+    sub = acc.finalize(energy=0.95, eigen_weights=3)
+    r = sub.rank()
+    assert r >= 3 and r == int((ev_ref.cumsum(0) / ev_ref.sum() >= 0.95 * (1 - 8 * EPS64)).nonzero()[0]) + 1
+    # reference eigen-weights E_k = Dᵀ v_k / σ_k (unit Frobenius norm), as dense m·n vectors
+    E_ref = D.T @ V_ref[:, :3] / ev_ref[:3].sqrt()
+    E = sub.eigen_weights.reshape(3, -1).T
+    torch.testing.assert_close(E.T @ E, torch.eye(3, dtype=torch.float64), rtol=0, atol=1e-10)
+    gap = (ev_ref[2] - ev_ref[3]).item() / ev_ref[0].item()
+    assert principal_angles(E, E_ref).sin().max() <= 1e-10 / gap
+    # scores are each centred model's coordinates on the eigen-weights: D E = V Σ
+    torch.testing.assert_close(sub.scores()[:, :3], D @ E, rtol=0, atol=1e-9 * ev_ref[0].sqrt().item())
+    W = torch.stack([s * B.double() @ A.double() for B, A, s in models])
+    torch.testing.assert_close(sub.mean, W.mean(0), rtol=0, atol=1e-13 * W.abs().max().item())
+    assert acc.finalize(rank=2).eigen_weights is None, "eigen-weights only when asked"
+
+
+def test_lora_delta_merge_state_dict_and_errors(tmp_path, gen):
+    models = _lora_models(gen, M=9)
+    whole = LoraDeltaAccumulator()
+    for i, (B, A, s) in enumerate(models):
+        whole.add(B, A, s, id=i)
+    parts = [LoraDeltaAccumulator(), LoraDeltaAccumulator()]
+    for i, (B, A, s) in enumerate(models):
+        parts[i % 2].add(B, A, s, id=i)  # interleaved, like analyze's sharding
+    torch.save(parts[1].state_dict(), tmp_path / "p.pt")
+    p1 = LoraDeltaAccumulator.from_state_dict(torch.load(tmp_path / "p.pt", weights_only=True))
+    merged = parts[0].merge(p1).sort_by_id()
+    assert merged.ids == list(range(9))
+    # the cross blocks between the parts are in K: bit-identical to the one-pass Gram
+    assert torch.equal(merged.gram(), whole.gram())
+    with pytest.raises(ValueError, match=r"model ids \[0\] are in both"):
+        LoraDeltaAccumulator().add(*models[0][:2], id=0).merge(LoraDeltaAccumulator().add(*models[1][:2], id=0))
+    acc = LoraDeltaAccumulator()
+    with pytest.raises(ValueError, match="rank must agree"):
+        acc.add(torch.zeros(4, 2), torch.zeros(3, 5))
+    acc.add(torch.zeros(4, 2), torch.zeros(2, 5))
+    with pytest.raises(ValueError, match=r"expected ΔW of shape \[4, 5\]"):
+        acc.add(torch.zeros(4, 2), torch.zeros(2, 6))
+    with pytest.raises(ValueError, match="LoraDeltaAccumulator"):
+        SubspaceAccumulator(modes=("delta",))
+
+
+def _delta_worker(rank, world, init, models, out):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    acc = LoraDeltaAccumulator()
+    for i, (B, A, s) in enumerate(models):
+        if i % world == rank:
+            acc.add(B, A, s, id=i)
+    acc.all_reduce()
+    torch.save((acc.ids, acc.gram(), acc.eigh()[0]), f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_lora_delta_all_reduce_two_gloo_processes(tmp_path, gen):
+    models = _lora_models(gen, M=7)
+    ctx = mp.get_context("spawn")
+    init = f"file://{tmp_path / 'rendezvous'}"
+    procs = [ctx.Process(target=_delta_worker, args=(r, 2, init, models, tmp_path / "res")) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(180)
+        assert p.exitcode == 0
+    one = LoraDeltaAccumulator()
+    for i, (B, A, s) in enumerate(models):
+        one.add(B, A, s, id=i)
+    for r in range(2):
+        ids, K, ev = torch.load(f"{tmp_path / 'res'}.{r}", weights_only=True)
+        assert ids == list(range(7)), "models in id order on every rank"
+        assert torch.equal(K, one.gram()), "the gathered K equals the one-process K bit for bit"

@@ -203,3 +203,142 @@ def test_lora_adapters_factors_with_scaling(tmp_path, gen):
 
     W = torch.stack([PeftAdapter(tmp_path / "ads" / f"a{i}").get(key).double() for i in range(6)])
     torch.testing.assert_close(res.subspace(key).mean, W.mean(0), rtol=1e-14, atol=1e-14)
+
+
+# ---- LoRA deltas ΔW = s·B·A: model-space PCA (mode 0) through lora_gram ----
+
+DELTA_MODS = {"model.layers.0.self_attn.q_proj": (12, 10), "model.layers.0.self_attn.v_proj": (12, 10),
+              "model.layers.1.mlp.down_proj": (10, 16)}
+# three adapter configs, cycled over the models: different base ranks (so one module has
+# different ranks across adapters), rank_pattern / alpha_pattern overrides, and rsLoRA
+DELTA_CONFIGS = [
+    {"r": 4, "lora_alpha": 8, "rank_pattern": {"v_proj": 2}, "alpha_pattern": {"v_proj": 5}},
+    {"r": 6, "lora_alpha": 16, "use_rslora": True},
+    {"r": 3, "lora_alpha": 7, "rank_pattern": {"down_proj": 5}},
+]
+# (rank, scaling) per config and module, written out by hand from PEFT's rule
+DELTA_EXPECT = [
+    {"q_proj": (4, 8 / 4), "v_proj": (2, 5 / 2), "down_proj": (4, 8 / 4)},
+    {"q_proj": (6, 16 / math.sqrt(6)), "v_proj": (6, 16 / math.sqrt(6)), "down_proj": (6, 16 / math.sqrt(6))},
+    {"q_proj": (3, 7 / 3), "v_proj": (3, 7 / 3), "down_proj": (5, 7 / 5)},
+]
+
+
+def _delta_zoo(folder, M, gen):
+    """M PEFT adapters (float32 factors as stored by PEFT) around a shared direction; returns,
+    per model, {module: (B, A, s)} with the scaling written out by hand."""
+    shared = {mod: (torch.randn(m, 6, generator=gen), torch.randn(6, n, generator=gen))
+              for mod, (m, n) in DELTA_MODS.items()}
+    truth = []
+    for i in range(M):
+        c = i % len(DELTA_CONFIGS)
+        d = folder / f"adapter{i:02d}"
+        d.mkdir(parents=True)
+        tensors, mine = {}, {}
+        for mod, (m, n) in DELTA_MODS.items():
+            r, s = DELTA_EXPECT[c][mod.rsplit(".", 1)[1]]
+            B = shared[mod][0][:, :r] + 0.7 * torch.randn(m, r, generator=gen)
+            A = shared[mod][1][:r] + 0.7 * torch.randn(r, n, generator=gen)
+            tensors[f"base_model.model.{mod}.lora_A.weight"] = A
+            tensors[f"base_model.model.{mod}.lora_B.weight"] = B
+            mine[mod] = (B, A, s)
+        save_file(tensors, d / "adapter_model.safetensors")
+        (d / "adapter_config.json").write_text(json.dumps(DELTA_CONFIGS[c]))
+        truth.append(mine)
+    return truth
+
+
+def test_lora_delta_analysis_matches_dense_float64_reference(tmp_path, gen):
+    from test_accumulator import check_spectrum, dense_delta
+
+    truth = _delta_zoo(tmp_path / "ads", 10, gen)
+    res = unisub.analyze(tmp_path / "ads", modes=["delta"], energy=0.9, eigen_weights=2, plots=False,
+                         progress=False, batch_size=3)
+    assert sorted(res.slots) == sorted(f"{mod}.delta" for mod in DELTA_MODS), "one delta slot per module, no factors"
+    for mod, (m, n) in DELTA_MODS.items():
+        models = [t[mod] for t in truth]
+        K_ref, ev_ref, V_ref, D = dense_delta(models)
+        sub = res.subspace(f"{mod}.delta")
+        rep = res.report["slots"][f"{mod}.delta"]
+        assert rep["kind"] == "lora_delta" and rep["shape"] == [m, n] and rep["models"] == 10
+        assert rep["lora_ranks"] == [b.shape[1] for b, _, _ in models]
+        torch.testing.assert_close(sub.scalings, torch.tensor([s for _, _, s in models], dtype=torch.float64),
+                                   rtol=1e-15, atol=0)
+        k = sub.rank()
+        # eigenvalues: relative 1e-10; eigenvector spans: principal angles (see check_spectrum)
+        check_spectrum(sub.eigenvalues, ev_ref, sub.eigenvectors, V_ref, k=min(k, 9))
+        mr = rep["modes"]["delta"]
+        cum = ev_ref.cumsum(0) / ev_ref.sum()
+        assert k == mr["rank"] == int((cum >= 0.9 * (1 - 8 * EPS64)).nonzero()[0]) + 1
+        torch.testing.assert_close(torch.tensor(mr["cumulative_explained_variance"], dtype=torch.float64), cum,
+                                   rtol=0, atol=1e-12)
+        W = torch.stack([s * B.double() @ A.double() for B, A, s in models]).reshape(10, -1)
+        assert math.isclose(rep["energy"]["mean_share"], 10 * W.mean(0).pow(2).sum().item() / W.pow(2).sum().item(),
+                            rel_tol=1e-10)
+        # the two materialised eigen-weights against D^T v / σ from the dense stack
+        E = sub.eigen_weights.reshape(2, -1).T
+        E_ref = D.T @ V_ref[:, :2] / ev_ref[:2].sqrt()
+        gap = (ev_ref[1] - ev_ref[2]).item() / ev_ref[0].item()
+        assert unisub.metrics.principal_angles(E, E_ref).sin().max() <= 1e-10 / gap
+        # split-half stability from K alone, against the dense halves' eigen-weights
+        r = k
+        spans = []
+        for h in (0, 1):
+            Dh = W[h::2] - W[h::2].mean(0)
+            U, S, _ = torch.linalg.svd(Dh.T, full_matrices=False)
+            spans.append(U[:, :min(r, Dh.shape[0] - 1)])
+        theta = unisub.metrics.principal_angles(*spans)
+        torch.testing.assert_close(torch.tensor(mr["split_half"]["principal_angles_deg"], dtype=torch.float64),
+                                   torch.rad2deg(theta), rtol=0, atol=1e-5)
+
+
+def test_lora_delta_cli_resume_and_errors(tmp_path, gen):
+    _delta_zoo(tmp_path / "ads", 6, gen)
+    out = tmp_path / "cli"
+    proc = subprocess.run([sys.executable, "-m", "unisub", "analyze", str(tmp_path / "ads"), "--slots", "*q_proj*",
+                           "--modes", "out", "delta", "--eigen-weights", "1", "--out", str(out), "--no-plots"],
+                          env=_env(), capture_output=True, text=True, timeout=300)
+    # --modes out with factors whose rank differs between adapters: a clear shape error
+    assert proc.returncode == 2 and "differs from" in proc.stderr, proc.stderr[-2000:]
+    proc = subprocess.run([sys.executable, "-m", "unisub", "analyze", str(tmp_path / "ads"), "--slots", "*q_proj*",
+                           "--modes", "delta", "--eigen-weights", "1", "--out", str(out), "--no-plots"],
+                          env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    key = "model.layers.0.self_attn.q_proj.delta"
+    assert key in proc.stdout and " delta " in proc.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["slots"]) == [key] and report["options"]["modes"] == ["delta"]
+    f = out / "subspaces" / f"{key}.safetensors"
+    from unisub.subspace import DeltaSubspace
+
+    sub = DeltaSubspace.load(f)
+    assert sub.eigen_weights.shape == (1, 12, 10) and sub.mean.shape == (12, 10) and sub.gram.shape == (6, 6)
+    with pytest.raises(ValueError, match="LoRA-delta"):
+        unisub.Subspace.load(f)
+    ins = subprocess.run([sys.executable, "-m", "unisub", "inspect", str(f)], env=_env(), capture_output=True,
+                         text=True, timeout=120)
+    assert ins.returncode == 0 and "DeltaSubspace" in ins.stdout and "delta: rank" in ins.stdout
+
+    # an interrupted delta slot resumes bit-identically
+    opts = dict(modes=["delta"], slots=["*v_proj*"], batch_size=2, plots=False, progress=False, checkpoint_every=0)
+    unisub.analyze(tmp_path / "ads", out=tmp_path / "straight", **opts)
+
+    def stop(slot, batch):
+        if batch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        unisub.analyze(tmp_path / "ads", out=tmp_path / "cut", on_batch=stop, **opts)
+    unisub.analyze(tmp_path / "ads", out=tmp_path / "cut", resume=True, **opts)
+    name = "model.layers.0.self_attn.v_proj.delta.safetensors"
+    assert (tmp_path / "straight" / "subspaces" / name).read_bytes() == (tmp_path / "cut" / "subspaces" / name).read_bytes()
+
+    # delta needs PEFT folders: plain safetensors with LoRA-like names have no scaling
+    z = tmp_path / "plain"
+    z.mkdir()
+    for i in range(2):
+        save_file({"m.lora_A.weight": torch.randn(2, 3), "m.lora_B.weight": torch.randn(4, 2)}, z / f"{i}.safetensors")
+    with pytest.raises(CheckpointError, match="needs PEFT adapter folders"):
+        unisub.analyze(z, modes=["delta"], plots=False, progress=False)
+    with pytest.raises(ValueError, match="modes must be"):
+        unisub.analyze(z, modes=["model"], plots=False, progress=False)

@@ -10,13 +10,31 @@ Nothing is ever subtracted from a large uncentred sum, so a stack with a large c
 no more than its own rounding. The distributed reduction uses the same identity around the global
 mean, so it is one ``all_reduce`` of a Gram per mode, not a gather of every rank's Gram.
 """
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .ops import gram_update_
+from .ops import gram_update_, lora_gram
 
 MODE_DIMS = {"out": 1, "in": 2}
+
+
+def sorted_eigh(G: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues of a Gram, descending and clamped at 0 (negatives are rounding), and its
+    eigenvectors with the sign rule of ``svd`` (each column's largest-magnitude entry positive)."""
+    evals, evecs = torch.linalg.eigh(G)
+    evals, evecs = evals.flip(0).clamp_min(0), evecs.flip(1)
+    idx = evecs.abs().argmax(0)
+    signs = torch.sign(evecs.gather(0, idx[None]))
+    signs[signs == 0] = 1
+    return evals, evecs * signs
+
+
+def double_center(K: torch.Tensor) -> torch.Tensor:
+    """H K H with H = I − 11ᵀ/M: the Gram of the rows minus their mean, from their Gram (the same
+    float64 formula as ``lora_gram(..., center=True)``)."""
+    row = K.mean(1, keepdim=True)
+    return K - (row + row.T) + K.mean()
 
 
 def _outer(delta: torch.Tensor, mode: str) -> torch.Tensor:
@@ -27,13 +45,18 @@ class SubspaceAccumulator:
     """Accumulates, for a slot of m × n matrices, the model count, the mean and the (centred)
     Gram of each requested mode ("out": m × m, "in": n × n) in float64.
 
-    Mode 0 (the model axis) is not streamed here: its Gram grows with the number of models; for
-    LoRA ΔW = B·A it is the job of ``torch.ops.unisub.lora_gram``, which this class does not use yet.
+    Mode 0 (the model axis) is not streamed here: its Gram is M × M and couples every pair of
+    models. For LoRA deltas ΔW = s·B·A it is :class:`LoraDeltaAccumulator` (through
+    ``torch.ops.unisub.lora_gram``, never forming ΔW); ``modes=("delta",)`` is rejected here with
+    a pointer to it.
     """
 
     def __init__(self, shape: Optional[Tuple[int, int]] = None, modes: Sequence[str] = ("out", "in"),
                  center: bool = True, device=None):
         modes = tuple(modes)
+        if "delta" in modes:
+            raise ValueError("SubspaceAccumulator: mode 'delta' (the model axis of LoRA deltas ΔW = s·B·A) is "
+                             "LoraDeltaAccumulator's job: it needs the LoRA factors, not whole matrices")
         bad = [m for m in modes if m not in MODE_DIMS]
         if bad or not modes:
             raise ValueError(f"SubspaceAccumulator: modes must be a non-empty subset of {list(MODE_DIMS)}, got {list(modes)}")
@@ -161,12 +184,7 @@ class SubspaceAccumulator:
         eigenvectors of one mode's Gram, with the sign rule of ``svd`` (largest entry positive)."""
         if self.count == 0:
             raise RuntimeError("SubspaceAccumulator: no models were accumulated")
-        evals, evecs = torch.linalg.eigh(self.grams[mode])
-        evals, evecs = evals.flip(0).clamp_min(0), evecs.flip(1)
-        idx = evecs.abs().argmax(0)
-        signs = torch.sign(evecs.gather(0, idx[None]))
-        signs[signs == 0] = 1
-        return evals, evecs * signs
+        return sorted_eigh(self.grams[mode])
 
     def finalize(self, rank: Optional[int] = None, energy: Optional[float] = None, slot: str = "", metadata=None):
         """The ``Subspace``: per mode the leading eigenvectors of the Gram, keeping ``rank``
@@ -181,3 +199,224 @@ class SubspaceAccumulator:
             bases[m], spectra[m] = evecs[:, :r].contiguous(), evals
         return Subspace(slot=slot, mean=self.mean.clone(), bases=bases, eigenvalues=spectra,
                         count=self.count, center=self.center, metadata=dict(metadata or {}))
+
+
+class LoraDeltaAccumulator:
+    """Mode 0 (the model axis) of the LoRA deltas ΔW_i = s_i·B_i·A_i of one module: model-space PCA
+    through ``lora_gram``, without ever forming a ΔW_i.
+
+    K_ij = ⟨ΔW_i, ΔW_j⟩_F couples every pair of models, so unlike the mode Grams it cannot be
+    summed batch by batch: the accumulator keeps every model's factors (B_i m × r_i, A_i r_i × n,
+    as read: their own dtype and rank) with its scaling s_i and an integer id, and computes K once,
+    in float64, when it is first needed. Models may have different LoRA ranks (PEFT
+    ``rank_pattern``, or adapters trained with different r): the factors are zero-padded to the
+    largest rank, which leaves every B_i·A_i unchanged.
+
+    Memory: Σ_i r_i (m + n) stored elements (the factors themselves, e.g. 500 rank-16 adapters of a
+    4096 × 4096 module in float32: 262 MB per module), and while K is computed float64 copies of all
+    factors padded to r_max (8·M·r_max·(m + n) bytes; ``lora_gram`` makes one more of B) and K
+    itself (8·M² bytes). ``merge`` concatenates factor lists, so the cross blocks between the
+    parts are in K; ``all_reduce`` gathers every rank's factors (``all_gather_object``) and orders
+    them by id, so every rank ends with the K of all models, equal to a single process's.
+    """
+
+    def __init__(self, shape: Optional[Tuple[int, int]] = None, center: bool = True, device=None):
+        self.center = bool(center)
+        self.device = torch.device(device) if device is not None else None
+        self.shape = None if shape is None else tuple(int(x) for x in shape)
+        if self.shape is not None and (len(self.shape) != 2 or min(self.shape) < 1):
+            raise ValueError(f"LoraDeltaAccumulator: shape must be (m, n) with m, n >= 1, got {self.shape}")
+        self.B: List[torch.Tensor] = []
+        self.A: List[torch.Tensor] = []
+        self.scalings: List[float] = []
+        self.ids: List[int] = []
+        self._K = None
+
+    @property
+    def count(self) -> int:
+        return len(self.B)
+
+    @property
+    def ranks(self) -> List[int]:
+        return [b.shape[1] for b in self.B]
+
+    def add(self, B: torch.Tensor, A: torch.Tensor, scaling: float = 1.0, id: Optional[int] = None):
+        """One model: ``B[m, r]``, ``A[r, n]`` (any float dtype), ΔW = scaling · B · A."""
+        if B.dim() != 2 or A.dim() != 2:
+            raise ValueError(f"LoraDeltaAccumulator.add: B must be [m, r] and A [r, n], got shapes "
+                             f"{list(B.shape)} and {list(A.shape)}")
+        if not (B.is_floating_point() and A.is_floating_point()):
+            raise TypeError(f"LoraDeltaAccumulator.add: factors must be floating point, got {B.dtype} and {A.dtype}")
+        if B.shape[1] != A.shape[0]:
+            raise ValueError(f"LoraDeltaAccumulator.add: the LoRA rank must agree: B is {list(B.shape)}, A is {list(A.shape)}")
+        shape = (B.shape[0], A.shape[1])
+        if self.shape is None:
+            self.shape = shape
+        if shape != self.shape:
+            raise ValueError(f"LoraDeltaAccumulator.add: expected ΔW of shape {list(self.shape)}, got B {list(B.shape)} "
+                             f"· A {list(A.shape)} = {list(shape)}")
+        scaling = float(scaling)
+        if not torch.isfinite(torch.tensor(scaling)):
+            raise ValueError(f"LoraDeltaAccumulator.add: scaling must be finite, got {scaling}")
+        device = self.device or B.device
+        self.device = device
+        self.B.append(B.detach().to(device).clone())
+        self.A.append(A.detach().to(device).clone())
+        self.scalings.append(scaling)
+        self.ids.append(int(id) if id is not None else (max(self.ids) + 1 if self.ids else 0))
+        self._K = None
+        return self
+
+    def update(self, B: torch.Tensor, A: torch.Tensor, scalings=None, ids: Optional[Sequence[int]] = None):
+        """A batch of models of one rank: ``B[b, m, r]``, ``A[b, r, n]``; ``scalings`` a number or
+        b numbers (default 1); ``ids`` b integers (default: after the largest id so far)."""
+        if B.dim() != 3 or A.dim() != 3 or B.shape[0] != A.shape[0]:
+            raise ValueError(f"LoraDeltaAccumulator.update: B must be [b, m, r] and A [b, r, n], got shapes "
+                             f"{list(B.shape)} and {list(A.shape)}")
+        b = B.shape[0]
+        if scalings is None or isinstance(scalings, (int, float)):
+            scalings = [1.0 if scalings is None else float(scalings)] * b
+        scalings = [float(x) for x in (scalings.tolist() if isinstance(scalings, torch.Tensor) else scalings)]
+        if len(scalings) != b or (ids is not None and len(ids) != b):
+            raise ValueError(f"LoraDeltaAccumulator.update: need {b} scalings and ids, got {len(scalings)} and "
+                             f"{None if ids is None else len(ids)}")
+        for j in range(b):
+            self.add(B[j], A[j], scalings[j], None if ids is None else ids[j])
+        return self
+
+    def merge(self, other: "LoraDeltaAccumulator") -> "LoraDeltaAccumulator":
+        """Append ``other``'s models (K is computed over all of them, cross blocks included)."""
+        if other.count == 0:
+            return self
+        if self.shape is None:
+            self.shape = other.shape
+        if (other.shape, other.center) != (self.shape, self.center):
+            raise ValueError(f"LoraDeltaAccumulator.merge: incompatible accumulators: shape {other.shape} vs "
+                             f"{self.shape}, center {other.center} vs {self.center}")
+        dup = set(self.ids) & set(other.ids)
+        if dup:
+            raise ValueError(f"LoraDeltaAccumulator.merge: model ids {sorted(dup)[:5]} are in both accumulators; "
+                             f"give each model a distinct id (add(..., id=...))")
+        device = self.device or other.device
+        self.device = device
+        self.B += [b.to(device) for b in other.B]
+        self.A += [a.to(device) for a in other.A]
+        self.scalings += list(other.scalings)
+        self.ids += list(other.ids)
+        self._K = None
+        return self
+
+    def all_reduce(self, group=None) -> "LoraDeltaAccumulator":
+        """Every rank of ``group`` ends with the models of all ranks, ordered by id (so the result
+        equals one process that added them in id order). A gather of the factors, not a sum:
+        K has cross blocks between the ranks' models that no rank can compute alone."""
+        import torch.distributed as dist
+
+        states = [None] * dist.get_world_size(group)
+        dist.all_gather_object(states, self.state_dict(), group=group)
+        me = LoraDeltaAccumulator(self.shape, self.center, self.device)
+        for st in states:
+            me.merge(LoraDeltaAccumulator.from_state_dict(st, self.device))
+        order = sorted(range(me.count), key=lambda i: me.ids[i])
+        self.shape = me.shape
+        self.B, self.A = [me.B[i] for i in order], [me.A[i] for i in order]
+        self.scalings, self.ids = [me.scalings[i] for i in order], [me.ids[i] for i in order]
+        self._K = None
+        return self
+
+    def sort_by_id(self) -> "LoraDeltaAccumulator":
+        order = sorted(range(self.count), key=lambda i: self.ids[i])
+        if order != list(range(self.count)):
+            self.B, self.A = [self.B[i] for i in order], [self.A[i] for i in order]
+            self.scalings, self.ids = [self.scalings[i] for i in order], [self.ids[i] for i in order]
+            self._K = None
+        return self
+
+    def state_dict(self) -> dict:
+        """Tensors and plain values only: loadable with ``torch.load(weights_only=True)``."""
+        return {"kind": "lora_delta", "center": self.center, "shape": list(self.shape) if self.shape else None,
+                "B": [b.cpu() for b in self.B], "A": [a.cpu() for a in self.A],
+                "scalings": list(self.scalings), "ids": list(self.ids)}
+
+    def load_state_dict(self, state: dict) -> "LoraDeltaAccumulator":
+        if state.get("kind") != "lora_delta" or bool(state["center"]) != self.center:
+            raise ValueError(f"LoraDeltaAccumulator.load_state_dict: state of kind {state.get('kind')!r} with center "
+                             f"{state.get('center')}, this accumulator 'lora_delta' with {self.center}")
+        device = self.device or torch.device("cpu")
+        self.device = device
+        self.shape = tuple(state["shape"]) if state["shape"] is not None else None
+        self.B = [b.to(device) for b in state["B"]]
+        self.A = [a.to(device) for a in state["A"]]
+        self.scalings, self.ids = [float(x) for x in state["scalings"]], [int(x) for x in state["ids"]]
+        self._K = None
+        return self
+
+    @classmethod
+    def from_state_dict(cls, state: dict, device=None) -> "LoraDeltaAccumulator":
+        return cls(None, state["center"], device).load_state_dict(state)
+
+    def factors(self, dtype=torch.float64) -> Tuple[torch.Tensor, torch.Tensor]:
+        """All models' factors stacked, zero-padded to the largest rank, with the scaling folded
+        into B: ``B[M, m, r_max]``, ``A[M, r_max, n]`` (so ``B[i] @ A[i]`` is ΔW_i)."""
+        if self.count == 0:
+            raise RuntimeError("LoraDeltaAccumulator: no models were accumulated")
+        (m, n), r = self.shape, max(self.ranks)
+        B = torch.zeros(self.count, m, r, dtype=dtype, device=self.device)
+        A = torch.zeros(self.count, r, n, dtype=dtype, device=self.device)
+        for i, (b, a, s) in enumerate(zip(self.B, self.A, self.scalings)):
+            B[i, :, :b.shape[1]] = b.to(dtype) * s
+            A[i, :a.shape[0]] = a
+        return B, A
+
+    def gram(self, center: Optional[bool] = None) -> torch.Tensor:
+        """K (float64, M × M) over the models in their current order: ⟨ΔW_i, ΔW_j⟩_F, double
+        centred (H K H, the Gram of ΔW_i − mean ΔW) when ``center`` (default: the accumulator's).
+        ``lora_gram`` runs once (uncentred, cached); centring is the op's own formula on K."""
+        if self._K is None:
+            B, A = self.factors(torch.float64)
+            self._K = lora_gram(B, A, False)
+            del B, A
+        center = self.center if center is None else center
+        return double_center(self._K) if center else self._K.clone()
+
+    def eigh(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Descending eigenvalues (σ² of the model-axis unfolding) and eigenvectors (M × M) of the
+        (centred) K, sign rule of ``svd``."""
+        return sorted_eigh(self.gram())
+
+    def eigen_weights(self, weights: torch.Tensor) -> torch.Tensor:
+        """Σ_i w_ik ΔW_i for each column k of ``weights[M, k]``, formed as the low-rank product
+        [w_1k s_1 B_1 … w_Mk s_M B_M] · [A_1; …; A_M] (float64, ``[k, m, n]``)."""
+        B, A = self.factors(torch.float64)
+        w = weights.to(device=B.device, dtype=torch.float64)
+        M, m, r = B.shape
+        Bw = torch.einsum("imr,ik->kmir", B, w).reshape(w.shape[1], m, M * r)
+        return Bw @ A.reshape(M * r, -1)
+
+    def finalize(self, rank: Optional[int] = None, energy: Optional[float] = None, slot: str = "",
+                 metadata=None, eigen_weights: int = 0):
+        """The :class:`~unisub.subspace.DeltaSubspace`: the whole spectrum of the (centred) K, the
+        leading ``r`` eigenvectors (``rank`` / ``energy`` as for the mode Grams) and the per-model
+        scores. ``eigen_weights`` > 0 also materialises the top min(eigen_weights, r) unit-norm
+        eigen-weights E_k = Σ_i V_ik (ΔW_i − mean) / σ_k (and the mean ΔW) as dense m × n
+        matrices: k·m·n numbers, so only on request."""
+        from .subspace import DeltaSubspace, choose_rank
+
+        self.sort_by_id()
+        evals, evecs = self.eigh()
+        r = choose_rank(evals, rank, energy)
+        E = mean = None
+        if eigen_weights:
+            k = min(int(eigen_weights), r)
+            sigma = evals[:k].sqrt()
+            V = evecs[:, :k]
+            if self.center:
+                V = V - V.mean(0, keepdim=True)  # exactly H v: weights of ΔW_i − mean
+            W = V / torch.where(sigma > 0, sigma, torch.ones_like(sigma))
+            ones = torch.full((self.count, 1), 1.0 / self.count, dtype=torch.float64, device=W.device)
+            both = self.eigen_weights(torch.cat([ones, W], 1))
+            mean, E = both[0], both[1:]
+        return DeltaSubspace(slot=slot, shape=self.shape, eigenvalues=evals, eigenvectors=evecs[:, :r].contiguous(),
+                             gram=self.gram(center=False), scalings=torch.tensor(self.scalings, dtype=torch.float64),
+                             ranks=self.ranks, ids=list(self.ids), center=self.center,
+                             eigen_weights=E, mean=mean, metadata=dict(metadata or {}))

@@ -18,11 +18,15 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from .accumulator import SubspaceAccumulator
-from .io import CheckpointError, discover, ensure_writable_dir, matrix_shape, select, write_json
+from .accumulator import LoraDeltaAccumulator, SubspaceAccumulator
+from .io import (CheckpointError, PeftAdapter, discover, ensure_writable_dir, lora_pairs, matrix_shape, select,
+                 write_json)
 from .io.atomic import atomic_path
-from .metrics import ERROR_RANKS, TAUS, slot_report
-from .subspace import Subspace
+from .metrics import ERROR_RANKS, TAUS, delta_report, slot_report
+from .subspace import DeltaSubspace, Subspace, load_any
+
+MODES = ("out", "in", "delta")
+DELTA_SUFFIX = ".delta"
 
 REPORT = "report.json"
 
@@ -37,12 +41,13 @@ class AnalysisResult:
     def slots(self) -> List[str]:
         return list(self.report["slots"])
 
-    def subspace(self, slot: str) -> Subspace:
+    def subspace(self, slot: str):
+        """The ``Subspace`` of a slot, or the ``DeltaSubspace`` of a ``<module>.delta`` slot."""
         if slot in self._subspaces:
             return self._subspaces[slot]
         if self.out is None:
             raise KeyError(slot)
-        return Subspace.load(self.out / "subspaces" / f"{safe_name(slot)}.safetensors")
+        return load_any(self.out / "subspaces" / f"{safe_name(slot)}.safetensors")
 
 
 def safe_name(slot: str) -> str:
@@ -57,15 +62,22 @@ def _dist():
     return 0, 1
 
 
-def _plan(checkpoints, patterns, include_1d):
+def _plan(checkpoints, patterns, include_1d, check=True):
     ref = checkpoints[0]
     chosen, skipped = select(ref.slots, patterns, include_1d, ref.name)
     if not chosen:
         what = f"matches --slots {' '.join(patterns)}" if patterns else "is a floating-point tensor of 2 or more dimensions"
         raise CheckpointError(ref.name, f"no tensor {what} (it has {len(ref.slots)} tensors"
                                         f"{': ' + ', '.join(list(ref.slots)[:5]) if ref.slots else ''})")
+    if check:
+        _check_same(checkpoints, chosen)
+    return chosen, skipped
+
+
+def _check_same(checkpoints, keys):
+    ref = checkpoints[0]
     for ck in checkpoints[1:]:
-        for key in chosen:
+        for key in keys:
             if key not in ck.slots:
                 raise CheckpointError(ck.file_of(key), f"missing (present in '{ref.file_of(key)}')", slot=key)
             dtype, shape = ck.slots[key]
@@ -73,7 +85,49 @@ def _plan(checkpoints, patterns, include_1d):
                 raise CheckpointError(ck.file_of(key), f"shape {list(shape)} differs from {list(ref.slots[key][1])} "
                                                        f"in '{ref.file_of(key)}'", slot=key)
             select({key: (dtype, shape)}, [key], True, ck.file_of(key))  # dtype check, names the file
-    return chosen, skipped
+
+
+def _plan_deltas(checkpoints, chosen):
+    """module -> (lora_A key, lora_B key, (m, n)) for every module of which a factor was selected.
+    Every checkpoint must be a PEFT adapter (the scaling comes from its config) holding both
+    factors with the same m and n; the LoRA rank may differ between models."""
+    for ck in checkpoints:
+        if not isinstance(ck, PeftAdapter):
+            raise CheckpointError(ck.name, "--modes delta analyses LoRA deltas ΔW = s·B·A and needs PEFT adapter "
+                                           "folders (adapter_config.json gives s); this is not one")
+    ref = checkpoints[0]
+    sel = set(chosen)
+    pairs = {mod: ab for mod, ab in lora_pairs(ref.slots).items() if ab[0] in sel or ab[1] in sel}
+    if not pairs:
+        raise CheckpointError(ref.name, "--modes delta: no selected tensor is the lora_A or lora_B of a module "
+                                        "that has both factors")
+    plan = {}
+    for mod, (a_key, b_key) in pairs.items():
+        shape = None
+        for ck in checkpoints:
+            for key in (a_key, b_key):
+                if key not in ck.slots:
+                    raise CheckpointError(ck.file_of(key), f"missing (present in '{ref.file_of(key)}')", slot=key)
+                select({key: ck.slots[key]}, [key], True, ck.file_of(key))  # dtype check, names the file
+            (r_a, n), (m, r_b) = matrix_shape(ck.slots[a_key][1]), matrix_shape(ck.slots[b_key][1])
+            if r_a != r_b:
+                raise CheckpointError(ck.file_of(b_key), f"lora_B {list(ck.slots[b_key][1])} and lora_A "
+                                                         f"{list(ck.slots[a_key][1])} have different ranks", slot=b_key)
+            if shape is None:
+                shape = (m, n)
+            elif (m, n) != shape:
+                raise CheckpointError(ck.file_of(b_key), f"ΔW = B·A of shape {[m, n]} differs from {list(shape)} "
+                                                         f"in '{ref.file_of(b_key)}'", slot=b_key)
+        plan[mod] = (a_key, b_key, shape)
+    return plan
+
+
+def _read_factors(ck, a_key, b_key):
+    """(B [m, r], A [r, n]) as stored, and the module's scaling."""
+    A = ck.get_unscaled(a_key)
+    B = ck.get_unscaled(b_key)
+    A, B = A.reshape(matrix_shape(tuple(A.shape))), B.reshape(matrix_shape(tuple(B.shape)))
+    return B, A, ck.scaling(b_key)
 
 
 def _fingerprint(checkpoints, options) -> str:
@@ -98,8 +152,15 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
             include_1d: bool = False, scale_lora: bool = True, center: bool = True,
             taus: Sequence[float] = TAUS, error_ranks: Sequence[int] = ERROR_RANKS, plots: bool = True,
             progress: bool = True, resume: bool = False, device=None, group=None,
-            checkpoint_every: float = 60.0, on_batch: Optional[Callable[[str, int], None]] = None) -> AnalysisResult:
+            checkpoint_every: float = 60.0, on_batch: Optional[Callable[[str, int], None]] = None,
+            eigen_weights: int = 0) -> AnalysisResult:
     """Analyse ``sources`` (files or folders of checkpoints); see ``unisub analyze --help``.
+
+    ``modes``: any of "out", "in" (mode Grams of every selected tensor) and "delta" (PEFT adapters
+    only: model-space PCA of each module's ΔW = s·B·A through ``lora_gram``, reported and saved
+    as slot ``<module>.delta``, a ``DeltaSubspace``; ``eigen_weights`` = k > 0 also materialises
+    its top k eigen-weights as dense m × n matrices). With only "delta", the factors are not
+    analysed one by one (and may differ in rank between adapters).
 
     ``out``: folder for subspaces (``subspaces/<slot>.safetensors``), ``report.json``, plots and
     resume state; without it nothing is written and subspaces stay in memory.
@@ -107,6 +168,12 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
     ``on_batch(slot, batch_index)`` is called after each batch (progress hooks, tests)."""
     if batch_size < 1:
         raise ValueError(f"analyze: batch_size must be >= 1, got {batch_size}")
+    modes = list(modes)
+    if not modes or any(m not in MODES for m in modes) or len(set(modes)) != len(modes):
+        raise ValueError(f"analyze: modes must be distinct values from {list(MODES)}, got {modes}")
+    if eigen_weights < 0:
+        raise ValueError(f"analyze: eigen_weights must be >= 0, got {eigen_weights}")
+    factor_modes = [m for m in modes if m != "delta"]
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     rank_id, world = _dist()
@@ -119,11 +186,17 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
             ensure_writable_dir(out / sub)
 
     checkpoints = discover(sources, scale_lora=scale_lora)
-    chosen, skipped = _plan(checkpoints, patterns, include_1d)
+    chosen, skipped = _plan(checkpoints, patterns, include_1d, check=bool(factor_modes))
+    deltas = _plan_deltas(checkpoints, chosen) if "delta" in modes else {}
+    if not factor_modes:
+        chosen = []
     M = len(checkpoints)
     options = {"slots": chosen, "modes": list(modes), "energy": energy, "rank": rank, "center": center,
                "batch_size": batch_size, "world": world, "scale_lora": scale_lora, "include_1d": include_1d,
                "taus": list(taus), "error_ranks": list(error_ranks)}
+    if deltas:
+        options["delta_slots"] = [mod + DELTA_SUFFIX for mod in deltas]
+        options["eigen_weights"] = eigen_weights
     fp = _fingerprint(checkpoints, options)
     state_dir = out / "state" if out is not None else None
     if state_dir is not None:
@@ -131,7 +204,7 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
 
     mine = [i for i in range(M) if i % world == rank_id]
     batches = [mine[j:j + batch_size] for j in range(0, len(mine), batch_size)]
-    bar = _progress(len(chosen) * len(batches), progress and rank_id == 0, "analyse")
+    bar = _progress((len(chosen) + len(deltas)) * len(batches), progress and rank_id == 0, "analyse")
     reports, subspaces = {}, {}
     for si, key in enumerate(chosen):
         slot_file = out / "slots" / f"{safe_name(key)}.json" if out is not None else None
@@ -140,7 +213,7 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
             bar.update(len(batches))
             continue
         shape = matrix_shape(checkpoints[0].slots[key][1])
-        halves = [SubspaceAccumulator(shape, modes, center, device) for _ in range(2)]
+        halves = [SubspaceAccumulator(shape, factor_modes, center, device) for _ in range(2)]
         start = _load_partial(state_dir, key, halves, rank_id) if resume and state_dir is not None else 0
         bar.update(start)
         last_save = time.monotonic()
@@ -166,6 +239,42 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
         sub = total.finalize(rank=rank, energy=energy, slot=key, metadata=meta)
         split = halves if min(h.count for h in halves) >= 2 else None
         rep = slot_report(sub, total, split, taus, error_ranks, null_seed=si)
+        reports[key] = rep
+        if rank_id == 0 and out is not None:
+            sub.save(out / "subspaces" / f"{safe_name(key)}.safetensors")
+            write_json(slot_file, rep)
+        elif out is None:
+            subspaces[key] = sub
+        if state_dir is not None:
+            (state_dir / f"partial.rank{rank_id}.pt").unlink(missing_ok=True)
+    for di, (mod, (a_key, b_key, shape)) in enumerate(deltas.items()):
+        key = mod + DELTA_SUFFIX
+        slot_file = out / "slots" / f"{safe_name(key)}.json" if out is not None else None
+        if resume and slot_file is not None and slot_file.exists():
+            reports[key] = json.loads(slot_file.read_text())
+            bar.update(len(batches))
+            continue
+        acc = LoraDeltaAccumulator(shape, center, device)
+        start = _load_partial(state_dir, key, [acc], rank_id) if resume and state_dir is not None else 0
+        bar.update(start)
+        last_save = time.monotonic()
+        for bi in range(start, len(batches)):
+            for i in batches[bi]:
+                B, A, s = _read_factors(checkpoints[i], a_key, b_key)
+                acc.add(B, A, s, id=i)
+            bar.update(1)
+            if state_dir is not None and (time.monotonic() - last_save >= checkpoint_every or bi + 1 == len(batches)):
+                _save_partial(state_dir, key, [acc], bi + 1, rank_id)
+                last_save = time.monotonic()
+            if on_batch is not None:
+                on_batch(key, bi)
+        if world > 1:
+            acc.all_reduce(group)
+        meta = {"factors": [a_key, b_key], "source_files": [checkpoints[0].file_of(b_key)],
+                "models": [checkpoints[i].name for i in sorted(acc.ids)]}
+        sub = acc.finalize(rank=rank, energy=energy, slot=key, metadata=meta, eigen_weights=eigen_weights)
+        del acc
+        rep = delta_report(sub, taus, error_ranks, null_seed=len(chosen) + di)
         reports[key] = rep
         if rank_id == 0 and out is not None:
             sub.save(out / "subspaces" / f"{safe_name(key)}.safetensors")

@@ -27,7 +27,14 @@ def _add_analyze(sub):
     p.add_argument("--slots", nargs="+", metavar="PATTERN",
                    help="tensors to analyse: globs on the full name, or 're:REGEX' (default: every "
                         "floating-point tensor of 2 or more dimensions)")
-    p.add_argument("--modes", nargs="+", choices=["out", "in"], default=["out", "in"])
+    p.add_argument("--modes", nargs="+", choices=["out", "in", "delta"], default=["out", "in"],
+                   help="out / in: the mode Grams (rows / columns) of every selected tensor; delta: for PEFT "
+                        "adapter folders, model-space PCA (mode 0) of each module's ΔW = s·B·A through "
+                        "lora_gram, never forming ΔW (slot '<module>.delta'; with delta alone the factors "
+                        "are not analysed one by one). Default: out in")
+    p.add_argument("--eigen-weights", type=int, default=0, metavar="K",
+                   help="with --modes delta: also save the top K eigen-weights (dense m x n matrices, "
+                        "formed as low-rank products) and the mean ΔW in each delta subspace file")
     p.add_argument("--energy", type=float, default=0.9, help="keep the fewest components reaching this "
                    "explained variance (default 0.9; 1 keeps all that carry variance)")
     p.add_argument("--rank", type=int, help="keep at most this many components per mode")
@@ -81,7 +88,8 @@ def _run_analyze(args) -> int:
         result = analyze(args.paths, slots=args.slots, modes=args.modes, energy=args.energy, rank=args.rank,
                          out=args.out, batch_size=args.batch_size, include_1d=args.include_1d,
                          scale_lora=not args.no_lora_scaling, center=not args.no_center,
-                         plots=not args.no_plots, progress=not args.quiet, resume=args.resume, device=device)
+                         plots=not args.no_plots, progress=not args.quiet, resume=args.resume, device=device,
+                         eigen_weights=args.eigen_weights)
     except (CheckpointError, PermissionError, FileNotFoundError, ValueError) as e:
         print(f"unisub analyze: error: {e}", file=sys.stderr)
         return 2
@@ -108,10 +116,16 @@ def _run_inspect(args) -> int:
 
     path = Path(args.path)
     if path.is_file() and path.suffix == ".safetensors":
-        from .subspace import Subspace
+        from .subspace import DeltaSubspace, load_any
 
-        s = Subspace.load(path)
+        s = load_any(path)
         print(s)
+        if isinstance(s, DeltaSubspace):
+            ev = s.explained_variance_ratio()
+            print(f"  delta: rank {s.rank()} of {ev.numel()}, EVR of the kept components "
+                  f"{float(ev[:s.rank()].sum()):.4f}; leading singular values "
+                  + ", ".join(f"{v:.4g}" for v in s.singular_values()[:8].tolist()))
+            return 0
         for m in s.bases:
             ev = s.explained_variance_ratio(m)
             print(f"  {m}: rank {s.rank(m)} of {ev.numel()}, EVR of the kept components "

@@ -29,19 +29,19 @@ def _floats(t: torch.Tensor):
     return [float(v) for v in t.tolist()]
 
 
-def mode_report(mode: str, sub: Subspace, halves, models: int, taus: Sequence[float],
-                error_ranks: Sequence[int], uncentred_energy: float, null_seed: int) -> Dict:
-    ev = sub.eigenvalues[mode]
+def spectrum_report(ev: torch.Tensor, r: int, p: int, N: int, taus: Sequence[float], error_ranks: Sequence[int],
+                    uncentred_energy: float, null_seed: int, null_pad: int = 0) -> Dict:
+    """The spectrum-only fields of a mode's report: ``ev`` the descending Gram eigenvalues, ``r``
+    the kept rank, (p, N) the shape of the matched Gaussian null (padded with ``null_pad`` zeros:
+    directions centring removed)."""
     total = float(ev.sum())
-    r = sub.rank(mode)
     d = ev.numel()
     cum = ev.cumsum(0) / total if total > 0 else torch.zeros_like(ev)
-    other = sub.mean.shape[1] if mode == "out" else sub.mean.shape[0]
-    p, N = nulls.null_shape(d, other, models, sub.center)
-    mp = nulls.marchenko_pastur(p, N, total)
-    gauss = nulls.gaussian_stack(p, N, total, seed=null_seed)
+    pad = torch.zeros(null_pad, dtype=torch.float64)
+    mp = torch.cat([nulls.marchenko_pastur(p, N, total), pad])
+    gauss = torch.cat([nulls.gaussian_stack(p, N, total, seed=null_seed), pad])
     edge = nulls.mp_upper_edge(p, N, total)
-    rep = {
+    return {
         "dim": d, "rank": r,
         "singular_values": _floats(ev.sqrt()),
         "explained_variance_ratio": _floats(ev / total) if total > 0 else [0.0] * d,
@@ -65,6 +65,15 @@ def mode_report(mode: str, sub: Subspace, halves, models: int, taus: Sequence[fl
             "gaussian_stack_cumulative_at_rank": float(gauss[:r].sum() / total) if total > 0 else 0.0,
         },
     }
+
+
+def mode_report(mode: str, sub: Subspace, halves, models: int, taus: Sequence[float],
+                error_ranks: Sequence[int], uncentred_energy: float, null_seed: int) -> Dict:
+    ev = sub.eigenvalues[mode]
+    r = sub.rank(mode)
+    other = sub.mean.shape[1] if mode == "out" else sub.mean.shape[0]
+    p, N = nulls.null_shape(ev.numel(), other, models, sub.center)
+    rep = spectrum_report(ev, r, p, N, taus, error_ranks, uncentred_energy, null_seed)
     if halves is not None:
         Ua = halves[0].eigh(mode)[1][:, :r]
         Ub = halves[1].eigh(mode)[1][:, :r]
@@ -97,4 +106,71 @@ def slot_report(sub: Subspace, total: SubspaceAccumulator, halves, taus=TAUS, er
         "compression": {"original_numbers": M * m * n, "stored_numbers": stored,
                         "ratio": M * m * n / stored},
         "modes": modes,
+    }
+
+
+def _half_basis(K: torch.Tensor, idx: torch.Tensor, r: int, center: bool):
+    """For the models ``idx``: their centring matrix C, the leading eigenvectors V and σ of their
+    (centred) Gram, keeping at most r components with σ² > 0."""
+    from .accumulator import sorted_eigh
+
+    n = idx.numel()
+    C = torch.eye(n, dtype=K.dtype) - (1.0 / n if center else 0.0)
+    ev, V = sorted_eigh(C @ K[idx][:, idx] @ C)
+    k = min(r, int((ev > ev[0] * 1e-12).sum()) if ev[0] > 0 else 0)
+    return C, V[:, :k], ev[:k].sqrt()
+
+
+def delta_split_half(K: torch.Tensor, ids, r: int, center: bool):
+    """Principal angles between the rank-r eigen-weight spans (in R^{m×n}) of the two halves of
+    the models (ids even / odd), from the uncentred K alone: E^h = D_hᵀ V_h Σ_h⁻¹, so
+    E^aᵀ E^b = Σ_a⁻¹ V_aᵀ (C_a K_ab C_b) V_b Σ_b⁻¹, whose singular values are the cosines
+    (Gram route: angles below ~1e-8 rad are not resolved)."""
+    ids = torch.tensor(ids)
+    halves = [(ids % 2 == h).nonzero().flatten() for h in (0, 1)]
+    if min(h.numel() for h in halves) < 2:
+        return None
+    (Ca, Va, sa), (Cb, Vb, sb) = (_half_basis(K, h, r, center) for h in halves)
+    if Va.shape[1] == 0 or Vb.shape[1] == 0:
+        return None
+    cross = Ca @ K[halves[0]][:, halves[1]] @ Cb
+    cos = torch.linalg.svdvals((Va / sa).T @ cross @ (Vb / sb)).clamp(0, 1)
+    theta = torch.arccos(cos).sort().values
+    return {"models": [halves[0].numel(), halves[1].numel()],
+            "principal_angles_deg": _floats(torch.rad2deg(theta)),
+            "max_sin": float(theta.max().sin()) if theta.numel() else 0.0,
+            "mean_cos2": float(theta.cos().pow(2).mean()) if theta.numel() else 1.0}
+
+
+def delta_report(sub, taus=TAUS, error_ranks=ERROR_RANKS, null_seed=0) -> Dict:
+    """The report of a LoRA-delta (mode 0) analysis, shaped like ``slot_report`` with one mode,
+    "delta", so tables, summaries and plots treat it like any other slot. The null: i.i.d.
+    Gaussian m × n deltas of the same total variance, whose centred M × M Gram is Wishart with
+    M − 1 degrees of freedom (plus the zero eigenvalue centring leaves)."""
+    K = sub.gram
+    M = K.shape[0]
+    m, n = sub.shape
+    uncentred = float(K.diagonal().sum())
+    mean_energy = float(K.sum()) / M if sub.center else 0.0  # M·‖mean ΔW‖²
+    centred = float(sub.eigenvalues.sum())
+    r = sub.rank()
+    p = M - 1 if sub.center else M
+    rep = spectrum_report(sub.eigenvalues, r, p, m * n, taus, error_ranks, uncentred, null_seed,
+                          null_pad=M - p)
+    rep["split_half"] = delta_split_half(K, sub.ids, r, sub.center)
+    scores = sub.scores()
+    rep["scores"] = [_floats(row) for row in scores]
+    stored = (1 + r) * m * n + M * r
+    factors = sum(sub.ranks) * (m + n)
+    return {
+        "slot": sub.slot, "kind": "lora_delta", "shape": [m, n], "models": M,
+        "factors": sub.metadata.get("factors"), "lora_ranks": list(sub.ranks),
+        "scalings": _floats(sub.scalings),
+        "energy": {"total": uncentred, "mean": mean_energy, "centred": centred,
+                   "mean_share": mean_energy / uncentred if uncentred > 0 else 0.0,
+                   "centred_share": centred / uncentred if uncentred > 0 else 0.0},
+        # dense ΔW stack against mean + r eigen-weights + M·r scores; the LoRA factors for scale
+        "compression": {"original_numbers": M * m * n, "stored_numbers": stored, "ratio": M * m * n / stored,
+                        "lora_factor_numbers": factors},
+        "modes": {"delta": rep},
     }

@@ -84,6 +84,9 @@ class Subspace:
     def load(cls, path) -> "Subspace":
         f = SafetensorsFile(path)
         meta = json.loads(f.header.metadata.get("unisub", "{}"))
+        if meta.get("format") == DELTA_FORMAT:
+            raise ValueError(f"{path}: holds a LoRA-delta (model-axis) analysis; load it with "
+                             f"unisub.subspace.DeltaSubspace.load or load_any")
         if meta.get("format") != "unisub.subspace/1":
             raise ValueError(f"{path}: not a unisub subspace file (metadata format {meta.get('format')!r})")
         return cls(slot=meta["slot"], mean=f.get("mean"),
@@ -94,3 +97,87 @@ class Subspace:
     def __repr__(self):
         ranks = ", ".join(f"{m}: {tuple(self.bases[m].shape)}" for m in self.bases)
         return f"Subspace(slot={self.slot!r}, mean {tuple(self.mean.shape)}, models={self.count}, bases {{{ranks}}})"
+
+
+DELTA_FORMAT = "unisub.lora_delta/1"
+
+
+@dataclass
+class DeltaSubspace:
+    """Model-space PCA (mode 0) of the LoRA deltas ΔW_i = s_i·B_i·A_i of one module (M models).
+
+    ``eigenvalues`` [M]: the whole descending spectrum of the (centred) K_ij = ⟨ΔW_i, ΔW_j⟩_F, i.e.
+    σ² of the model-axis unfolding; ``eigenvectors`` [M, r]: the leading r of K's eigenvectors
+    (models in ``ids`` order); ``gram`` [M, M]: the uncentred K; ``scalings`` [M] and ``ranks``: each
+    model's s_i and LoRA rank. ``scores()`` [M, r] are the per-model coefficients c_ik =
+    ⟨ΔW_i − mean, E_k⟩ on the unit-norm eigen-weights E_k (m × n), which are stored only when
+    materialised (``eigen_weights`` [k, m, n] with ``mean`` [m, n]; otherwise None).
+
+    Saved as safetensors with metadata format ``unisub.lora_delta/1`` (tensors ``eigenvalues``,
+    ``eigenvectors``, ``gram``, ``scalings`` and, if materialised, ``eigen_weights``, ``mean``)."""
+
+    slot: str
+    shape: tuple
+    eigenvalues: torch.Tensor
+    eigenvectors: torch.Tensor
+    gram: torch.Tensor
+    scalings: torch.Tensor
+    ranks: list
+    ids: list
+    center: bool = True
+    eigen_weights: Optional[torch.Tensor] = None
+    mean: Optional[torch.Tensor] = None
+    metadata: Dict = field(default_factory=dict)
+
+    @property
+    def count(self) -> int:
+        return self.eigenvalues.numel()
+
+    def rank(self, mode: str = "delta") -> int:
+        return self.eigenvectors.shape[1]
+
+    def singular_values(self, mode: str = "delta") -> torch.Tensor:
+        return self.eigenvalues.sqrt()
+
+    def explained_variance_ratio(self, mode: str = "delta") -> torch.Tensor:
+        ev = self.eigenvalues
+        return ev / ev.sum() if ev.sum() > 0 else torch.zeros_like(ev)
+
+    def scores(self) -> torch.Tensor:
+        """[M, r]: model i's coordinates on the leading r eigen-weights (V_ik · σ_k)."""
+        return self.eigenvectors * self.eigenvalues[:self.rank()].sqrt()
+
+    def save(self, path):
+        tensors = {"eigenvalues": self.eigenvalues, "eigenvectors": self.eigenvectors, "gram": self.gram,
+                   "scalings": self.scalings}
+        if self.eigen_weights is not None:
+            tensors["eigen_weights"] = self.eigen_weights
+            tensors["mean"] = self.mean
+        meta = {"slot": self.slot, "shape": list(self.shape), "count": self.count, "center": self.center,
+                "modes": ["delta"], "ranks": list(self.ranks), "ids": list(self.ids),
+                "metadata": self.metadata, "format": DELTA_FORMAT}
+        save_file({k: v.contiguous() for k, v in tensors.items()}, path, metadata={"unisub": json.dumps(meta)})
+
+    @classmethod
+    def load(cls, path) -> "DeltaSubspace":
+        f = SafetensorsFile(path)
+        meta = json.loads(f.header.metadata.get("unisub", "{}"))
+        if meta.get("format") != DELTA_FORMAT:
+            raise ValueError(f"{path}: not a unisub LoRA-delta file (metadata format {meta.get('format')!r})")
+        ew = "eigen_weights" in f.header.tensors
+        return cls(slot=meta["slot"], shape=tuple(meta["shape"]), eigenvalues=f.get("eigenvalues"),
+                   eigenvectors=f.get("eigenvectors"), gram=f.get("gram"), scalings=f.get("scalings"),
+                   ranks=meta["ranks"], ids=meta["ids"], center=meta["center"],
+                   eigen_weights=f.get("eigen_weights") if ew else None, mean=f.get("mean") if ew else None,
+                   metadata=meta["metadata"])
+
+    def __repr__(self):
+        ew = "" if self.eigen_weights is None else f", eigen-weights {tuple(self.eigen_weights.shape)}"
+        return (f"DeltaSubspace(slot={self.slot!r}, ΔW {tuple(self.shape)}, models={self.count}, "
+                f"LoRA ranks {sorted(set(self.ranks))}, rank {self.rank()}{ew})")
+
+
+def load_any(path):
+    """A ``Subspace`` or a ``DeltaSubspace``, whichever the file holds."""
+    meta = json.loads(SafetensorsFile(path).header.metadata.get("unisub", "{}"))
+    return DeltaSubspace.load(path) if meta.get("format") == DELTA_FORMAT else Subspace.load(path)

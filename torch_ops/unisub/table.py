@@ -8,7 +8,7 @@ def _fmt(x, spec):
 def format_report(report, tau="0.9") -> str:
     lines = [f"{report['models']} models, {len(report['slots'])} slots, modes {', '.join(report['options']['modes'])}, "
              f"energy {report['options']['energy']}, rank {report['options']['rank']}"]
-    head = (f"{'slot':<48} {'shape':>11} {'mode':>4} {'r':>5} {'r(' + tau + ')':>7} {'EVR1':>6} "
+    head = (f"{'slot':<48} {'shape':>11} {'mode':>5} {'r':>5} {'r(' + tau + ')':>7} {'EVR1':>6} "
             f">MP {'split sinmax':>12} {'mean%':>6} {'ratio':>7}")
     lines += [head, "-" * len(head)]
     for key, rep in report["slots"].items():
@@ -20,7 +20,7 @@ def format_report(report, tau="0.9") -> str:
             mean_pct = f"{100 * rep['energy']['mean_share']:.1f}" if first else ""
             ratio = f"{rep['compression']['ratio']:.2f}" if first else ""
             lines.append(
-                f"{name if first else '':<48} {shape:>11} {m:>4} {mr['rank']:>5} "
+                f"{name if first else '':<48} {shape:>11} {m:>5} {mr['rank']:>5} "
                 f"{mr['rank_at_tau'].get(tau, '-'):>7} {mr['explained_variance_ratio'][0]:>6.3f} "
                 f"{mr['null']['components_above_mp_edge']:>3} {_fmt(sh and sh['max_sin'], '.3f'):>12} "
                 f"{mean_pct:>6} {ratio:>7}")

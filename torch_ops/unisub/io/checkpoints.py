@@ -146,15 +146,45 @@ class PeftAdapter(Checkpoint):
         return alpha / math.sqrt(r) if cfg.get("use_rslora", False) else alpha / r
 
     def get(self, key):
-        if key not in self._raw:
-            raise CheckpointError(self.name, "no such tensor in this adapter", slot=key)
-        t = self.inner.get(self._raw[key])
+        t = self.get_unscaled(key)
         if self.scale and key in self.scalings:
             t = t.to(torch.float64 if t.dtype == torch.float64 else torch.float32) * self.scalings[key]
         return t
 
+    def get_unscaled(self, key) -> torch.Tensor:
+        """The tensor as stored (no scaling, stored dtype)."""
+        if key not in self._raw:
+            raise CheckpointError(self.name, "no such tensor in this adapter", slot=key)
+        return self.inner.get(self._raw[key])
+
+    def scaling(self, b_key) -> float:
+        """s of ΔW = s·B·A for the module of ``b_key`` (1.0 when built with ``scale=False``)."""
+        return self.scalings[b_key] if self.scale else 1.0
+
+    def lora_pairs(self) -> Dict[str, Tuple[str, str]]:
+        """module name -> (lora_A key, lora_B key), for modules holding both factors
+        (``lora_A``/``lora_B`` of linear and conv layers, ``lora_embedding_A``/``_B``)."""
+        return lora_pairs(self.slots)
+
     def file_of(self, key):
         return self.inner.file_of(self._raw.get(key, key))
+
+
+_LORA_A = re.compile(r"^(?P<module>.+)\.lora_(?P<emb>embedding_)?A(?P<suffix>\.weight)?$")
+
+
+def lora_pairs(slots) -> Dict[str, Tuple[str, str]]:
+    """module name -> (lora_A key, lora_B key) for every module whose two LoRA factors are both
+    in ``slots`` (sorted by module name)."""
+    pairs = {}
+    for key in sorted(slots):
+        m = _LORA_A.match(key)
+        if m is None:
+            continue
+        b_key = f"{m['module']}.lora_{m['emb'] or ''}B{m['suffix'] or ''}"
+        if b_key in slots:
+            pairs[m["module"]] = (key, b_key)
+    return pairs
 
 
 def open_checkpoint(path: Path, scale_lora: bool = True) -> Checkpoint:
