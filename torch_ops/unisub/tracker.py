@@ -50,19 +50,23 @@ class _Side:
         self.width = other if self.exact else s
         self.other = other
         self.buffer = torch.zeros(window, rows, self.width, dtype=ref.dtype, device=ref.device)
+        self.noise = torch.zeros(window, dtype=torch.float64, device=ref.device)
         self.filled = 0
         self.next = 0
         self.generator = generator
 
-    def push(self, delta: torch.Tensor):
-        """``delta`` is the m × n update; the out side sketches its columns, the in side its rows."""
+    def push(self, delta: torch.Tensor, noise: torch.Tensor):
+        """``delta`` is the m × n update; the out side sketches its columns, the in side its rows.
+        ``noise`` bounds ‖rounding error of delta‖_F (the weights' own rounding, ε‖W‖_F)."""
         D = delta if self.side == "out" else delta.T
         slot = self.buffer[self.next]
         if self.exact:
             slot.copy_(D)
+            self.noise[self.next] = noise
         else:
             omega = torch.randn(self.other, self.width, dtype=D.dtype, device=D.device, generator=self.generator)
             torch.mm(D, omega, out=slot)
+            self.noise[self.next] = noise * self.width ** 0.5  # ‖E Ω‖_F ≈ √s ‖E‖_F
         self.next = (self.next + 1) % self.buffer.shape[0]
         self.filled = min(self.filled + 1, self.buffer.shape[0])
 
@@ -80,7 +84,10 @@ class _Side:
         U, S, _ = svd(A, k, method)
         if not bool(torch.isfinite(S).all()) or float(S[0]) == 0.0:
             return None
-        tol = max(A.shape) * torch.finfo(A.dtype).eps * float(S[0])
+        # Directions below the rounding noise of the weights are not the run's: 2·‖noise‖_F bounds
+        # every singular value that rounding alone can produce (plus matrix_rank's usual tolerance).
+        tol = max(max(A.shape) * torch.finfo(A.dtype).eps * float(S[0]),
+                  2 * float(self.noise[:self.filled].square().sum().sqrt()))
         r = int((S > tol).sum())
         return U[:, :r]
 
@@ -91,6 +98,7 @@ class _Layer:
         self.mp = mp
         self.name = mp.name
         self.dtype = mp.U.dtype if mp.U is not None else mp.V.dtype
+        self.eps = torch.finfo(mp.param.dtype).eps  # the weights' rounding: the floor of any update
         self.W0 = self.current().clone()
         self.sides: List[_Side] = []
         if ref is not None and window > 0:
@@ -122,7 +130,8 @@ class _Layer:
         if mp.mean is not None:
             D = W - mp.mean
             out.append(subspace_energy(D, U, V, False))
-            out.append(1 - torch.linalg.vector_norm(D) ** 2 / torch.linalg.vector_norm(W) ** 2)
+            norm = torch.linalg.vector_norm
+            out.append(1 - (norm(D, dtype=torch.float64) / norm(W, dtype=torch.float64)) ** 2)
         else:
             out.append(subspace_energy(W, U, V, False))
         out.append(subspace_energy(W - self.W0, U, V, False))
@@ -130,10 +139,10 @@ class _Layer:
         out.append(subspace_energy(mp.as_matrix(g.detach()), U, V, False) if g is not None else nan)
         if self.sides:
             delta = W - self.previous
-            moved = bool(delta.any())
-            if moved:
+            if bool(delta.any()):
+                noise = self.eps * torch.linalg.vector_norm(W).double()
                 for side in self.sides:
-                    side.push(delta)
+                    side.push(delta, noise)
                 self.previous.copy_(W)
             values = []
             for side in self.sides:
