@@ -403,6 +403,9 @@ def test_load_state_dict_from_other_subspaces_fails_clearly(gen):
     other = dict(subspaces, **{"conv.weight": (orthonormal(6, 3, gen), None)})
     with pytest.raises(ValueError, match=r"'conv.weight' has exp_avg of shape \(4, 5\).*keeps \(3, 27\)"):
         SubspaceAdamW(model, other).load_state_dict(opt.state_dict())
+    renamed = [(n.replace("head", "out"), p) for n, p in model.named_parameters()]
+    with pytest.raises(ValueError, match="named 'head.weight' where this optimizer has 'out.weight'"):
+        SubspaceAdamW(renamed, {}).load_state_dict(opt.state_dict())
 
 
 def test_lr_scheduler_and_param_groups(gen):

@@ -330,6 +330,12 @@ class SubspaceAdamW(torch.optim.Optimizer):
         and bases keep their own dtypes (float32 for low-precision parameters), so they are put
         back from ``state_dict`` after it. Shapes are checked against this optimizer's subspaces."""
         saved = state_dict["state"]
+        for mine, theirs in zip(self.param_groups, state_dict["param_groups"]):
+            a, b = mine.get("param_names"), theirs.get("param_names")
+            if a is not None and b is not None and list(a) != list(b):
+                diff = next((x, y) for x, y in zip(a + [None], b + [None]) if x != y)
+                raise ValueError(f"load_state_dict: the state_dict was saved for parameters named {diff[1]!r} where "
+                                 f"this optimizer has {diff[0]!r}; parameters must come in the same order")
         super().load_state_dict(state_dict)
         ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
