@@ -422,6 +422,15 @@ def test_lr_scheduler_and_param_groups(gen):
     sched.step()
     assert torch.equal(model.lin.weight, before)  # lr 0 in that group
     assert opt.param_groups[1]["lr"] == pytest.approx(5e-3)
+    # a group added later gets plain AdamW
+    ref = copy.deepcopy(model.head)
+    opt.add_param_group({"params": list(model.head.named_parameters(prefix="head")), "lr": 1e-2})
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-2, weight_decay=0.0, foreach=False)
+    for o, head in ((opt, model.head), (ref_opt, ref)):
+        o.zero_grad()
+        torch.sin(head(x)).sum().backward()
+        o.step()
+    assert torch.equal(model.head.weight, ref.weight) and torch.equal(model.head.bias, ref.bias)
 
 
 # --- bad input fails at construction ----------------------------------------------------------

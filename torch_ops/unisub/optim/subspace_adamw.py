@@ -192,6 +192,19 @@ class SubspaceAdamW(torch.optim.Optimizer):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
         super().__init__(groups, defaults)
 
+    def add_param_group(self, param_group: dict) -> None:
+        """torch's ``add_param_group``; parameters added after construction get plain AdamW
+        (a subspace can only be given at construction, where it is validated)."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        if not hasattr(self, "_targets"):
+            return  # called from __init__: the targets are already set
+        names = group.get("param_names") or [f"<added {i}>" for i in range(len(group["params"]))]
+        for name, p in zip(names, group["params"]):
+            if p not in self._targets:
+                self._targets[p] = _Target(name, matrix_shape(p))
+                self._by_name.setdefault(name, p)
+
     # ------------------------------------------------------------------------------------------
     def _init_state(self, p: torch.Tensor, target: _Target) -> dict:
         state = self.state[p]
