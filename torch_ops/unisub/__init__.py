@@ -23,3 +23,10 @@ from .projector import GradientProjector  # noqa: E402
 
 __all__ += ["GradientProjector"]
 from . import nn, optim  # noqa: E402  (unisub.nn.SubspaceLinear, unisub.optim.SubspaceAdamW, ...)
+from .compression import CompressedZoo, compress  # noqa: E402
+from .merging import merge  # noqa: E402
+
+__all__ += ["merge", "compress", "CompressedZoo"]
+from .tracker import ConvergenceTracker  # noqa: E402
+
+__all__ += ["ConvergenceTracker"]

@@ -9,9 +9,12 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unisub", description=__doc__)
     parser.add_argument("--version", action="version", version=f"unisub {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="show what unisub finds on a stack of models, against a null")
-    demo.add_argument("--models", type=int, default=64, help="models in the stack (default 64)")
+    demo = sub.add_parser("demo", help="train a zoo of MLPs on scikit-learn's digits and test the universal-subspace "
+                                       "claims on it: spectra vs null, reconstruction, training, merging, compression")
+    demo.add_argument("--out", default="unisub-demo", help="report folder (default ./unisub-demo)")
+    demo.add_argument("--quick", action="store_true", help="a smaller zoo and shorter runs (about a minute)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--cache", default=None, help="zoo cache folder (default ~/.cache/unisub/demo, or $UNISUB_CACHE/demo)")
     demo.set_defaults(run=_run_demo)
     _add_analyze(sub)
     _add_inspect(sub)
@@ -152,7 +155,7 @@ def _run_inspect(args) -> int:
 def _run_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(models=args.models, seed=args.seed)
+    run_demo(out=args.out, quick=args.quick, seed=args.seed, cache=args.cache)
     return 0
 
 

@@ -1,0 +1,109 @@
+"""``unisub demo``: the paper's claims, and its critics', tested on a zoo trained here.
+
+Builds (or reads from the cache) a zoo of small MLPs on scikit-learn's digits, runs the analysis
+job on it (``unisub.analyze``, the same code as ``unisub analyze``), then on held-out tasks:
+(a) reconstructs unseen models from the subspace, (b) trains only coefficients vs full training vs
+LoRA, (c) merges models (mean, task arithmetic, TIES, subspace), (d) fine-tunes with projected
+gradients under the convergence tracker, (e) compresses the zoo. Prints tables and verdicts and
+writes ``report.json`` and ``report.md`` (with plots) to the output folder.
+"""
+import json
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..analysis import analyze
+from . import experiments as ex
+from .report import plot_reconstruction, spectrum_rows, table, verdicts, write
+from .zoo import LAYERS, ZooConfig, build_zoo
+
+QUICK = ZooConfig(finetuned=10, scratch=6, held_out=2, pretrain_steps=300, finetune_steps=80, scratch_steps=200)
+
+
+def run_demo(out: Optional[str] = None, quick: bool = False, seed: int = 0, cache: Optional[str] = None,
+             log=print) -> dict:
+    config = QUICK if quick else ZooConfig()
+    config = ZooConfig(**{**asdict(config), "seed": seed})
+    out = Path(out or "unisub-demo")
+    out.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the models are tiny: on 2 cores one thread is the fastest
+    start = time.perf_counter()
+    try:
+        return _run(config, out, cache, log, start)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _section(log, title):
+    log("")
+    log(title)
+    log("=" * len(title))
+
+
+def _run(config, out, cache, log, start):
+    log(f"unisub demo: a zoo of MLPs on scikit-learn's digits (seed {config.seed}); report folder {out.resolve()}")
+    zoo = build_zoo(config, cache, log)
+    rank = 16 if config.hidden >= 32 else 4
+    steps, lr = config.finetune_steps, config.lr
+
+    _section(log, "Spectra of each layer against a matched Gaussian null (unisub.analyze)")
+    spectra = []
+    for name, paths in (("finetuned", zoo.finetuned), ("scratch", zoo.scratch)):
+        folder = out / "analysis" / name
+        shutil.rmtree(folder, ignore_errors=True)
+        res = analyze([str(p) for p in paths], slots=list(LAYERS), energy=0.9, out=folder, progress=False)
+        spectra += spectrum_rows(json.loads((folder / "report.json").read_text()), name)
+        del res
+    log(table([{**r, "where": f"{r['zoo']} {r['slot']} [{r['mode']}]"} for r in spectra],
+              [("where", "zoo, slot [mode]", "s"), ("dim", "dim", "d"), ("r90", "r(0.9)", "d"),
+               ("ev_at_r", "EV@r", ".3f"), ("null_ev_at_r", "null EV@r", ".3f"),
+               ("above_mp_edge", "above MP edge", "d"), ("mean_share", "mean share", ".3f"),
+               ("split_half_max_sin", "split-half sin", ".3f")]))
+
+    subspaces = ex.fit_subspaces(zoo, zoo.finetuned)
+    ranks = [k for k in (1, 2, 4, 8, 16, 32) if k <= config.hidden and k < len(zoo.finetuned)]
+    _section(log, "(a) Unseen fine-tuned models projected onto the subspace (accuracy on their own task)")
+    rec = ex.reconstruction(zoo, subspaces, ranks)
+    log(table([{"k": k, "acc": v} for k, v in rec.items()], [("k", "k", "s"), ("acc", "accuracy", ".3f")]))
+
+    task = zoo.held_out_tasks[0]
+    _section(log, f"(b) Learning held-out task {task} from the base model ({steps} steps, rank {rank})")
+    training = ex.training(zoo, subspaces, rank, task, steps, lr)
+    log(table(training, [("method", "method", "s"), ("accuracy", "accuracy", ".3f"),
+                         ("trainable", "trainable", ",d"), ("ms_per_step", "ms/step", ".2f")]))
+
+    count = min(8, len(zoo.finetuned))
+    _section(log, f"(c) Merging the backbones of {count} fine-tuned models (each task keeps its head)")
+    merging = ex.merging(zoo, count, rank)
+    log(table([{"method": k, **v} for k, v in merging.items()],
+              [("method", "method", "s"), ("mean_accuracy", "mean acc", ".3f"), ("min_accuracy", "min acc", ".3f")]))
+
+    _section(log, f"(d) Projected fine-tuning on held-out task {task}, ConvergenceTracker on")
+    projection = ex.projection(zoo, subspaces, rank, task, steps, lr, log_dir=out)
+    log(table(projection, [("method", "gradients", "s"), ("accuracy", "accuracy", ".3f"),
+                           ("update_energy", "update in S", ".3f"), ("grad_energy", "grad in S", ".3f"),
+                           ("max_angle_rad", "angle (rad)", ".2f"), ("ms_per_step", "ms/step", ".2f")]))
+
+    _section(log, "(e) The analysed zoo stored as mean + bases + coefficients")
+    compression = ex.compression(zoo, [k for k in (2, 4, 8, 16) if k <= config.hidden])
+    log(table(compression, [("rank", "rank", "d"), ("ratio", "ratio", ".1f"), ("bytes", "bytes", ",d"),
+                            ("accuracy", "accuracy", ".3f"), ("original_accuracy", "originals", ".3f")]))
+
+    results = {"zoo": asdict(config), "spectra": spectra, "reconstruction": rec, "training": training,
+               "merging": merging, "projection": projection, "compression": compression,
+               "seconds": time.perf_counter() - start, "zoo_training_seconds": zoo.seconds}
+    results["verdicts"] = verdicts(results)
+    _section(log, "Verdicts (from the numbers above)")
+    for v in results["verdicts"]:
+        log(f"- {v}")
+    plots = [plot_reconstruction(out, rec)]
+    plots += [str(p.relative_to(out)) for p in sorted((out / "analysis" / "finetuned" / "plots").glob("*.png"))]
+    plots += [str(p.relative_to(out)) for p in sorted((out / "analysis" / "scratch" / "plots").glob("*.png"))]
+    write(out, results, plots)
+    log(f"\nreport: {(out / 'report.md').resolve()} (and report.json); finished in {results['seconds']:.0f} s")
+    return results
