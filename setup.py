@@ -63,6 +63,8 @@ setup(
     cmdclass={"build_ext": CMakeBuild},
     python_requires=">=3.10",
     install_requires=["torch>=2.11", "numpy", "tqdm", "matplotlib"],
+    # `unisub demo` trains its zoo on scikit-learn's digits; the tracker logs to TensorBoard if asked
+    extras_require={"demo": ["scikit-learn"], "tensorboard": ["tensorboard"]},
     entry_points={"console_scripts": ["unisub=unisub.cli:main"]},
     zip_safe=False,
 )

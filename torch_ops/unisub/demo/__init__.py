@@ -25,9 +25,9 @@ QUICK = ZooConfig(finetuned=10, scratch=6, held_out=2, pretrain_steps=300, finet
 
 
 def run_demo(out: Optional[str] = None, quick: bool = False, seed: int = 0, cache: Optional[str] = None,
-             log=print) -> dict:
+             tasks: str = "partition", log=print) -> dict:
     config = QUICK if quick else ZooConfig()
-    config = ZooConfig(**{**asdict(config), "seed": seed})
+    config = ZooConfig(**{**asdict(config), "seed": seed, "tasks": tasks})
     out = Path(out or "unisub-demo")
     out.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()

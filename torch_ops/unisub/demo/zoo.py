@@ -2,9 +2,10 @@
 
 Two zoos of one architecture (64 → 64 → 64 → 10):
 
-* ``finetuned``: a base model pre-trained on the digits, then fine-tuned on different *tasks*, each
-  a relabelling of the ten classes (task t asks for π_t(digit)) — the setting of the paper's LoRA
-  and ViT zoos: one pre-trained model, many tasks.
+* ``finetuned``: a base model pre-trained on the digits, then fine-tuned on different *tasks* —
+  by default each a random split of the ten digits into two classes (task t asks "is the digit in
+  S_t?"), or with ``tasks="relabel"`` a permutation of the ten labels — the setting of the
+  paper's LoRA and ViT zoos: one pre-trained model, many tasks.
 * ``scratch``: models trained from different random initialisations on the same kinds of tasks —
   the setting of the critics' counter-claim (hidden units are permuted between runs, so no shared
   subspace should appear beyond what an i.i.d. Gaussian null shows).
@@ -42,6 +43,7 @@ class ZooConfig:
     scratch_steps: int = 600
     lr: float = 3e-3
     batch: int = 64
+    tasks: str = "partition"  # "partition": binary splits of the digits; "relabel": permutations
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
@@ -63,11 +65,19 @@ def make_mlp(hidden: int = 64) -> torch.nn.Sequential:
                                torch.nn.GELU(), torch.nn.Linear(hidden, 10))
 
 
-def task_permutation(seed: int, task: int) -> torch.Tensor:
-    """Task ``task``'s relabelling π of the ten digits (task -1: the identity, the pre-training)."""
+def task_permutation(seed: int, task: int, kind: str = "partition") -> torch.Tensor:
+    """Task ``task``'s label map of the ten digits (task -1: the identity, the pre-training).
+
+    "partition": a random split of the digits into two halves (labels 0 and 1); "relabel": a
+    random permutation of the ten labels."""
     if task < 0:
         return torch.arange(10)
-    return torch.randperm(10, generator=torch.Generator().manual_seed(10_000 * (seed + 1) + task))
+    perm = torch.randperm(10, generator=torch.Generator().manual_seed(10_000 * (seed + 1) + task))
+    if kind == "relabel":
+        return perm
+    if kind == "partition":
+        return (perm >= 5).long()
+    raise ValueError(f"unknown task kind {kind!r}; expected 'partition' or 'relabel'")
 
 
 def train(model, opt, data, steps: int, batch: int, generator, after_step=None) -> float:
@@ -148,7 +158,8 @@ def build_zoo(config: ZooConfig, cache: Path = None, log=print) -> Zoo:
     def save(model, path, task):
         tmp = path.with_suffix(".tmp")
         save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp,
-                  metadata={"task": str(task), "permutation": json.dumps(task_permutation(c.seed, task).tolist())})
+                  metadata={"task": str(task),
+                                                       "label_map": json.dumps(task_permutation(c.seed, task, c.tasks).tolist())})
         tmp.replace(path)  # a model is either whole or absent: an interrupted build resumes
 
     if not zoo.base.exists():
@@ -167,7 +178,7 @@ def build_zoo(config: ZooConfig, cache: Path = None, log=print) -> Zoo:
         model = make_mlp(c.hidden)
         if from_base:
             model.load_state_dict(base_state)
-        data = relabelled(train_data, task_permutation(c.seed, task))
+        data = relabelled(train_data, task_permutation(c.seed, task, c.tasks))
         train(model, torch.optim.AdamW(model.parameters(), lr=c.lr), data,
               c.finetune_steps if from_base else c.scratch_steps, c.batch,
               torch.Generator().manual_seed(c.seed + 31 * task + (0 if from_base else 17)))
@@ -180,5 +191,5 @@ def build_zoo(config: ZooConfig, cache: Path = None, log=print) -> Zoo:
 
 def task_data(zoo: Zoo, task: int) -> Tuple[tuple, tuple]:
     train_data, test_data = digits(zoo.config.seed)
-    perm = task_permutation(zoo.config.seed, task)
+    perm = task_permutation(zoo.config.seed, task, zoo.config.tasks)
     return relabelled(train_data, perm), relabelled(test_data, perm)
