@@ -19,8 +19,8 @@ from typing import Dict, List, Mapping, Optional, Union
 import torch
 
 from .mapping import MappedParameter, SubspaceSpec, map_parameters
-from .ops.decompositions import svd
-from .ops.metrics import principal_angles, subspace_distance
+from .ops.decompositions import orthonormalize, svd
+from .ops.metrics import principal_angles
 from .ops.projection import subspace_energy
 
 PathLike = Union[str, Path]
@@ -32,12 +32,20 @@ CSV_NAME = "convergence.csv"
 
 
 class _Side:
-    """The run's recent updates on one side (out: rows, in: columns) of one layer, kept as a ring
-    buffer of Gaussian sketches: ``Y_t = ΔW_t Ω_t`` (out) or ``ΔW_tᵀ Ω_t`` (in), with a fresh
-    ``Ω_t`` of ``s = rank + OVERSAMPLE`` columns per update. ``E[Y_t Y_tᵀ] = s·ΔW_t ΔW_tᵀ``, so the
-    concatenated sketches estimate the Gram of the window's stacked updates, whose leading
-    eigenvectors are the run's own subspace. Where ``s`` would reach the other dimension the
-    update itself is stored (``Ω = I``): then the estimate is exact."""
+    """The run's recent updates on one side (out: rows, in: columns) of one layer, and the running
+    estimate of their leading subspace.
+
+    Memory: a ring buffer of Gaussian sketches ``Y_t = ΔW_t Ω_t`` (out) or ``ΔW_tᵀ Ω_t`` (in), with a
+    fresh ``Ω_t`` of ``s = rank + OVERSAMPLE`` columns per update, stored side by side as
+    ``A = [Y_1 … Y_window]`` (rows × window·s). ``E[Y_t Y_tᵀ] = s·ΔW_t ΔW_tᵀ``: ``A Aᵀ`` estimates,
+    up to the factor s, the Gram of the window's stacked updates, whose leading eigenvectors are the
+    run's own subspace. Where ``s`` would reach the other dimension the update itself is stored
+    (``Ω = I``) and A holds the stacked updates exactly.
+
+    Estimate: Rayleigh–Ritz on ``span(A [Aᵀ Q_prev, G])``, i.e. one block power iteration from the
+    previous estimate ``Q_prev`` (subspace iteration spread over the tracked steps) plus
+    OVERSAMPLE fresh random directions ``A G``; then the SVD of the small ``(rank + OVERSAMPLE) × c``
+    matrix ``Qᵀ A``. Exact whenever the window's updates span at most rank + OVERSAMPLE directions."""
 
     def __init__(self, side: str, ref: torch.Tensor, rank: Optional[int], other: int, window: int,
                  generator: Optional[torch.Generator]):
@@ -49,47 +57,63 @@ class _Side:
         self.exact = s >= other
         self.width = other if self.exact else s
         self.other = other
-        self.buffer = torch.zeros(window, rows, self.width, dtype=ref.dtype, device=ref.device)
+        self.window = window
+        self.buffer = torch.zeros(rows, window * self.width, dtype=ref.dtype, device=ref.device)
         self.noise = torch.zeros(window, dtype=torch.float64, device=ref.device)
         self.filled = 0
         self.next = 0
         self.generator = generator
+        self.previous: Optional[torch.Tensor] = None  # the last estimate, rank columns
+
+    def _randn(self, rows, cols, like):
+        return torch.randn(rows, cols, dtype=like.dtype, device=like.device, generator=self.generator)
 
     def push(self, delta: torch.Tensor, noise: torch.Tensor):
         """``delta`` is the m × n update; the out side sketches its columns, the in side its rows.
         ``noise`` bounds ‖rounding error of delta‖_F (the weights' own rounding, ε‖W‖_F)."""
         D = delta if self.side == "out" else delta.T
-        slot = self.buffer[self.next]
+        slot = self.buffer[:, self.next * self.width:(self.next + 1) * self.width]
         if self.exact:
             slot.copy_(D)
             self.noise[self.next] = noise
         else:
-            omega = torch.randn(self.other, self.width, dtype=D.dtype, device=D.device, generator=self.generator)
-            torch.mm(D, omega, out=slot)
+            slot.copy_(D @ self._randn(self.other, self.width, D))
             self.noise[self.next] = noise * self.width ** 0.5  # ‖E Ω‖_F ≈ √s ‖E‖_F
-        self.next = (self.next + 1) % self.buffer.shape[0]
-        self.filled = min(self.filled + 1, self.buffer.shape[0])
+        self.next = (self.next + 1) % self.window
+        self.filled = min(self.filled + 1, self.window)
 
     def estimate(self) -> Optional[torch.Tensor]:
         """Orthonormal basis of the window's leading left singular subspace, at ``rank`` columns or
-        fewer where the window's updates span fewer directions (numerical rank); None when no
-        update in the window moved the weights."""
+        fewer where the window's updates span fewer directions than that (numerical rank, above
+        the weights' rounding); None when no update in the window moved the weights."""
         if self.filled == 0:
             return None
-        rows = self.buffer.shape[1]
-        # [Y_1 … Y_filled] as one rows × (filled·width) matrix (column order does not matter).
-        A = self.buffer[:self.filled].permute(1, 0, 2).reshape(rows, -1)
-        k = min(self.rank, A.shape[1])
-        method = "randomized" if k + OVERSAMPLE <= min(A.shape) // 2 else "auto"
-        U, S, _ = svd(A, k, method)
+        A = self.buffer[:, :self.filled * self.width]  # column order does not matter
+        rows, cols = A.shape
+        k = min(self.rank, cols)
+        q = min(k + OVERSAMPLE, rows)
+        # float32: the Gram route (float64 Gram of a q-column matrix) is accurate to 1e-8·σ₁, below
+        # float32's own rounding; float64 keeps LAPACK.
+        method = "gram" if A.dtype == torch.float32 else "auto"
+        if cols <= q:
+            U, S, _ = svd(A, min(rows, cols), "auto")
+        else:
+            Z = self._randn(cols, q, A)
+            if self.previous is not None:
+                P = A.T @ self.previous
+                Z[:, :P.shape[1]] = P / torch.linalg.vector_norm(P, dim=0).clamp_min(torch.finfo(P.dtype).tiny)
+            Q = orthonormalize(A @ Z)
+            _, S, Vbh = svd(A.T @ Q, q, method)  # Aᵀ Q = Ub S Vbh, so Qᵀ A = Vbhᵀ S Ubᵀ
+            U = Q @ Vbh.T
+        U, S = U[:, :k], S[:k]
         if not bool(torch.isfinite(S).all()) or float(S[0]) == 0.0:
             return None
+        self.previous = U
         # Directions below the rounding noise of the weights are not the run's: 2·‖noise‖_F bounds
         # every singular value that rounding alone can produce (plus matrix_rank's usual tolerance).
-        tol = max(max(A.shape) * torch.finfo(A.dtype).eps * float(S[0]),
+        tol = max(max(rows, cols) * torch.finfo(A.dtype).eps * float(S[0]),
                   2 * float(self.noise[:self.filled].square().sum().sqrt()))
-        r = int((S > tol).sum())
-        return U[:, :r]
+        return U[:, :int((S > tol).sum())]
 
 
 class _Layer:
@@ -138,12 +162,13 @@ class _Layer:
         g = mp.param.grad
         out.append(subspace_energy(mp.as_matrix(g.detach()), U, V, False) if g is not None else nan)
         if self.sides:
+            # A step in which the weights did not move pushes a zero update (it adds nothing to
+            # the estimate, and takes a slot of the window).
             delta = W - self.previous
-            if bool(delta.any()):
-                noise = self.eps * torch.linalg.vector_norm(W).double()
-                for side in self.sides:
-                    side.push(delta, noise)
-                self.previous.copy_(W)
+            noise = self.eps * torch.linalg.vector_norm(W).double()
+            for side in self.sides:
+                side.push(delta, noise)
+            self.previous.copy_(W)
             values = []
             for side in self.sides:
                 est = side.estimate()
@@ -151,7 +176,8 @@ class _Layer:
                     values.append((nan, nan))
                     continue
                 theta = principal_angles(est, side.ref, False)
-                values.append((theta[-1], subspace_distance(est, side.ref, "projection", False)))
+                # subspace_distance(est, ref, "projection") = √Σ sin²θ, from the same angles
+                values.append((theta[-1], torch.sin(theta).square().sum().sqrt()))
             out.append(torch.stack([v[0] for v in values]).max())  # NaN if any side is NaN
             for a, d in values:
                 out += [a, d]
