@@ -8,7 +8,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import torch
 
 from .accumulator import SubspaceAccumulator
-from .io.safetensors import SafetensorsFile, save_file
+from .io.safetensors import open_unisub_file, save_file
 
 FORMAT = "unisub.compressed/1"
 
@@ -71,10 +71,7 @@ class CompressedZoo:
 
     @classmethod
     def load(cls, path) -> "CompressedZoo":
-        f = SafetensorsFile(path)
-        meta = json.loads(f.header.metadata.get("unisub", "{}"))
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path}: not a unisub compressed zoo (metadata format {meta.get('format')!r})")
+        f, meta = open_unisub_file(path, FORMAT, "unisub compressed zoo")
         c = meta["compressed"]
         return cls(means={k: f.get(f"{k}::mean") for k in c},
                    bases={k: (f.get(f"{k}::U_out"), f.get(f"{k}::U_in")) for k in c},

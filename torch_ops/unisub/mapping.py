@@ -46,6 +46,16 @@ def matrix_shape(param: torch.Tensor) -> Tuple[int, int]:
     return (param.shape[0], param[0].numel()) if param.dim() >= 1 else (1, 1)
 
 
+def check_matrix_parameter(name: str, param: torch.Tensor) -> None:
+    """A parameter a subspace can constrain: floating point, at least two dimensions."""
+    if not param.is_floating_point():
+        raise TypeError(f"subspaces[{name!r}]: the parameter is {param.dtype}; only floating-point parameters "
+                        "can be constrained to a subspace")
+    if param.dim() < 2:
+        raise ValueError(f"subspaces[{name!r}]: the parameter has shape {tuple(param.shape)}; subspaces act on "
+                         "matrices (2-D weights, or conv kernels read as C_out × rest)")
+
+
 def basis_dtype(param_dtype: torch.dtype) -> torch.dtype:
     # project_ computes float16/bfloat16/float32 gradients in float32 and takes float32 bases.
     return torch.float64 if param_dtype == torch.float64 else torch.float32
@@ -105,12 +115,7 @@ def map_parameters(named_parameters: Iterable[Tuple[str, torch.Tensor]],
     for name, param in params.items():
         if name not in subspaces:
             continue
-        if not param.is_floating_point():
-            raise TypeError(f"subspaces[{name!r}]: the parameter is {param.dtype}; only floating-point parameters "
-                            "can be constrained to a subspace")
-        if param.dim() < 2:
-            raise ValueError(f"subspaces[{name!r}]: the parameter has shape {tuple(param.shape)}; subspaces act on "
-                             "matrices (2-D weights, or conv kernels read as C_out × rest)")
+        check_matrix_parameter(name, param)
         U, V, mean = _bases_of(name, subspaces[name])
         if U is None and V is None:
             raise ValueError(f"subspaces[{name!r}]: both bases are None; map the parameter to at least one basis")

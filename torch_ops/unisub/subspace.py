@@ -6,7 +6,7 @@ from typing import Dict, Optional
 
 import torch
 
-from .io.safetensors import SafetensorsFile, save_file
+from .io.safetensors import SafetensorsFile, open_unisub_file, save_file
 
 
 def choose_rank(eigenvalues: torch.Tensor, rank: Optional[int] = None, energy: Optional[float] = None) -> int:
@@ -82,13 +82,10 @@ class Subspace:
 
     @classmethod
     def load(cls, path) -> "Subspace":
-        f = SafetensorsFile(path)
-        meta = json.loads(f.header.metadata.get("unisub", "{}"))
-        if meta.get("format") == DELTA_FORMAT:
+        if _format_of(path) == DELTA_FORMAT:
             raise ValueError(f"{path}: holds a LoRA-delta (model-axis) analysis; load it with "
                              f"unisub.subspace.DeltaSubspace.load or load_any")
-        if meta.get("format") != "unisub.subspace/1":
-            raise ValueError(f"{path}: not a unisub subspace file (metadata format {meta.get('format')!r})")
+        f, meta = open_unisub_file(path, "unisub.subspace/1", "unisub subspace file")
         return cls(slot=meta["slot"], mean=f.get("mean"),
                    bases={m: f.get(f"basis.{m}") for m in meta["modes"]},
                    eigenvalues={m: f.get(f"eigenvalues.{m}") for m in meta["modes"]},
@@ -160,10 +157,7 @@ class DeltaSubspace:
 
     @classmethod
     def load(cls, path) -> "DeltaSubspace":
-        f = SafetensorsFile(path)
-        meta = json.loads(f.header.metadata.get("unisub", "{}"))
-        if meta.get("format") != DELTA_FORMAT:
-            raise ValueError(f"{path}: not a unisub LoRA-delta file (metadata format {meta.get('format')!r})")
+        f, meta = open_unisub_file(path, DELTA_FORMAT, "unisub LoRA-delta file")
         ew = "eigen_weights" in f.header.tensors
         return cls(slot=meta["slot"], shape=tuple(meta["shape"]), eigenvalues=f.get("eigenvalues"),
                    eigenvectors=f.get("eigenvectors"), gram=f.get("gram"), scalings=f.get("scalings"),
@@ -179,5 +173,11 @@ class DeltaSubspace:
 
 def load_any(path):
     """A ``Subspace`` or a ``DeltaSubspace``, whichever the file holds."""
-    meta = json.loads(SafetensorsFile(path).header.metadata.get("unisub", "{}"))
-    return DeltaSubspace.load(path) if meta.get("format") == DELTA_FORMAT else Subspace.load(path)
+    return DeltaSubspace.load(path) if _format_of(path) == DELTA_FORMAT else Subspace.load(path)
+
+
+def _format_of(path) -> Optional[str]:
+    try:
+        return json.loads(SafetensorsFile(path).header.metadata.get("unisub", "{}")).get("format")
+    except json.JSONDecodeError:
+        return None

@@ -186,3 +186,16 @@ def save_file(tensors: Dict[str, torch.Tensor], path, metadata: Optional[Dict[st
 def load_file(path) -> Dict[str, torch.Tensor]:
     f = SafetensorsFile(path)
     return {k: f.get(k) for k in f.keys()}
+
+
+def open_unisub_file(path, expected_format: str, what: str):
+    """``(SafetensorsFile, metadata dict)`` of a file unisub wrote, whose JSON metadata entry
+    "unisub" names ``expected_format``; otherwise a ValueError naming the file and what it holds."""
+    f = SafetensorsFile(path)
+    try:
+        meta = json.loads(f.header.metadata.get("unisub", "{}"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: the 'unisub' metadata entry is not valid JSON ({e})") from None
+    if meta.get("format") != expected_format:
+        raise ValueError(f"{path}: not a {what} (metadata format {meta.get('format')!r}, expected {expected_format!r})")
+    return f, meta

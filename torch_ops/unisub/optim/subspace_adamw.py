@@ -24,7 +24,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from ..mapping import basis_dtype, map_parameters, matrix_shape
+from ..mapping import basis_dtype, check_matrix_parameter, map_parameters, matrix_shape
 from ..ops.decompositions import svd
 from ..ops.projection import coefficients, reconstruct
 
@@ -107,12 +107,7 @@ def _named_groups(named_params) -> List[dict]:
 
 
 def _check_gradient_spec(name: str, spec: GradientSubspace, param: torch.Tensor) -> None:
-    if not param.is_floating_point():
-        raise TypeError(f"subspaces[{name!r}]: the parameter is {param.dtype}; only floating-point parameters "
-                        "can be constrained to a subspace")
-    if param.dim() < 2:
-        raise ValueError(f"subspaces[{name!r}]: the parameter has shape {tuple(param.shape)}; subspaces act on "
-                         "matrices (2-D weights, or conv kernels read as C_out × rest)")
+    check_matrix_parameter(name, param)
     if spec.side not in _SIDES:
         raise ValueError(f"subspaces[{name!r}]: GradientSubspace side must be one of {_SIDES}, got {spec.side!r}")
     m, n = matrix_shape(param)
