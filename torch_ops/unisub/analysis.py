@@ -224,7 +224,8 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
                 part = [mats[i] for i in batch if i % 2 == h]
                 if part:
                     halves[h].update(torch.stack(part))
-            del mats
+                    _release_memory()
+            del mats, part
             bar.update(1)
             if state_dir is not None and (time.monotonic() - last_save >= checkpoint_every or bi + 1 == len(batches)):
                 _save_partial(state_dir, key, halves, bi + 1, rank_id)
@@ -237,8 +238,11 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
         total = halves[0].merged(halves[1])
         meta = {"source_files": [checkpoints[0].file_of(key)], "original_shape": list(checkpoints[0].slots[key][1])}
         sub = total.finalize(rank=rank, energy=energy, slot=key, metadata=meta)
+        _release_memory()
         split = halves if min(h.count for h in halves) >= 2 else None
         rep = slot_report(sub, total, split, taus, error_ranks, null_seed=si)
+        del total, halves, split
+        _release_memory()
         reports[key] = rep
         if rank_id == 0 and out is not None:
             sub.save(out / "subspaces" / f"{safe_name(key)}.safetensors")
@@ -355,6 +359,32 @@ def _load_partial(state_dir, key, halves, rank_id) -> int:
     for h, s in zip(halves, state["halves"]):
         h.load_state_dict(s)
     return int(state["next_batch"])
+
+
+_LIBC = None
+
+
+def _release_memory():
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    glibc raises its mmap threshold to the size of the largest block freed so far (up to
+    32 MiB), so after the first few slot-sized tensors are freed, later ones come from the heap,
+    and freed heap memory stays in the resident set: streaming slot after slot, that retained
+    memory, not live tensors, was most of the peak (measured: 40 checkpoints of 768 x 768
+    float16 slots, 205 MiB above the post-import process without, ~130 MiB with a trim per batch).
+    Costs about a millisecond per call."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+            import ctypes.util
+
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC = libc if hasattr(libc, "malloc_trim") else False
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
 
 
 def _progress(total, enabled, desc):
