@@ -270,3 +270,12 @@ def test_lora_delta_all_reduce_two_gloo_processes(tmp_path, gen):
         ids, K, ev = torch.load(f"{tmp_path / 'res'}.{r}", weights_only=True)
         assert ids == list(range(7)), "models in id order on every rank"
         assert torch.equal(K, one.gram()), "the gathered K equals the one-process K bit for bit"
+
+
+def test_update_leaves_the_callers_models_untouched(gen):
+    """float64 models on the accumulator's device are not copied by .to(): centring must not
+    write into them."""
+    X = torch.randn(4, 6, 5, generator=gen, dtype=torch.float64) + 3
+    before = X.clone()
+    SubspaceAccumulator().update(X)
+    assert torch.equal(X, before)

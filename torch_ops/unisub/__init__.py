@@ -13,11 +13,11 @@ from .ops import __all__ as _op_names  # noqa: E402
 __version__ = "0.1.0"
 __all__ = [*_op_names, "library_path", "__version__"]
 
-from .accumulator import SubspaceAccumulator  # noqa: E402
+from .accumulator import LoraDeltaAccumulator, SubspaceAccumulator  # noqa: E402
 from .analysis import AnalysisResult, analyze  # noqa: E402
-from .subspace import Subspace  # noqa: E402
+from .subspace import DeltaSubspace, Subspace  # noqa: E402
 
-__all__ += ["Subspace", "SubspaceAccumulator", "analyze", "AnalysisResult"]
+__all__ += ["Subspace", "DeltaSubspace", "SubspaceAccumulator", "LoraDeltaAccumulator", "analyze", "AnalysisResult"]
 
 from .projector import GradientProjector  # noqa: E402
 
