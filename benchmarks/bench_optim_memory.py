@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import unisub  # noqa: E402,F401
 from unisub.optim import GradientSubspace, SubspaceAdamW, basis_bytes, state_bytes  # noqa: E402
 
-from harness import Case  # noqa: E402
+from harness import Case, time_once  # noqa: E402
 
 RANK = 32
 
@@ -117,7 +117,6 @@ def cases(device: str, size: str = "quick", dtypes=(torch.float32,)):
 def interleaved(device="cpu", layers=12, rounds=5):
     """Memory table, then each optimizer's step timed alternately `rounds` times, fastest kept
     (a shared machine's contention only ever adds time)."""
-    import time
 
     gen = torch.Generator().manual_seed(0)
     print(f"optimizer-state memory, {layers} MLP blocks 768/3072, rank {RANK}, float32, {device}:")
@@ -133,13 +132,7 @@ def interleaved(device="cpu", layers=12, rounds=5):
     best = {c: float("inf") for c in fns}
     for _ in range(rounds):
         for c, fn in fns.items():
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            fn()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            best[c] = min(best[c], time.perf_counter() - t)
+            best[c] = min(best[c], time_once(fn, device))
     for c, t in best.items():
         print(f"step {c:<17} {1e3 * t:9.1f} ms ({t / best['torch']:.2f}x torch AdamW's time)", flush=True)
 

@@ -12,7 +12,7 @@
 import torch
 
 import unisub
-from harness import Case
+from harness import Case, time_once
 
 
 def _orthonormal(rows, cols, gen, dtype, device):
@@ -128,16 +128,8 @@ def cases(device: str, size: str = "quick", dtypes=(torch.float32,)):
 def interleaved(device="cpu", size="full", rounds=7, only=""):
     """On a shared, noisy machine: time ours and each baseline alternately, `rounds` times, and
     keep each one's fastest run (contention only ever adds time)."""
-    import time
-
     def once(fn):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return time.perf_counter() - t
+        return time_once(fn, device)
 
     for case in cases(device, size):
         if only not in case.op:

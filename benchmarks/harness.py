@@ -26,6 +26,20 @@ def _median_seconds(fn, min_run_time: float) -> float:
     return tb.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median
 
 
+def time_once(fn, device: str) -> float:
+    """Seconds of one call of ``fn``, the device synchronised before and after (for interleaved
+    best-of-N timing on a noisy machine, where contention only ever adds time)."""
+    import time
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
 def device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))

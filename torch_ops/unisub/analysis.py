@@ -206,6 +206,18 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
     batches = [mine[j:j + batch_size] for j in range(0, len(mine), batch_size)]
     bar = _progress((len(chosen) + len(deltas)) * len(batches), progress and rank_id == 0, "analyse")
     reports, subspaces = {}, {}
+
+    def _store(key, sub, rep, slot_file):
+        """A finished slot: report kept; subspace and report written (rank 0) or kept in memory."""
+        reports[key] = rep
+        if rank_id == 0 and out is not None:
+            sub.save(out / "subspaces" / f"{safe_name(key)}.safetensors")
+            write_json(slot_file, rep)
+        elif out is None:
+            subspaces[key] = sub
+        if state_dir is not None:
+            (state_dir / f"partial.rank{rank_id}.pt").unlink(missing_ok=True)
+
     for si, key in enumerate(chosen):
         slot_file = out / "slots" / f"{safe_name(key)}.json" if out is not None else None
         if resume and slot_file is not None and slot_file.exists():
@@ -243,14 +255,7 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
         rep = slot_report(sub, total, split, taus, error_ranks, null_seed=si)
         del total, halves, split
         _release_memory()
-        reports[key] = rep
-        if rank_id == 0 and out is not None:
-            sub.save(out / "subspaces" / f"{safe_name(key)}.safetensors")
-            write_json(slot_file, rep)
-        elif out is None:
-            subspaces[key] = sub
-        if state_dir is not None:
-            (state_dir / f"partial.rank{rank_id}.pt").unlink(missing_ok=True)
+        _store(key, sub, rep, slot_file)
     for di, (mod, (a_key, b_key, shape)) in enumerate(deltas.items()):
         key = mod + DELTA_SUFFIX
         slot_file = out / "slots" / f"{safe_name(key)}.json" if out is not None else None
@@ -279,14 +284,7 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
         sub = acc.finalize(rank=rank, energy=energy, slot=key, metadata=meta, eigen_weights=eigen_weights)
         del acc
         rep = delta_report(sub, taus, error_ranks, null_seed=len(chosen) + di)
-        reports[key] = rep
-        if rank_id == 0 and out is not None:
-            sub.save(out / "subspaces" / f"{safe_name(key)}.safetensors")
-            write_json(slot_file, rep)
-        elif out is None:
-            subspaces[key] = sub
-        if state_dir is not None:
-            (state_dir / f"partial.rank{rank_id}.pt").unlink(missing_ok=True)
+        _store(key, sub, rep, slot_file)
     bar.close()
 
     report = {"format": "unisub.report/1", "models": M, "sources": [ck.name for ck in checkpoints],
