@@ -117,7 +117,6 @@ def cases(device: str, size: str = "quick", dtypes=(torch.float32,)):
 def interleaved(device="cpu", layers=12, rounds=5):
     """Memory table, then each optimizer's step timed alternately `rounds` times, fastest kept
     (a shared machine's contention only ever adds time)."""
-
     gen = torch.Generator().manual_seed(0)
     print(f"optimizer-state memory, {layers} MLP blocks 768/3072, rank {RANK}, float32, {device}:")
     memory_table(layers, torch.float32, device, gen)
