@@ -53,7 +53,8 @@ def energy_ref(G, U, V):
 
 
 def assert_rel(got, want, tol, what):
-    assert abs(got - want) <= tol * abs(want), f"{what}: got {got!r}, want {want!r} (rel. err {abs(got - want) / abs(want):.2e} > {tol:.0e})"
+    err = abs(got - want) / abs(want)
+    assert err <= tol, f"{what}: got {got!r}, want {want!r} (rel. err {err:.2e} > {tol:.0e})"
 
 
 class Net(torch.nn.Module):
@@ -184,7 +185,8 @@ def test_update_orthogonal_to_subspace_has_energy_zero_and_right_angles(sides, g
 def well_conditioned(rows, cols, gen):
     """A rows × cols float64 matrix of full rank with singular values spread over [0.5, 1]."""
     r = min(rows, cols)
-    return orthonormal(rows, r, gen) @ torch.diag(torch.linspace(0.5, 1, r, dtype=torch.float64)) @ orthonormal(cols, r, gen).T
+    S = torch.diag(torch.linspace(0.5, 1, r, dtype=torch.float64))
+    return orthonormal(rows, r, gen) @ S @ orthonormal(cols, r, gen).T
 
 
 def rotated(R, thetas, gen):
@@ -399,8 +401,8 @@ def test_separate_reference(gen):
     model = Net(gen, dtype, sizes=(30, 50, 4))
     U = orthonormal(50, 3, gen)
     Uc = complement_basis(U, 3, gen)
-    tracker = ConvergenceTracker(model, {"layers.0.weight": (U, None), "layers.1.weight": (orthonormal(4, 2, gen), None)},
-                                 reference={"layers.0.weight": (Uc, None)})
+    spec = {"layers.0.weight": (U, None), "layers.1.weight": (orthonormal(4, 2, gen), None)}
+    tracker = ConvergenceTracker(model, spec, reference={"layers.0.weight": (Uc, None)})
     with torch.no_grad():
         model.layers[0].weight.add_(U @ torch.randn(3, 30, generator=gen, dtype=dtype))
         model.layers[1].weight.add_(torch.randn(4, 50, generator=gen, dtype=dtype))
