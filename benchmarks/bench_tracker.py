@@ -16,7 +16,7 @@ Cases: bases on both sides (U, V: 768 × 32) or the out side only; window 8 (ang
 """
 import torch
 
-from harness import Case
+from harness import Case, time_once
 
 WIDTH, LAYERS, RANK = 768, 12, 32
 
@@ -86,23 +86,12 @@ def interleaved(device="cpu", size="full", rounds=5):
     """On a shared, noisy machine: time the tracker step and the training step alternately,
     `rounds` times, keep each one's fastest run (contention only ever adds time) and print the
     tracker's cost as a fraction of the training step."""
-    import time
-
-    def once(fn):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return time.perf_counter() - t
-
     for case in cases(device, size):
         fns = {"tracker": case.ours, **case.baselines}
         best = {name: float("inf") for name in fns}
         for _ in range(rounds):
             for name, fn in fns.items():
-                best[name] = min(best[name], once(fn))
+                best[name] = min(best[name], time_once(fn, device))
         train = best["train step (AdamW)"]
         print(f"{case.op:<21} {case.shape:<44} {device:<5} tracker {1e3 * best['tracker']:9.3f} ms | "
               f"train step {1e3 * train:8.2f} ms | tracker / train = {best['tracker'] / train:.3f}", flush=True)
