@@ -16,11 +16,11 @@
     python examples/python/finetune_in_subspace.py [--zoo 12] [--rank 8] [--steps 300]
 """
 import argparse
-import time
 
 import torch
 
 import unisub
+from unisub.demo import zoo as demo_zoo  # the digits data and the small-MLP training loop the demo uses
 from unisub.nn import train_coefficients
 from unisub.optim import SubspaceAdamW, basis_bytes, state_bytes
 from unisub.tracker import ConvergenceTracker
@@ -28,42 +28,17 @@ from unisub.tracker import ConvergenceTracker
 LAYERS = ["0.weight", "2.weight", "4.weight"]
 
 
-def load_digits(seed):
-    from sklearn.datasets import load_digits as sk_digits
-    X, y = sk_digits(return_X_y=True)
-    X = torch.tensor(X, dtype=torch.float32) / 16.0
-    y = torch.tensor(y)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    split = int(0.8 * len(y))
-    return (X[order[:split]], y[order[:split]]), (X[order[split:]], y[order[split:]])
-
-
 def make_mlp():
-    return torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.GELU(), torch.nn.Linear(128, 128), torch.nn.GELU(),
-                               torch.nn.Linear(128, 10))
+    return demo_zoo.make_mlp(hidden=128)
 
 
-def batches(X, y, steps, batch, gen):
-    for _ in range(steps):
-        idx = torch.randint(0, len(y), (batch,), generator=gen)
-        yield X[idx], y[idx]
+def fit(model, opt, X, y, steps, gen, tracker=None):
+    """Seconds per step of cross-entropy training (batch 64), the tracker stepped after each update."""
+    return demo_zoo.train(model, opt, (X, y), steps, 64, gen, after_step=None if tracker is None else tracker.step)
 
 
 def accuracy(model, X, y):
-    with torch.no_grad():
-        return float((model(X).argmax(1) == y).float().mean())
-
-
-def fit(model, opt, X, y, steps, gen, tracker=None, after_backward=None):
-    loss_fn = torch.nn.CrossEntropyLoss()
-    start = time.perf_counter()
-    for xb, yb in batches(X, y, steps, 64, gen):
-        loss_fn(model(xb), yb).backward()
-        opt.step()
-        if tracker is not None:
-            tracker.step()
-        opt.zero_grad()
-    return (time.perf_counter() - start) / steps
+    return demo_zoo.accuracy(model, (X, y))
 
 
 def relabel(y, perm):
@@ -152,7 +127,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
-    train, test = load_digits(args.seed)
+    train, test = demo_zoo.digits(args.seed)
     base = make_mlp()
     fit(base, torch.optim.AdamW(base.parameters(), lr=3e-3), *train, 600, torch.Generator().manual_seed(args.seed))
     print(f"base model: test accuracy {accuracy(base, *test):.3f} on the digits")

@@ -56,9 +56,8 @@ def _run(config, out, cache, log, start):
     for name, paths in (("finetuned", zoo.finetuned), ("scratch", zoo.scratch)):
         folder = out / "analysis" / name
         shutil.rmtree(folder, ignore_errors=True)
-        res = analyze([str(p) for p in paths], slots=list(LAYERS), energy=0.9, out=folder, progress=False)
+        analyze([str(p) for p in paths], slots=list(LAYERS), energy=0.9, out=folder, progress=False)
         spectra += spectrum_rows(json.loads((folder / "report.json").read_text()), name)
-        del res
     log(table([{**r, "where": f"{r['zoo']} {r['slot']} [{r['mode']}]"} for r in spectra],
               [("where", "zoo, slot [mode]", "s"), ("dim", "dim", "d"), ("r90", "r(0.9)", "d"),
                ("ev_at_r", "EV@r", ".3f"), ("null_ev_at_r", "null EV@r", ".3f"),
