@@ -2,6 +2,8 @@
 // Jacobi and Gram kernels (GEMMs, eigh and QR go to cuBLAS/cuSOLVER through ATen).
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include "ops/decompositions.h"
 #include "ops/svd.h"
 
@@ -12,7 +14,15 @@ std::string_view view_of(c10::string_view s) { return {s.data(), s.size()}; }
 TORCH_LIBRARY_IMPL(unisub, CUDA, m) {
   using namespace unisub::detail;
   m.impl("svd", [](const at::Tensor& A, int64_t rank, c10::string_view method) {
-    return svd_impl(A, rank, view_of(method), jacobi_svd_cuda);
+    // auto, measured on an H200 (benchmarks/RESULTS.md): where the batched Jacobi kernel holds a
+    // matrix in shared memory it beats the Gram route (cuSOLVER eigh per matrix) 70-140x at
+    // 32² and 64² and is the accurate method too; elsewhere (tall LoRA factors) the Gram route.
+    std::string_view chosen = view_of(method);
+    if (chosen == "auto" && A.dim() >= 2 &&
+        jacobi_cuda_fits_shared(std::max(A.size(-2), A.size(-1)), std::min(A.size(-2), A.size(-1)))) {
+      chosen = "jacobi";
+    }
+    return svd_impl(A, rank, chosen, jacobi_svd_cuda);
   });
   m.impl("orthonormalize", orthonormalize_impl);
   m.impl("lora_gram", lora_gram_impl);

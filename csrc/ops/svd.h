@@ -16,6 +16,9 @@ using JacobiFn = bool (*)(const at::Tensor& A, at::Tensor& U, at::Tensor& S, at:
 
 bool jacobi_svd_cpu(const at::Tensor& A, at::Tensor& U, at::Tensor& S, at::Tensor& V);
 bool jacobi_svd_cuda(const at::Tensor& A, at::Tensor& U, at::Tensor& S, at::Tensor& V);
+// Whether the CUDA kernel sweeps an m × n (m ≥ n) matrix in shared memory, its fast path, on the
+// current device (64 × 64 needs 64 KiB; up to 120 × 120, or 200 × 90, fit an H100/H200's 227 KiB).
+bool jacobi_cuda_fits_shared(int64_t m, int64_t n);
 
 // Randomized range finder shared by svd and mode_svd: extra columns and power iterations
 // (Halko, Martinsson & Tropp 2011, §4.3-4.5); docs/decompositions.md states these values.

@@ -30,7 +30,7 @@ def check_factors(A, U, S, Vh, k=None, method=None):
     scale = ref[..., :1].clamp_min(1e-300)
     assert ((S.double().cpu() - ref).abs() / scale).max() <= s_tol
     assert (S[..., :-1] >= S[..., 1:]).all(), "singular values must be descending"
-    eye = torch.eye(k, dtype=torch.float64)
+    eye = torch.eye(k, dtype=torch.float64, device=U.device)
     assert (U.double().mT @ U.double() - eye).abs().max() <= tol
     assert (Vh.double() @ Vh.double().mT - eye).abs().max() <= tol
     if k == min(m, n):
