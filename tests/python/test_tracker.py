@@ -15,7 +15,9 @@ Bounds:
 - the ring buffer forgets: angles go from π/2 to 0 once orthogonal updates leave the window.
 - every=N, CSV round trip (exact floats, NaN kept), TensorBoard scalars, construction errors.
 """
+import copy
 import csv
+import io
 import math
 
 import pytest
@@ -439,3 +441,74 @@ def test_bad_input_fails_at_construction(gen, tmp_path):
     with pytest.raises(ValueError, match="empty"):
         ConvergenceTracker(model, {})
     assert not list(tmp_path.iterdir())
+
+
+def _sgd_steps(model, tracker, grads, lr=0.05):
+    out = []
+    for g in grads:
+        with torch.no_grad():
+            for p, gp in zip(model.parameters(), g):
+                p.grad = gp.clone()
+                p.sub_(lr * gp)
+        out.append(tracker.step())
+    return out
+
+
+def test_resumed_tracker_continues_exactly(gen, tmp_path):
+    """A run interrupted after 3 of 7 steps and resumed from state_dict (through torch.save and a
+    weights_only load) returns exactly what the uninterrupted run returns (same seed, same data),
+    windows, sketches, W₀ and step count included; the CSV continues with the same rows."""
+    dtype = torch.float32
+    model = Net(gen, dtype, sizes=(30, 48, 20))  # 48 × 30: out side sketched (rank 3 + 10 < 30)
+    initial = copy.deepcopy(model.state_dict())
+    U = orthonormal(48, 3, gen, dtype)
+    V = orthonormal(30, 4, gen, dtype)
+    spaces = {"layers.0.weight": (U, V)}
+    grads = [[torch.randn(p.shape, generator=gen, dtype=dtype) for p in model.parameters()] for _ in range(7)]
+    kwargs = dict(window=3, every=1, seed=5)
+
+    straight = ConvergenceTracker(model, spaces, csv=tmp_path / "straight.csv", **kwargs)
+    expected = _sgd_steps(model, straight, grads)
+    straight.close()
+
+    first = Net(gen, dtype, sizes=(30, 48, 20))
+    first.load_state_dict(initial)
+    tracker = ConvergenceTracker(first, spaces, csv=tmp_path / "resumed.csv", **kwargs)
+    got = _sgd_steps(first, tracker, grads[:3])
+    buf = io.BytesIO()
+    torch.save({"model": first.state_dict(), "tracker": tracker.state_dict()}, buf)
+    tracker.close()
+    del first, tracker
+
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    second = Net(gen, dtype, sizes=(30, 48, 20))
+    second.load_state_dict(saved["model"])
+    tracker = ConvergenceTracker(second, spaces, csv=tmp_path / "resumed.csv", append=True, **kwargs)
+    tracker.load_state_dict(saved["tracker"])
+    got += _sgd_steps(second, tracker, grads[3:])
+    tracker.close()
+    for step, (a, b) in enumerate(zip(got, expected), start=1):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert (math.isnan(a[key]) and math.isnan(b[key])) or a[key] == b[key], (step, key)
+    assert (tmp_path / "resumed.csv").read_text() == (tmp_path / "straight.csv").read_text()
+
+
+def test_load_state_dict_and_append_reject_a_different_tracker(gen, tmp_path):
+    model = Net(gen, torch.float64)
+    U = orthonormal(40, 5, gen)
+    a = ConvergenceTracker(model, {"layers.0.weight": (U, None)}, window=2, seed=0, csv=tmp_path / "a.csv")
+    perturb_(model, gen)
+    a.step()
+    a.close()
+    state = a.state_dict()
+    with pytest.raises(ValueError, match="other keys"):
+        ConvergenceTracker(model, {"layers.0.weight": (U, None)}, window=0, seed=0).load_state_dict(state)
+    with pytest.raises(ValueError, match="window, rank or shapes differ"):
+        ConvergenceTracker(model, {"layers.0.weight": (U, None)}, window=3, seed=0).load_state_dict(state)
+    with pytest.raises(ValueError, match="same seed"):
+        ConvergenceTracker(model, {"layers.0.weight": (U, None)}, window=2).load_state_dict(state)
+    V = orthonormal(32, 4, gen)
+    with pytest.raises(ValueError, match="append=True"):
+        ConvergenceTracker(model, {"layers.2.weight": (None, V)}, csv=tmp_path / "a.csv", append=True)

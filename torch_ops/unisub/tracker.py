@@ -68,6 +68,22 @@ class _Side:
     def _randn(self, rows, cols, like):
         return torch.randn(rows, cols, dtype=like.dtype, device=like.device, generator=self.generator)
 
+    def state(self) -> dict:
+        return {"side": self.side, "buffer": self.buffer.clone(), "noise": self.noise.clone(),
+                "filled": self.filled, "next": self.next,
+                "previous": None if self.previous is None else self.previous.clone()}
+
+    def load(self, state: dict, where: str):
+        if state.get("side") != self.side or tuple(state["buffer"].shape) != tuple(self.buffer.shape):
+            raise ValueError(f"{where}: saved window of side {state.get('side')!r} with buffer "
+                             f"{tuple(state['buffer'].shape)} does not match this tracker's side {self.side!r} "
+                             f"with buffer {tuple(self.buffer.shape)} (window, rank or shapes differ)")
+        self.buffer.copy_(state["buffer"])
+        self.noise.copy_(state["noise"])
+        self.filled, self.next = int(state["filled"]), int(state["next"])
+        prev = state["previous"]
+        self.previous = None if prev is None else prev.to(device=self.buffer.device, dtype=self.buffer.dtype)
+
     def push(self, delta: torch.Tensor, noise: torch.Tensor):
         """``delta`` is the m × n update; the out side sketches its columns, the in side its rows.
         ``noise`` bounds ‖rounding error of delta‖_F (the weights' own rounding, ε‖W‖_F)."""
@@ -135,6 +151,21 @@ class _Layer:
 
     def current(self) -> torch.Tensor:
         return self.mp.as_matrix(self.mp.param.detach()).to(self.dtype)
+
+    def state(self) -> dict:
+        return {"W0": self.W0.clone(), "previous": None if self.previous is None else self.previous.clone(),
+                "sides": [side.state() for side in self.sides]}
+
+    def load(self, state: dict):
+        where = f"ConvergenceTracker.load_state_dict: layer {self.name!r}"
+        if tuple(state["W0"].shape) != tuple(self.W0.shape) or len(state["sides"]) != len(self.sides):
+            raise ValueError(f"{where}: saved W0 {tuple(state['W0'].shape)} with {len(state['sides'])} tracked "
+                             f"sides does not match this tracker's {tuple(self.W0.shape)} with {len(self.sides)}")
+        self.W0.copy_(state["W0"])
+        if self.previous is not None:
+            self.previous.copy_(state["previous"])
+        for side, saved in zip(self.sides, state["sides"]):
+            side.load(saved, where)
 
     def keys(self) -> List[str]:
         keys = ["weight_energy"] + (["mean_share"] if self.mp.mean is not None else [])
@@ -207,7 +238,9 @@ class ConvergenceTracker:
         tensorboard: a TensorBoard log folder (``torch.utils.tensorboard.SummaryWriter``), or
             ``True`` for ``log_dir``.
         seed: seed of the random sketches (on the parameters' device); ``None`` draws from torch's
-            global generator.
+            global generator (then a resumed run matches only if that generator's state is restored too).
+        append: continue an existing CSV (its header must be this tracker's) instead of starting
+            a new one, for a run resumed with :meth:`load_state_dict`.
 
     Call :meth:`step` once per optimizer step, after ``optimizer.step()`` and before
     ``zero_grad()``: the weight is then the updated one and ``p.grad`` the gradient that produced
@@ -218,7 +251,7 @@ class ConvergenceTracker:
                  reference: Optional[Mapping[str, SubspaceSpec]] = None, every: int = 1, window: int = 8,
                  rank: Optional[int] = None, log_dir: Optional[PathLike] = None,
                  csv: Union[None, bool, PathLike] = None, tensorboard: Union[None, bool, PathLike] = None,
-                 seed: Optional[int] = None):
+                 seed: Optional[int] = None, append: bool = False):
         if not hasattr(model, "named_parameters"):
             raise TypeError(f"model must have named_parameters() (a torch.nn.Module), got {type(model).__name__}")
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:
@@ -240,7 +273,8 @@ class ConvergenceTracker:
         self.every = every
         self.window = window
         self._calls = 0
-        generators = {}
+        self._generators: Dict[torch.device, torch.Generator] = {}
+        generators = self._generators
         with torch.no_grad():
             self.layers = []
             for mp in mapped:
@@ -264,10 +298,20 @@ class ConvergenceTracker:
         tb_path = self._resolve(base, tensorboard, None, "tensorboard")
         if csv_path is not None:
             csv_path.parent.mkdir(parents=True, exist_ok=True)
-            self._csv_file = open(csv_path, "w", newline="")
+            header = ["step", *self.keys]
+            resumed = append and csv_path.is_file() and csv_path.stat().st_size > 0
+            if resumed:
+                with open(csv_path, newline="") as f:
+                    found = next(_csv.reader(f), None)
+                if found != header:
+                    raise ValueError(f"append=True: {csv_path} has columns {found[:4] if found else found}... "
+                                     f"that are not this tracker's {header[:4]}... (other layers or reference); "
+                                     "write to a new file")
+            self._csv_file = open(csv_path, "a" if resumed else "w", newline="")
             self._csv = _csv.writer(self._csv_file)
-            self._csv.writerow(["step", *self.keys])
-            self._csv_file.flush()
+            if not resumed:
+                self._csv.writerow(header)
+                self._csv_file.flush()
         if tb_path is not None:
             from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
 
@@ -301,6 +345,38 @@ class ConvergenceTracker:
         self.last = result
         self._log(step, result)
         return result
+
+    def state_dict(self) -> dict:
+        """Everything :meth:`step` carries from one call to the next: the step count, each layer's
+        W₀ and window of sketched updates, the last estimates and the sketches' generator states.
+        Plain tensors, numbers and strings (``torch.load(..., weights_only=True)`` reads it)."""
+        return {
+            "version": 1, "calls": self._calls, "keys": list(self.keys),
+            "generators": {str(d): g.get_state() for d, g in self._generators.items()},
+            "layers": {layer.name: layer.state() for layer in self.layers},
+        }
+
+    def load_state_dict(self, state: dict):
+        """Continue a run from :meth:`state_dict`: construct the tracker as before (same model
+        parameters, subspaces, reference, window, rank, seed; ``append=True`` to continue its CSV),
+        load the model's weights, then this. The next :meth:`step` returns what the uninterrupted
+        run would have returned."""
+        if state.get("version") != 1:
+            raise ValueError(f"ConvergenceTracker.load_state_dict: unknown state version {state.get('version')!r}")
+        if list(state["keys"]) != self.keys:
+            raise ValueError("ConvergenceTracker.load_state_dict: the saved tracker measured other keys "
+                             f"({len(state['keys'])} vs {len(self.keys)}: different layers, reference or "
+                             "window); construct it with the same arguments")
+        saved_gens = state["generators"]
+        if set(saved_gens) != {str(d) for d in self._generators}:
+            raise ValueError("ConvergenceTracker.load_state_dict: the saved tracker was seeded on devices "
+                             f"{sorted(saved_gens)}, this one on {sorted(str(d) for d in self._generators)} "
+                             "(pass the same seed)")
+        for layer in self.layers:
+            layer.load(state["layers"][layer.name])
+        for device, gen in self._generators.items():
+            gen.set_state(saved_gens[str(device)])
+        self._calls = int(state["calls"])
 
     def _log(self, step: int, result: Dict[str, float]):
         if self._csv is not None:
