@@ -33,8 +33,19 @@ struct GramSvdProblem {
 
 enum GramSvdStatus : int { kGramSvdOk = 0, kGramSvdIllConditioned = 1, kGramSvdNoConvergence = 2, kGramSvdNonFinite = 3 };
 
+// Register blocks of the two products (TᵀT and T·V/σ): kBlockRows rows × kBlockCols columns of
+// doubles, i.e. 4 × 2 AVX2 vectors, kept in registers across the whole inner loop. Column counts
+// are padded to a multiple of kBlockCols with zeros.
+constexpr int64_t kBlockCols = 8;
+constexpr int64_t kBlockRows = 4;
+constexpr int64_t kGramChunkRows = 32;  // rows of T converted to float64 at a time for the Gram
+inline int64_t padded_cols(int64_t cols) { return (cols + kBlockCols - 1) / kBlockCols * kBlockCols; }
+
 // Doubles of workspace gram_svd_one needs.
-inline int64_t gram_svd_work_size(int64_t rows, int64_t cols) { return 4 * cols * cols + 8 * cols + rows * cols; }
+inline int64_t gram_svd_work_size(int64_t rows, int64_t cols) {
+  const int64_t np = padded_cols(cols);
+  return np * np + 4 * cols * cols + cols * np + 4 * cols + 2 * np + kGramChunkRows * np + rows * cols;
+}
 
 // The two compiled copies (one per instruction set) of the same code.
 int gram_svd_one_generic(const GramSvdProblem& p, double* work);
@@ -49,6 +60,48 @@ namespace {
 
 constexpr double kEps = 2.220446049250313e-16;  // double's machine epsilon
 constexpr int kMaxQlIterations = 30;             // per eigenvalue; classical QL needs 1-2 on average
+
+// Four doubles as one value (GCC/Clang vector extension): AVX2 registers in the AVX2 copy, pairs
+// of SSE2 registers in the baseline one. The hot loops are written with it explicitly instead of
+// relying on the auto-vectoriser, which spilled the register blocks to memory.
+typedef double v4d __attribute__((vector_size(32)));
+inline v4d load4(const double* p) {
+  v4d r;
+  __builtin_memcpy(&r, p, sizeof r);
+  return r;
+}
+inline void store4(double* p, v4d v) { __builtin_memcpy(p, &v, sizeof v); }
+inline v4d splat(double x) { return v4d{x, x, x, x}; }
+
+// y += a·x
+inline void axpy(double* y, double a, const double* x, int64_t n) {
+  int64_t t = 0;
+  const v4d va = splat(a);
+  for (; t + 4 <= n; t += 4) store4(y + t, load4(y + t) + va * load4(x + t));
+  for (; t < n; ++t) y[t] += a * x[t];
+}
+// y −= a·x + b·z
+inline void sub_rank2(double* y, double a, const double* x, double b, const double* z, int64_t n) {
+  int64_t t = 0;
+  const v4d va = splat(a), vb = splat(b);
+  for (; t + 4 <= n; t += 4) store4(y + t, load4(y + t) - (va * load4(x + t) + vb * load4(z + t)));
+  for (; t < n; ++t) y[t] -= a * x[t] + b * z[t];
+}
+// (x, y) ← (c x − s y, s x + c y)
+inline void rotate(double* x, double* y, double c, double s, int64_t n) {
+  int64_t t = 0;
+  const v4d vc = splat(c), vs = splat(s);
+  for (; t + 4 <= n; t += 4) {
+    const v4d a = load4(x + t), b = load4(y + t);
+    store4(x + t, vc * a - vs * b);
+    store4(y + t, vs * a + vc * b);
+  }
+  for (; t < n; ++t) {
+    const double a = x[t], b = y[t];
+    x[t] = c * a - s * b;
+    y[t] = s * a + c * b;
+  }
+}
 
 inline double abs_(double x) { return x < 0 ? -x : x; }
 inline int64_t max_(int64_t a, int64_t b) { return a < b ? b : a; }
@@ -66,40 +119,48 @@ inline double hypot_(double x, double y) {
   return std::sqrt(x * x + y * y);
 }
 
-inline void load_row(const GramSvdProblem& p, int64_t i, double* x) {
-  const float* a = p.a + i * p.a_rs;
-  for (int64_t j = 0; j < p.cols; ++j) x[j] = static_cast<double>(a[j * p.a_cs]);
+// Rows [i0, i0 + count) of T as float64 in X (count × np, the padding columns zero).
+void load_rows(const GramSvdProblem& p, int64_t i0, int64_t count, int64_t np, double* X) {
+  for (int64_t r = 0; r < count; ++r) {
+    const float* a = p.a + (i0 + r) * p.a_rs;
+    double* x = X + r * np;
+    if (p.a_cs == 1) {
+      for (int64_t j = 0; j < p.cols; ++j) x[j] = static_cast<double>(a[j]);
+    } else {
+      for (int64_t j = 0; j < p.cols; ++j) x[j] = static_cast<double>(a[j * p.a_cs]);
+    }
+    for (int64_t j = p.cols; j < np; ++j) x[j] = 0.0;
+  }
 }
 
-// G = TᵀT (full, bit-symmetric: G[p][q] and G[q][p] see the same products in the same order),
-// four rows per pass over G so that G's rows are loaded and stored a quarter as often.
-void gram(const GramSvdProblem& p, double* G, double* x4) {
-  const int64_t n = p.cols;
-  for (int64_t t = 0; t < n * n; ++t) G[t] = 0.0;
-  int64_t i = 0;
-  double* x0 = x4;
-  double* x1 = x4 + n;
-  double* x2 = x4 + 2 * n;
-  double* x3 = x4 + 3 * n;
-  for (; i + 4 <= p.rows; i += 4) {
-    load_row(p, i, x0);
-    load_row(p, i + 1, x1);
-    load_row(p, i + 2, x2);
-    load_row(p, i + 3, x3);
-    for (int64_t r = 0; r < n; ++r) {
-      double* g = G + r * n;
-      const double a0 = x0[r], a1 = x1[r], a2 = x2[r], a3 = x3[r];
-      for (int64_t c = 0; c < n; ++c) g[c] += a0 * x0[c] + a1 * x1[c] + a2 * x2[c] + a3 * x3[c];
+// G = TᵀT (n × n). T is converted kGramChunkRows rows at a time; for each chunk every 4 × 8 block
+// of Gp (np × np) on or above the diagonal accumulates in registers over the chunk's rows. The
+// lower triangle is then mirrored, so G is exactly symmetric.
+void gram(const GramSvdProblem& p, double* Gp, double* G, double* X) {
+  const int64_t n = p.cols, np = padded_cols(n);
+  for (int64_t t = 0; t < np * np; ++t) Gp[t] = 0.0;
+  for (int64_t i0 = 0; i0 < p.rows; i0 += kGramChunkRows) {
+    const int64_t count = p.rows - i0 < kGramChunkRows ? p.rows - i0 : kGramChunkRows;
+    load_rows(p, i0, count, np, X);
+    for (int64_t r0 = 0; r0 < n; r0 += kBlockRows) {  // r0 + kBlockRows ≤ np: np is a multiple of 8
+      for (int64_t c0 = r0 / kBlockCols * kBlockCols; c0 < np; c0 += kBlockCols) {
+        double* g = Gp + r0 * np + c0;
+        v4d a00 = load4(g), a01 = load4(g + 4), a10 = load4(g + np), a11 = load4(g + np + 4);
+        v4d a20 = load4(g + 2 * np), a21 = load4(g + 2 * np + 4), a30 = load4(g + 3 * np), a31 = load4(g + 3 * np + 4);
+        for (int64_t t = 0; t < count; ++t) {
+          const double* x = X + t * np;
+          const v4d y0 = load4(x + c0), y1 = load4(x + c0 + 4);
+          const v4d x0 = splat(x[r0]), x1 = splat(x[r0 + 1]), x2 = splat(x[r0 + 2]), x3 = splat(x[r0 + 3]);
+          a00 += x0 * y0, a01 += x0 * y1, a10 += x1 * y0, a11 += x1 * y1;
+          a20 += x2 * y0, a21 += x2 * y1, a30 += x3 * y0, a31 += x3 * y1;
+        }
+        store4(g, a00), store4(g + 4, a01), store4(g + np, a10), store4(g + np + 4, a11);
+        store4(g + 2 * np, a20), store4(g + 2 * np + 4, a21), store4(g + 3 * np, a30), store4(g + 3 * np + 4, a31);
+      }
     }
   }
-  for (; i < p.rows; ++i) {
-    load_row(p, i, x0);
-    for (int64_t r = 0; r < n; ++r) {
-      double* g = G + r * n;
-      const double a0 = x0[r];
-      for (int64_t c = 0; c < n; ++c) g[c] += a0 * x0[c];
-    }
-  }
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t c = 0; c < n; ++c) G[r * n + c] = c >= r ? Gp[r * np + c] : Gp[c * np + r];
 }
 
 // Householder reduction of the symmetric G (n × n, full storage, overwritten) to tridiagonal
@@ -128,11 +189,7 @@ void tridiagonalize(double* G, int64_t n, double* d, double* e, double* R, doubl
     // p = τ A₂₂ v as a combination of A₂₂'s rows (A₂₂ is symmetric): no reductions.
     double* A22 = G + (k + 1) * n + (k + 1);
     for (int64_t c = 0; c < len; ++c) pv[c] = 0.0;
-    for (int64_t r = 0; r < len; ++r) {
-      const double vr = v[r];
-      const double* row = A22 + r * n;
-      for (int64_t c = 0; c < len; ++c) pv[c] += vr * row[c];
-    }
+    for (int64_t r = 0; r < len; ++r) axpy(pv, v[r], A22 + r * n, len);
     double pv_dot_v = 0.0;
     for (int64_t c = 0; c < len; ++c) {
       pv[c] *= tau[k];
@@ -141,11 +198,7 @@ void tridiagonalize(double* G, int64_t n, double* d, double* e, double* R, doubl
     const double half = 0.5 * tau[k] * pv_dot_v;
     for (int64_t c = 0; c < len; ++c) w[c] = pv[c] - half * v[c];
     // A₂₂ ← H A₂₂ H = A₂₂ − v wᵀ − w vᵀ
-    for (int64_t r = 0; r < len; ++r) {
-      double* row = A22 + r * n;
-      const double vr = v[r], wr = w[r];
-      for (int64_t c = 0; c < len; ++c) row[c] -= vr * w[c] + wr * v[c];
-    }
+    for (int64_t r = 0; r < len; ++r) sub_rank2(A22 + r * n, v[r], w, w[r], v, len);
   }
   if (n >= 2) {
     d[n - 2] = G[(n - 2) * n + (n - 2)];
@@ -165,16 +218,8 @@ void form_q_transposed(const double* R, const double* tau, int64_t n, double* Q,
     const int64_t s = k + 1, len = n - s;
     const double* v = R + k * n + s;
     for (int64_t c = 0; c < len; ++c) r[c] = 0.0;
-    for (int64_t i = 0; i < len; ++i) {
-      const double vi = v[i];
-      const double* row = Q + (s + i) * n + s;
-      for (int64_t c = 0; c < len; ++c) r[c] += vi * row[c];
-    }
-    for (int64_t i = 0; i < len; ++i) {
-      const double f = tau[k] * v[i];
-      double* row = Q + (s + i) * n + s;
-      for (int64_t c = 0; c < len; ++c) row[c] -= f * r[c];
-    }
+    for (int64_t i = 0; i < len; ++i) axpy(r, v[i], Q + (s + i) * n + s, len);
+    for (int64_t i = 0; i < len; ++i) axpy(Q + (s + i) * n + s, -tau[k] * v[i], r, len);
   }
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = 0; j < n; ++j) Zt[j * n + i] = Q[i * n + j];
@@ -215,13 +260,7 @@ bool tridiagonal_ql(double* d, double* e, int64_t n, double* Zt) {
         p = s * r;
         d[i + 1] = g + p;
         g = c * r - b;
-        double* zi = Zt + i * n;
-        double* zj = Zt + (i + 1) * n;
-        for (int64_t t = 0; t < n; ++t) {
-          const double a = zi[t], bb = zj[t];
-          zj[t] = s * a + c * bb;
-          zi[t] = c * a - s * bb;
-        }
+        rotate(Zt + i * n, Zt + (i + 1) * n, c, s, n);
       }
       if (restarted) continue;
       d[l] -= p;
@@ -307,47 +346,70 @@ void orthonormalize_rows(double* Ut, int64_t cols, int64_t len) {
   }
 }
 
-// The sign rule on the values as they were written (the first entry of largest magnitude of each
-// of A's left vectors is positive), flipping the matching vector on the other side with it.
-void apply_signs(const GramSvdProblem& p) {
-  const float* base = p.sign_from_v ? p.v : p.u;
-  const int64_t len = p.sign_from_v ? p.cols : p.rows;
-  const int64_t rs = p.sign_from_v ? p.v_rs : p.u_rs, cs = p.sign_from_v ? p.v_cs : p.u_cs;
-  for (int64_t c = 0; c < p.k; ++c) {
-    float best = 0.0f, pivot = 0.0f;
-    for (int64_t i = 0; i < len; ++i) {
-      const float x = base[i * rs + c * cs];
-      const float ax = x < 0 ? -x : x;
-      if (ax > best) {
-        best = ax;
-        pivot = x;
-      }
+// Sign-rule bookkeeping: the first entry of largest magnitude of column c, on the values as
+// written (after rounding), seen in increasing row order.
+inline void track_pivot(double* best, double* pivot, int64_t c, float value) {
+  const double x = static_cast<double>(value);
+  const double ax = x < 0 ? -x : x;
+  if (ax > best[c]) {
+    best[c] = ax;
+    pivot[c] = x;
+  }
+}
+
+// The same on four columns at once: b, q hold best and pivot of the columns, a the new row values.
+typedef float v4f __attribute__((vector_size(16)));
+inline void track_pivots(v4d& b, v4d& q, v4d a) {
+  const v4d x = __builtin_convertvector(__builtin_convertvector(a, v4f), v4d);
+  const v4d ax = x < 0.0 ? -x : x;
+  const auto gt = ax > b;
+  b = gt ? ax : b;
+  q = gt ? x : q;
+}
+
+inline void flip_columns(float* base, int64_t rows, int64_t rs, int64_t cs, int64_t k, const double* sign) {
+  if (cs == 1) {
+    for (int64_t i = 0; i < rows; ++i) {
+      float* row = base + i * rs;
+      for (int64_t c = 0; c < k; ++c) row[c] = sign[c] < 0.0 ? -row[c] : row[c];
     }
-    if (!(pivot < 0.0f)) continue;
-    for (int64_t i = 0; i < p.rows; ++i) p.u[i * p.u_rs + c * p.u_cs] = -p.u[i * p.u_rs + c * p.u_cs];
-    for (int64_t j = 0; j < p.cols; ++j) p.v[j * p.v_rs + c * p.v_cs] = -p.v[j * p.v_rs + c * p.v_cs];
+  } else if (cs <= rs) {
+    for (int64_t i = 0; i < rows; ++i) {
+      float* row = base + i * rs;
+      for (int64_t c = 0; c < k; ++c) row[c * cs] = static_cast<float>(row[c * cs] * sign[c]);
+    }
+  } else {
+    for (int64_t c = 0; c < k; ++c) {
+      if (sign[c] > 0) continue;
+      float* col = base + c * cs;
+      for (int64_t i = 0; i < rows; ++i) col[i * rs] = -col[i * rs];
+    }
   }
 }
 
 int gram_svd_one_impl(const GramSvdProblem& p, double* work) {
-  const int64_t n = p.cols, m = p.rows;
-  double* G = work;
+  const int64_t n = p.cols, m = p.rows, np = padded_cols(n), k = p.k;
+  double* Gp = work;
+  double* G = Gp + np * np;
   double* Zt = G + n * n;
-  double* R = Zt + n * n;  // reflectors; reused for V/σ (row-major, Vs[j][c]) afterwards
+  double* R = Zt + n * n;  // reflectors
   double* Q = R + n * n;
-  double* d = Q + n * n;
+  double* Vs = Q + n * n;  // n × np: V diag(1/σ), zero padded
+  double* d = Vs + n * np;
   double* e = d + n;
   double* tau = e + n;
   double* sv = tau + n;
-  double* x4 = sv + n;  // 4n: four rows of T; also the tridiagonalisation's p and w
-  double* Ut = x4 + 4 * n;  // n × m, only when U is re-orthonormalised
+  double* best = sv + n;
+  double* pivot = best + np;  // best and pivot: np each (read and written 8 columns at a time)
+  double* X = pivot + np;  // kGramChunkRows × np; also scratch vectors of the eigensolver
+  double* Ut = X + kGramChunkRows * np;  // n × m, only when U is re-orthonormalised
 
-  gram(p, G, x4);
+  gram(p, Gp, G, X);
   for (int64_t c = 0; c < n; ++c)
     if (!std::isfinite(G[c * n + c])) return kGramSvdNonFinite;  // any NaN/inf in T reaches it
 
-  tridiagonalize(G, n, d, e, R, tau, x4, x4 + n);
-  form_q_transposed(R, tau, n, Q, Zt, x4);
+  tridiagonalize(G, n, d, e, R, tau, X, X + n);
+  form_q_transposed(R, tau, n, Q, Zt, X);
   if (!tridiagonal_ql(d, e, n, Zt)) return kGramSvdNoConvergence;
   sort_descending(d, Zt, n);
 
@@ -356,47 +418,87 @@ int gram_svd_one_impl(const GramSvdProblem& p, double* work) {
   const double lambda_max = d[0];
   const double floor = lambda_max * kEps * static_cast<double>(max_(m, n));
   for (int64_t c = 0; c < n; ++c) sv[c] = d[c] > floor ? std::sqrt(d[c]) : 0.0;
-  if (p.min_ratio > 0.0 && sv[0] > 0.0 && sv[p.k - 1] < p.min_ratio * sv[0]) return kGramSvdIllConditioned;
+  if (p.min_ratio > 0.0 && sv[0] > 0.0 && sv[k - 1] < p.min_ratio * sv[0]) return kGramSvdIllConditioned;
   const double lambda_min = d[n - 1] > floor ? d[n - 1] : 0.0;
   const bool reortho = !(lambda_max > 0.0 && lambda_min >= lambda_max * p.reortho_lambda_ratio);
 
-  // Vs = V diag(1/σ) row-major (Vs[j][c] = Zt[c][j] / σ_c; 0 for σ = 0).
-  double* Vs = R;
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t c = n; c < np; ++c) Vs[j * np + c] = 0.0;
   for (int64_t c = 0; c < n; ++c) {
     const double inv = sv[c] > 0.0 ? 1.0 / sv[c] : 0.0;
-    for (int64_t j = 0; j < n; ++j) Vs[j * n + c] = Zt[c * n + j] * inv;
+    for (int64_t j = 0; j < n; ++j) Vs[j * np + c] = Zt[c * n + j] * inv;
   }
-  // U_T = T Vs, one row at a time: u = Σ_j T(i, j) Vs[j][:].
-  double* x = x4;
-  double* acc = x4 + n;
-  for (int64_t i = 0; i < m; ++i) {
-    load_row(p, i, x);
-    for (int64_t c = 0; c < n; ++c) acc[c] = 0.0;
-    for (int64_t j = 0; j < n; ++j) {
-      const double xj = x[j];
-      const double* vs = Vs + j * n;
-      for (int64_t c = 0; c < n; ++c) acc[c] += xj * vs[c];
-    }
-    if (reortho) {
-      for (int64_t c = 0; c < n; ++c) Ut[c * m + i] = acc[c];
-    } else {
-      float* u = p.u + i * p.u_rs;
-      for (int64_t c = 0; c < p.k; ++c) u[c * p.u_cs] = static_cast<float>(acc[c]);
+  for (int64_t c = 0; c < np; ++c) best[c] = pivot[c] = 0.0;
+  const bool track_u = !p.sign_from_v;
+  // U_T = T Vs, 4 rows × 8 columns at a time in registers.
+  for (int64_t i0 = 0; i0 < m; i0 += kBlockRows) {
+    const int64_t count = m - i0 < kBlockRows ? m - i0 : kBlockRows;
+    load_rows(p, i0, count, np, X);
+    for (int64_t t = count * np; t < kBlockRows * np; ++t) X[t] = 0.0;
+    for (int64_t c0 = 0; c0 < n; c0 += kBlockCols) {
+      v4d a00 = splat(0.0), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+      for (int64_t j = 0; j < n; ++j) {
+        const double* vs = Vs + j * np + c0;
+        const v4d y0 = load4(vs), y1 = load4(vs + 4);
+        const v4d x0 = splat(X[j]), x1 = splat(X[np + j]), x2 = splat(X[2 * np + j]), x3 = splat(X[3 * np + j]);
+        a00 += x0 * y0, a01 += x0 * y1, a10 += x1 * y0, a11 += x1 * y1;
+        a20 += x2 * y0, a21 += x2 * y1, a30 += x3 * y0, a31 += x3 * y1;
+      }
+      if (track_u && !reortho) {  // sign-rule pivots on the rounded values, rows in increasing order
+        v4d b0 = load4(best + c0), b1 = load4(best + c0 + 4), q0 = load4(pivot + c0), q1 = load4(pivot + c0 + 4);
+        track_pivots(b0, q0, a00), track_pivots(b1, q1, a01), track_pivots(b0, q0, a10), track_pivots(b1, q1, a11);
+        track_pivots(b0, q0, a20), track_pivots(b1, q1, a21), track_pivots(b0, q0, a30), track_pivots(b1, q1, a31);
+        store4(best + c0, b0), store4(best + c0 + 4, b1), store4(pivot + c0, q0), store4(pivot + c0 + 4, q1);
+      }
+      double acc[kBlockRows][kBlockCols];
+      store4(acc[0], a00), store4(acc[0] + 4, a01), store4(acc[1], a10), store4(acc[1] + 4, a11);
+      store4(acc[2], a20), store4(acc[2] + 4, a21), store4(acc[3], a30), store4(acc[3] + 4, a31);
+      const int64_t width = (reortho ? n : k) - c0 < kBlockCols ? (reortho ? n : k) - c0 : kBlockCols;
+      for (int64_t rr = 0; rr < count; ++rr) {
+        const int64_t i = i0 + rr;
+        if (reortho) {
+          for (int64_t cc = 0; cc < width; ++cc) Ut[(c0 + cc) * m + i] = acc[rr][cc];
+        } else {
+          float* u = p.u + i * p.u_rs + c0 * p.u_cs;
+          if (p.u_cs == 1) {
+            for (int64_t cc = 0; cc < width; ++cc) u[cc] = static_cast<float>(acc[rr][cc]);
+          } else {
+            for (int64_t cc = 0; cc < width; ++cc) u[cc * p.u_cs] = static_cast<float>(acc[rr][cc]);
+          }
+        }
+      }
     }
   }
   if (reortho) {
     orthonormalize_rows(Ut, n, m);
-    for (int64_t c = 0; c < p.k; ++c) {
-      const double* src = Ut + c * m;
-      for (int64_t i = 0; i < m; ++i) p.u[i * p.u_rs + c * p.u_cs] = static_cast<float>(src[i]);
+    for (int64_t i = 0; i < m; ++i) {
+      float* u = p.u + i * p.u_rs;
+      for (int64_t c = 0; c < k; ++c) {
+        const float f = static_cast<float>(Ut[c * m + i]);
+        u[c * p.u_cs] = f;
+        if (track_u) track_pivot(best, pivot, c, f);
+      }
     }
   }
-  for (int64_t c = 0; c < p.k; ++c) {
-    const double* z = Zt + c * n;
-    for (int64_t j = 0; j < n; ++j) p.v[j * p.v_rs + c * p.v_cs] = static_cast<float>(z[j]);
-    p.s[c] = static_cast<float>(sv[c]);
+  for (int64_t j = 0; j < n; ++j) {
+    float* v = p.v + j * p.v_rs;
+    for (int64_t c = 0; c < k; ++c) {
+      const float f = static_cast<float>(Zt[c * n + j]);
+      v[c * p.v_cs] = f;
+      if (!track_u) track_pivot(best, pivot, c, f);
+    }
   }
-  apply_signs(p);
+  bool flip = false;
+  double* sign = best;  // ±1 per column
+  for (int64_t c = 0; c < k; ++c) {
+    p.s[c] = static_cast<float>(sv[c]);
+    sign[c] = pivot[c] < 0.0 ? -1.0 : 1.0;
+    flip = flip || pivot[c] < 0.0;
+  }
+  if (flip) {
+    flip_columns(p.u, m, p.u_rs, p.u_cs, k, sign);
+    flip_columns(p.v, n, p.v_rs, p.v_cs, k, sign);
+  }
   return kGramSvdOk;
 }
 
