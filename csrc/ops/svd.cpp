@@ -11,6 +11,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/gram_svd_cpu.h"
 #include "ops/checks.h"
 #include "ops/decompositions.h"
 #include "ops/matrix_checks.h"
@@ -22,12 +23,6 @@ namespace {
 constexpr std::string_view kOp = "svd";
 constexpr uint64_t kSketchSeed = 0x756e69737562ULL;  // fixed: same sketch, same answer, any device
 
-// The Gram route for float32-or-narrower input forms AᵀA in float64. Its error on σᵢ is about
-// ε₆₄‖A‖²/σᵢ, within float32 LAPACK's ε₃₂‖A‖ while σᵢ ≥ (ε₆₄/ε₃₂)‖A‖ ≈ 2e-9‖A‖; `auto` keeps a
-// margin of 50 and falls back to LAPACK below it.
-constexpr double kAutoGramMinRatio = 1e-7;
-// σ_min/σ_max ≥ 1e-4 (λ ratio 1e-8): the Gram route's U is orthonormal to ε₆₄/1e-8 ≈ 2e-8 < ε₃₂.
-constexpr double kSkipReorthoMinLambdaRatio = 1e-8;
 // CPU batches are processed in groups of about this many bytes of float64 input (see svd_impl).
 constexpr int64_t kGroupBytes = 8LL << 20;
 
@@ -176,12 +171,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> svd_impl(const at::Tensor& A, int
   };
 
   // The whole pipeline for a group of matrices, down to the signed, cast, truncated factors.
-  auto solve = [&](const at::Tensor& C) -> Factors {
-    SvdMethod chosen = method;
+  auto solve = [&](const at::Tensor& C, SvdMethod chosen) -> Factors {
     Factors f;
-    // auto: measured on CPU (benchmarks/RESULTS.md), the Gram route is not faster than LAPACK at
-    // 64 x 64 or 4096 x 16, so CPU takes LAPACK; on CUDA float32 takes the Gram route where it is
-    // as accurate as LAPACK (see kAutoGramMinRatio).
+    // auto, float32 output: the Gram route where it is as accurate as LAPACK (see
+    // kAutoGramMinRatio). On CPU that is the fused kernel below, before any group reaches this;
+    // here it is the batched route for CUDA. float64 takes LAPACK.
     const bool auto_gram = chosen == SvdMethod::Auto && float32_output && !C.is_cpu();
     // The Gram route finds non-finite input itself (on the Gram's diagonal, n values).
     if (chosen != SvdMethod::Gram && !auto_gram) check_finite(C, kOp, "A");
@@ -224,21 +218,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> svd_impl(const at::Tensor& A, int
   const int64_t batch = A3.size(0);
   const int64_t group = std::max<int64_t>(1, kGroupBytes / (8 * m * n));
   Factors f;
-  if (A3.is_cpu() && method != SvdMethod::Jacobi && batch > group) {
+  if (A3.is_cpu() && float32_output && (method == SvdMethod::Auto || method == SvdMethod::Gram)) {
+    // The fused CPU kernel (cpu/gram_svd_cpu.h): one pass per matrix, no per-call overhead.
+    // auto hands the matrices where the Gram route is less accurate than LAPACK (σ_k below
+    // kAutoGramMinRatio·σ_1) to LAPACK, in one batched call; a matrix whose eigensolver did not
+    // converge takes the batched route of its method.
+    auto fused = gram_svd_cpu(A3, k, method == SvdMethod::Auto ? kAutoGramMinRatio : 0.0);
+    f = {fused.U, fused.S, fused.Vh};
+    if (!fused.redo.empty()) {
+      const auto idx = at::tensor(fused.redo, at::TensorOptions().dtype(at::kLong));
+      const Factors part =
+          solve(A3.index_select(0, idx), method == SvdMethod::Auto ? SvdMethod::Lapack : SvdMethod::Gram);
+      f.U.index_copy_(0, idx, part.U);
+      f.S.index_copy_(0, idx, part.S);
+      f.Vh.index_copy_(0, idx, part.Vh);
+    }
+  } else if (A3.is_cpu() && method != SvdMethod::Jacobi && batch > group) {
     const auto opts = A3.options().dtype(out_dtype);
     f = {at::empty({batch, m, k}, opts), at::empty({batch, k}, opts), at::empty({batch, k, n}, opts)};
     const int64_t groups = (batch + group - 1) / group;
     at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
       for (int64_t g = g0; g < g1; ++g) {
         const int64_t b0 = g * group, nb = std::min(group, batch - b0);
-        const Factors part = solve(A3.narrow(0, b0, nb));
+        const Factors part = solve(A3.narrow(0, b0, nb), method);
         f.U.narrow(0, b0, nb).copy_(part.U);
         f.S.narrow(0, b0, nb).copy_(part.S);
         f.Vh.narrow(0, b0, nb).copy_(part.Vh);
       }
     });
   } else {
-    f = solve(A3);
+    f = solve(A3, method);
   }
   auto U = f.U, S = f.S, Vh = f.Vh;
   const auto batch_dims = A.sizes().slice(0, A.dim() - 2).vec();

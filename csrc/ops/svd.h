@@ -25,6 +25,13 @@ bool jacobi_cuda_fits_shared(int64_t m, int64_t n);
 constexpr int64_t kSketchOversample = 10;
 constexpr int kSketchPowerIterations = 4;
 
+// The Gram route for float32-or-narrower input forms AᵀA in float64. Its error on σᵢ is about
+// ε₆₄‖A‖²/σᵢ, within float32 LAPACK's ε₃₂‖A‖ while σᵢ ≥ (ε₆₄/ε₃₂)‖A‖ ≈ 2e-9‖A‖; `auto` keeps a
+// margin of 50 and falls back to LAPACK below it.
+constexpr double kAutoGramMinRatio = 1e-7;
+// σ_min/σ_max ≥ 1e-4 (λ ratio 1e-8): the Gram route's U is orthonormal to ε₆₄/1e-8 ≈ 2e-8 < ε₃₂.
+constexpr double kSkipReorthoMinLambdaRatio = 1e-8;
+
 enum class SvdMethod { Auto, Gram, Jacobi, Randomized, Lapack };
 SvdMethod parse_svd_method(std::string_view method, std::string_view op);
 

@@ -143,6 +143,123 @@ def test_auto_matches_lapack_accuracy_and_falls_back_on_ill_conditioning(gen):
     assert ((S - Sl).abs() / Sl[0]).max() <= 1e-6
 
 
+# ---- the fused CPU kernel of the Gram route (float32 and narrower input, methods auto and gram) ----
+# Bounds, against torch.linalg.svd of the float64 input: the general contract of check_factors
+# (reconstruction and ‖UᵀU − I‖, ‖VᵀV − I‖ ≤ 1e-5), and singular values within 3e-7·σ_max
+# (2.5 ε₃₂: float32 LAPACK's own scale; the float64 Gram adds only ε₆₄‖A‖²/σ, which is below that
+# for every σ ≥ 1e-7·σ_max, the ratio under which auto hands a matrix to LAPACK).
+FAST_S_TOL = 3e-7
+
+
+def relative_s_error(A, S):
+    ref = torch.linalg.svdvals(A.double())[..., : S.shape[-1]]
+    return ((S.double() - ref).abs() / ref[..., :1].clamp_min(1e-300)).max().item()
+
+
+@pytest.mark.parametrize("method", ["auto", "gram"])
+@pytest.mark.parametrize("shape", [(6, 64, 64), (3, 4096, 16), (4, 33, 17), (3, 17, 33), (2, 16, 300), (5, 7, 7)],
+                         ids=str)
+def test_cpu_fused_gram_route_random(method, shape, gen):
+    A = torch.randn(shape, generator=gen)
+    U, S, Vh = unisub.svd(A, -1, method)
+    check_factors(A, U, S, Vh)
+    assert relative_s_error(A, S) <= FAST_S_TOL
+
+
+@pytest.mark.parametrize("method", ["auto", "gram"])
+def test_cpu_fused_gram_route_truncated(method, gen):
+    A = torch.randn(4, 50, 20, generator=gen)
+    U, S, Vh = unisub.svd(A, 5, method)
+    Uf, Sf, Vhf = unisub.svd(A, -1, method)
+    torch.testing.assert_close((U, S, Vh), (Uf[..., :5], Sf[..., :5], Vhf[..., :5, :]), rtol=0, atol=0)
+    check_factors(A, U, S, Vh, k=5)
+
+
+def graded(gen, m, n, lo):
+    Q1 = torch.linalg.qr(torch.randn(m, n, generator=gen, dtype=torch.float64))[0]
+    Q2 = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))[0]
+    return ((Q1 * torch.logspace(0, lo, n, dtype=torch.float64)) @ Q2.T).float()
+
+
+def test_cpu_fused_auto_falls_back_per_matrix(gen):
+    """σ down to 1e-6 σ_max: the Gram route keeps them (relative-to-σ_max error ≤ 1e-6 would be lost
+    by a float32 Gram); σ down to 1e-12: that matrix alone goes to LAPACK, and gets exactly
+    LAPACK's answer, while its neighbours in the batch keep the Gram route's."""
+    A = torch.stack([graded(gen, 60, 12, -3), graded(gen, 60, 12, -12), graded(gen, 60, 12, -6)])
+    U, S, Vh = unisub.svd(A)
+    for i in range(3):
+        Ui, Si, Vhi = unisub.svd(A[i])
+        torch.testing.assert_close((U[i], S[i], Vh[i]), (Ui, Si, Vhi), rtol=0, atol=0)
+    Ul, Sl, Vhl = unisub.svd(A[1], -1, "lapack")
+    torch.testing.assert_close((U[1], S[1], Vh[1]), (Ul, Sl, Vhl), rtol=0, atol=0)
+    for i in (0, 2):
+        check_factors(A[i], U[i], S[i], Vh[i])
+        assert relative_s_error(A[i], S[i]) <= FAST_S_TOL
+    # 1e-4 > σ_min/σ_max ≥ 1e-7: U is re-orthonormalised (A V / σ alone would be off by ~ε₆₄·cond²).
+    B = graded(gen, 300, 10, -6.5)
+    U, S, Vh = unisub.svd(B)
+    check_factors(B, U, S, Vh)
+    assert relative_s_error(B, S) <= FAST_S_TOL
+
+
+@pytest.mark.parametrize("method", ["auto", "gram"])
+def test_cpu_fused_rank_deficient_and_repeated(method, gen):
+    """Exact zero σ (rank 3 of 9) and a triple σ: bases stay orthonormal (the U columns of σ = 0 are
+    completed, on the Gram route; auto hands the rank-deficient matrices to LAPACK)."""
+    L = torch.randn(5, 40, 3, generator=gen, dtype=torch.float64)
+    R = torch.randn(5, 3, 9, generator=gen, dtype=torch.float64)
+    A = (L @ R).float()
+    U, S, Vh = unisub.svd(A, -1, method)
+    check_factors(A, U, S, Vh, method="gram")
+    Q1 = torch.linalg.qr(torch.randn(4, 30, 8, generator=gen, dtype=torch.float64))[0]
+    Q2 = torch.linalg.qr(torch.randn(4, 8, 8, generator=gen, dtype=torch.float64))[0]
+    sigma = torch.tensor([3.0, 3.0, 3.0, 2.0, 1.0, 1.0, 0.5, 0.25], dtype=torch.float64)
+    B = ((Q1 * sigma) @ Q2.mT).float()
+    U, S, Vh = unisub.svd(B, -1, method)
+    check_factors(B, U, S, Vh)
+    assert relative_s_error(B, S) <= FAST_S_TOL
+
+
+@pytest.mark.parametrize("method", ["auto", "gram"])
+@pytest.mark.parametrize("shape", [(2, 7, 5), (2, 5, 7), (4096, 1), (1, 50)], ids=str)
+def test_cpu_fused_zero_matrix_and_vectors(method, shape, gen):
+    Z = torch.zeros(shape)
+    U, S, Vh = unisub.svd(Z, -1, method)
+    assert (S == 0).all()
+    check_factors(Z, U, S, Vh)
+    A = torch.randn(shape, generator=gen)
+    U, S, Vh = unisub.svd(A, -1, method)
+    check_factors(A, U, S, Vh)
+    assert relative_s_error(A, S) <= FAST_S_TOL
+
+
+@pytest.mark.parametrize("method", ["auto", "gram"])
+@pytest.mark.parametrize("scale", [1e30, 1e-30])
+def test_float64_extreme_scales_do_not_take_the_float32_kernel(method, scale, gen):
+    """float64 input is never the fused kernel's (its range squared would not fit): it keeps the
+    scaled batched route (gram) or LAPACK (auto), with float64 accuracy."""
+    A = scale * torch.randn(3, 40, 6, generator=gen, dtype=torch.float64)
+    U, S, Vh = unisub.svd(A, -1, method)
+    assert U.dtype == torch.float64
+    check_factors(A, U, S, Vh, method=method)
+
+
+def test_cpu_fused_results_do_not_depend_on_threads_or_batch(gen):
+    A = torch.randn(9, 70, 24, generator=gen)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = unisub.svd(A)
+    finally:
+        torch.set_num_threads(threads)
+    many = unisub.svd(A)
+    alone = unisub.svd(A[4])
+    for a, b, c in zip(one, many, alone):
+        assert torch.equal(a, b) and torch.equal(a[4], c)
+    half = A.to(torch.bfloat16)
+    torch.testing.assert_close(unisub.svd(half), unisub.svd(half.float()), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("method", ["lapack", "jacobi", "gram"])
 @pytest.mark.parametrize("rank", [-1, 2])
 @pytest.mark.parametrize("shape", [(5, 3), (3, 5), (2, 4, 4)], ids=str)
