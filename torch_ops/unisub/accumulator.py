@@ -17,6 +17,7 @@ import torch
 from .ops import gram_update_, lora_gram
 
 MODE_DIMS = {"out": 1, "in": 2}
+_GRAM_TILE = 256  # syrk_lower's CPU tile in csrc/ops/gram.cpp; Workspace.gram_update_ must match it
 
 
 def sorted_eigh(G: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -85,40 +86,73 @@ class SubspaceAccumulator:
         self.grams = {m: torch.zeros(shape[MODE_DIMS[m] - 1], shape[MODE_DIMS[m] - 1],
                                      dtype=torch.float64, device=device) for m in self.modes}
 
-    def update(self, X: torch.Tensor) -> "SubspaceAccumulator":
-        """Add a batch ``X[b, m, n]`` (any float dtype) of models."""
-        if X.dim() != 3:
-            raise ValueError(f"SubspaceAccumulator.update: X must be [batch, m, n], got shape {list(X.shape)}")
-        if not X.is_floating_point():
-            raise TypeError(f"SubspaceAccumulator.update: X must be floating point, got {X.dtype}")
-        if self.shape is None:
-            self._init(tuple(X.shape[1:]), self.device or X.device)
-        if tuple(X.shape[1:]) != self.shape:
-            raise ValueError(f"SubspaceAccumulator.update: expected models of shape {list(self.shape)}, "
-                             f"got {list(X.shape[1:])}")
-        if X.shape[0] == 0:
+    def update(self, X, workspace: Optional["Workspace"] = None) -> "SubspaceAccumulator":
+        """Add a batch of models: ``X[b, m, n]``, or a sequence of b ``[m, n]`` tensors (any float
+        dtype; a sequence spares the caller a stacked copy).
+
+        ``workspace``: a :class:`Workspace` of this shape, modes and device whose float64 buffers
+        the update uses instead of allocating its own (pass the same one to every update of a
+        stream: nothing slot-sized is then allocated or freed per batch, which is what keeps a
+        long streamed analysis's resident memory at its live data; see ``Workspace``)."""
+        models = self._check_batch(X)
+        if not models:
             return self
+        ws = workspace if workspace is not None else Workspace(self.shape, self.modes, self.center, self.device)
+        ws.check(self)
         # One model at a time in float64: the batch itself is never copied to float64 (for a
         # float16 batch that copy alone was 4x its size), and a single centred model's unfolding
         # is a plain view that gram_update_ hands to BLAS without packing.
-        batch = SubspaceAccumulator(self.shape, self.modes, self.center, self.device)
-        batch.count = X.shape[0]
-        for x in X:
-            batch.mean += x.to(device=self.device, dtype=torch.float64)
-        batch.mean /= X.shape[0]
-        for x in X:
-            # copy=True: a float64 model on the right device would otherwise be the caller's own
-            # tensor, and centring in place would overwrite the caller's weights
-            d = x.to(device=self.device, dtype=torch.float64, copy=True)
+        batch, d = ws.batch, ws.model
+        batch.count = len(models)
+        batch.mean.zero_()
+        for x in models:
+            d.copy_(x)
+            batch.mean += d
+        batch.mean /= len(models)
+        for G in batch.grams.values():
+            G.zero_()
+        for x in models:
+            d.copy_(x)  # a copy: centring in place must never touch the caller's tensor
             if self.center:
                 d -= batch.mean
             for m in self.modes:
-                gram_update_(batch.grams[m], d[None], MODE_DIMS[m])
-            del d
-        return self.merge(batch)
+                ws.gram_update_(batch.grams[m], d, m)
+        return self._merge(batch, delta=d)
+
+    def _check_batch(self, X) -> List[torch.Tensor]:
+        """X as a list of [m, n] models, checked; initialises the shape from the first batch."""
+        if isinstance(X, torch.Tensor):
+            if X.dim() != 3:
+                raise ValueError(f"SubspaceAccumulator.update: X must be [batch, m, n], got shape {list(X.shape)}")
+            models, dtypes, shapes = list(X), {X.dtype}, {tuple(X.shape[1:])}
+            first = X
+        else:
+            models = list(X)
+            bad = [list(getattr(x, "shape", [])) for x in models if not isinstance(x, torch.Tensor) or x.dim() != 2]
+            if bad:
+                raise ValueError(f"SubspaceAccumulator.update: a sequence of models must hold [m, n] tensors, "
+                                 f"got shapes {bad[:3]}")
+            if not models:
+                return models
+            dtypes, shapes = {x.dtype for x in models}, {tuple(x.shape) for x in models}
+            first = models[0]
+        bad = [d for d in dtypes if not d.is_floating_point]
+        if bad:
+            raise TypeError(f"SubspaceAccumulator.update: X must be floating point, got {bad[0]}")
+        if self.shape is None:
+            self._init(tuple(first.shape[-2:]), self.device or first.device)
+        if shapes != {self.shape}:
+            raise ValueError(f"SubspaceAccumulator.update: expected models of shape {list(self.shape)}, "
+                             f"got {list(sorted(shapes - {self.shape})[0])}")
+        return models
 
     def merge(self, other: "SubspaceAccumulator") -> "SubspaceAccumulator":
         """Fold ``other`` (same shape, modes and centring) into this one; returns self."""
+        return self._merge(other)
+
+    def _merge(self, other: "SubspaceAccumulator", delta: Optional[torch.Tensor] = None) -> "SubspaceAccumulator":
+        """``merge``; ``delta``: a float64 buffer of the mean's shape and device to use for
+        μ_b − μ_a (and then its scaled copy) instead of two fresh slot-sized temporaries."""
         if other.count == 0:
             return self
         if self.shape is None:
@@ -128,12 +162,15 @@ class SubspaceAccumulator:
                              f"{self.shape}, modes {other.modes} vs {self.modes}, center {other.center} vs {self.center}")
         na, nb = self.count, other.count
         n = na + nb
-        delta = other.mean.to(self.device) - self.mean
+        if delta is None:
+            delta = other.mean.to(self.device) - self.mean
+        else:
+            torch.sub(other.mean.to(self.device), self.mean, out=delta)
         for m in self.modes:
             self.grams[m] += other.grams[m].to(self.device)
             if self.center and na:
                 _add_outer_(self.grams[m], delta, m, na * nb / n)
-        self.mean += (nb / n) * delta
+        self.mean += delta.mul_(nb / n)
         self.count = n
         return self
 
@@ -217,6 +254,70 @@ class SubspaceAccumulator:
             bases[m], spectra[m] = evecs[:, :r].contiguous(), evals
         return Subspace(slot=slot, mean=self.mean.clone(), bases=bases, eigenvalues=spectra,
                         count=self.count, center=self.center, metadata=dict(metadata or {}))
+
+
+class Workspace:
+    """The float64 buffers of ``SubspaceAccumulator.update`` for one (m, n) shape, set of modes and
+    device: the batch's mean and Grams, and one model (centred in place, then reused for the
+    merge's δ). Slot-sized: 8·m·n·2 bytes plus 8·d² per mode (d = m for "out", n for "in").
+
+    Why it exists: without it every update allocates and frees those buffers (and their float64
+    temporaries) afresh, a few slot-sized blocks per model. glibc serves blocks that size from
+    its heap once its dynamic mmap threshold has risen past them, and the pages of freed heap
+    blocks stay resident until ``malloc_trim``; the blocks an update touches drift through a
+    fragmented heap, so the resident set during an update grew well past the live data, and the
+    more batches a run had, the higher its worst batch went. With one workspace per stream the
+    same buffers serve every batch."""
+
+    def __init__(self, shape: Tuple[int, int], modes: Sequence[str] = ("out", "in"), center: bool = True,
+                 device=None):
+        self.batch = SubspaceAccumulator(shape, modes, center, device)
+        self.shape, self.modes, self.device = self.batch.shape, self.batch.modes, self.batch.device
+        self.model = torch.empty(self.shape, dtype=torch.float64, device=self.device)
+        # CPU: gram_update_'s own steps into these buffers (see gram_update_ below)
+        self._lower = {}
+        if self.device.type == "cpu":
+            for m in self.modes:
+                k = self.shape[MODE_DIMS[m] - 1]
+                if k not in self._lower:
+                    self._lower[k] = (torch.empty(k, k, dtype=torch.float64), torch.empty(k, k, dtype=torch.float64))
+
+    def gram_update_(self, G: torch.Tensor, d: torch.Tensor, mode: str):
+        """``G += d dᵀ`` (mode out) or ``dᵀ d`` (mode in) for one float64 model ``d``, bit for bit
+        what ``unisub.ops.gram_update_(G, d[None], dim)`` computes.
+
+        On CPU it runs that op's steps for a single float64 model (its unfolding is a view, so no
+        packing: the block lower triangle by ``addmm_`` in row tiles of 256 into a zeroed buffer,
+        then the strict lower triangle mirrored onto G) in this workspace's buffers, where the op
+        allocates four Gram-sized temporaries per call; elsewhere (CUDA: a caching allocator,
+        no such cost) it calls the op."""
+        if not self._lower:
+            gram_update_(G, d[None], MODE_DIMS[mode])
+            return G
+        A = d if mode == "out" else d.T
+        k = A.shape[0]
+        acc, low = self._lower[k]
+        acc.zero_()
+        for i0 in range(0, k, _GRAM_TILE) if k > _GRAM_TILE else ():
+            ni = min(_GRAM_TILE, k - i0)
+            acc[i0:i0 + ni, :i0 + ni].addmm_(A[i0:i0 + ni], A[:i0 + ni].T)
+        if k <= _GRAM_TILE:
+            acc.addmm_(A, A.T)
+        torch.tril(acc, -1, out=low)
+        G += low
+        G += low.T
+        G.diagonal().add_(acc.diagonal())
+        return G
+
+    def fits(self, acc: "SubspaceAccumulator") -> bool:
+        return (acc.shape, acc.modes, acc.center, acc.device) == (self.shape, self.modes, self.batch.center,
+                                                                   self.device)
+
+    def check(self, acc: "SubspaceAccumulator"):
+        if not self.fits(acc):
+            raise ValueError(f"SubspaceAccumulator.update: the workspace is for shape {self.shape}, modes "
+                             f"{self.modes}, center {self.batch.center} on {self.device}; the accumulator has "
+                             f"{acc.shape}, {acc.modes}, {acc.center} on {acc.device}")
 
 
 class LoraDeltaAccumulator:

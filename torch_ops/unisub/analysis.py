@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from .accumulator import LoraDeltaAccumulator, SubspaceAccumulator
+from .accumulator import LoraDeltaAccumulator, SubspaceAccumulator, Workspace
 from .io import (CheckpointError, PeftAdapter, discover, ensure_writable_dir, lora_pairs, matrix_shape, select,
                  write_json)
 from .io.atomic import atomic_path
@@ -206,6 +206,7 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
     batches = [mine[j:j + batch_size] for j in range(0, len(mine), batch_size)]
     bar = _progress((len(chosen) + len(deltas)) * len(batches), progress and rank_id == 0, "analyse")
     reports, subspaces = {}, {}
+    workspace = None  # update buffers, reused by every batch and by later slots of the same shape
 
     def _store(key, sub, rep, slot_file):
         """A finished slot: report kept; subspace and report written (rank 0) or kept in memory."""
@@ -226,6 +227,9 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
             continue
         shape = matrix_shape(checkpoints[0].slots[key][1])
         halves = [SubspaceAccumulator(shape, factor_modes, center, device) for _ in range(2)]
+        if workspace is None or not workspace.fits(halves[0]):
+            workspace = None  # the old one is freed before the new one is allocated
+            workspace = Workspace(shape, factor_modes, center, device)
         start = _load_partial(state_dir, key, halves, rank_id) if resume and state_dir is not None else 0
         bar.update(start)
         last_save = time.monotonic()
@@ -235,7 +239,7 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
             for h in (0, 1):
                 part = [mats[i] for i in batch if i % 2 == h]
                 if part:
-                    halves[h].update(torch.stack(part))
+                    halves[h].update(part, workspace)
                     _release_memory()
             del mats, part
             bar.update(1)
