@@ -2,6 +2,7 @@
 #include "ops/gram.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
@@ -111,6 +112,22 @@ at::Tensor mirror_lower(const at::Tensor& G) {
   const auto lower = G.tril(-1);
   return (lower + lower.t()).add_(G.diagonal().diag());
 }
+
+// The same in place, for a contiguous float64 G: the strict upper triangle becomes the lower's
+// transpose (on CPU without any temporary; elsewhere the caching allocator makes one cheap).
+void mirror_lower_(at::Tensor& G) {
+  if (!G.is_cpu()) {
+    G.copy_(mirror_lower(G));
+    return;
+  }
+  const int64_t d = G.size(0);
+  double* g = G.data_ptr<double>();
+  // Blocks of rows of the upper triangle, each written from the matching columns of the lower.
+  at::parallel_for(0, d, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t c = r + 1; c < d; ++c) g[r * d + c] = g[c * d + r];
+  });
+}
 }  // namespace
 
 at::Tensor gram_f64(const at::Tensor& X, int64_t dim, bool center, const GramKernels& k) {
@@ -139,6 +156,16 @@ void gram_update_impl(const at::Tensor& G, const at::Tensor& X, int64_t dim, con
   TORCH_CHECK(G.dim() == 2 && G.size(0) == d && G.size(1) == d, "unisub.", op,
               ": G must have shape [", d, ", ", d, "] (size of X along dim ", dim, "), got ",
               G.sizes());
+  if (G.scalar_type() == at::kDouble && G.is_contiguous()) {
+    // Accumulate straight into G's lower triangle, then mirror it: no Gram-sized temporaries. A
+    // streamed analysis calls this once per model and slot; on CPU every temporary was a fresh
+    // heap block whose freed pages glibc keeps resident, so they, not the live data, set the
+    // job's peak memory (docs/analysis.md).
+    auto target = G;
+    accumulate_gram(target, X, dim, /*center=*/false, k);
+    mirror_lower_(target);
+    return;
+  }
   auto acc = at::zeros({d, d}, X.options().dtype(at::kDouble));
   accumulate_gram(acc, X, dim, /*center=*/false, k);
   G.add_(mirror_lower(acc));

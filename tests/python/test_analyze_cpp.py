@@ -57,8 +57,10 @@ def test_matches_python_to_rounding(zoo, tmp_path):
             torch.testing.assert_close(torch.tensor(om["split_half"]["principal_angles_deg"], dtype=torch.float64),
                                        torch.tensor(mr["split_half"]["principal_angles_deg"], dtype=torch.float64),
                                        rtol=0, atol=1e-6)
+            # The report gives sqrt(1 − captured share); the share carries ~d·ε rounding, so near
+            # full rank (true value 0) the square root amplifies it: compare the squares.
             for k, v in mr["reconstruction_error"].items():
-                assert math.isclose(om["reconstruction_error"][k], v, abs_tol=1e-9)
+                assert abs(om["reconstruction_error"][k] ** 2 - v**2) <= 50 * e1.numel() * EPS64
         s1 = py.subspace(key)
         s2 = unisub.Subspace.load(tmp_path / "cpp" / "subspaces" / f"{key}.safetensors")
         torch.testing.assert_close(s2.mean, s1.mean, rtol=0, atol=1e-15)

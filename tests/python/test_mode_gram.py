@@ -113,6 +113,26 @@ def test_gram_update_streams_to_mode_gram(g_dtype, x_dtype, device, gen):
             assert (err <= len(batches) * EPS32 * gram_error_scale(X, dim)).all()
 
 
+@pytest.mark.parametrize("rows", [7, 256, 300, 600])
+def test_gram_update_in_place_path_is_exactly_symmetric(rows, device, gen):
+    """A contiguous float64 G is accumulated in place (lower triangle, then mirrored): the result
+    is exactly symmetric, within the float64 bound of G₀ + Σ XᵢXᵢᵀ, for one and several 256-row
+    tiles; a non-contiguous G (the temporary-based path) gives the same up to rounding."""
+    X = torch.randn(2, rows, 9, generator=gen, dtype=torch.float64).to(device)
+    S = torch.randn(rows, rows, generator=gen, dtype=torch.float64)
+    start = (S + S.T).to(device)
+    G = start.clone()
+    unisub.gram_update_(G, X, 1)
+    assert torch.equal(G, G.T)
+    ref = start.cpu() + gram_reference(X, 1)
+    bound = 4 * 9 * EPS64 * (gram_error_scale(X, 1) + start.abs().cpu())
+    assert ((G.cpu() - ref).abs() <= bound).all()
+    strided = start.T.contiguous().T  # same values, column-major: not contiguous
+    assert not strided.is_contiguous()
+    unisub.gram_update_(strided, X, 1)
+    assert ((strided.cpu() - ref).abs() <= bound).all()
+
+
 def test_gram_update_model_axis(device, gen):
     X = torch.randn(5, 3, 4, generator=gen, dtype=torch.float64).to(device)
     G = torch.eye(5, dtype=torch.float64, device=device)

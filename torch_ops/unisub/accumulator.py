@@ -17,7 +17,6 @@ import torch
 from .ops import gram_update_, lora_gram
 
 MODE_DIMS = {"out": 1, "in": 2}
-_GRAM_TILE = 256  # syrk_lower's CPU tile in csrc/ops/gram.cpp; Workspace.gram_update_ must match it
 
 
 def sorted_eigh(G: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -274,39 +273,13 @@ class Workspace:
         self.batch = SubspaceAccumulator(shape, modes, center, device)
         self.shape, self.modes, self.device = self.batch.shape, self.batch.modes, self.batch.device
         self.model = torch.empty(self.shape, dtype=torch.float64, device=self.device)
-        # CPU: gram_update_'s own steps into these buffers (see gram_update_ below)
-        self._lower = {}
-        if self.device.type == "cpu":
-            for m in self.modes:
-                k = self.shape[MODE_DIMS[m] - 1]
-                if k not in self._lower:
-                    self._lower[k] = (torch.empty(k, k, dtype=torch.float64), torch.empty(k, k, dtype=torch.float64))
 
-    def gram_update_(self, G: torch.Tensor, d: torch.Tensor, mode: str):
-        """``G += d dᵀ`` (mode out) or ``dᵀ d`` (mode in) for one float64 model ``d``, bit for bit
-        what ``unisub.ops.gram_update_(G, d[None], dim)`` computes.
-
-        On CPU it runs that op's steps for a single float64 model (its unfolding is a view, so no
-        packing: the block lower triangle by ``addmm_`` in row tiles of 256 into a zeroed buffer,
-        then the strict lower triangle mirrored onto G) in this workspace's buffers, where the op
-        allocates four Gram-sized temporaries per call; elsewhere (CUDA: a caching allocator,
-        no such cost) it calls the op."""
-        if not self._lower:
-            gram_update_(G, d[None], MODE_DIMS[mode])
-            return G
-        A = d if mode == "out" else d.T
-        k = A.shape[0]
-        acc, low = self._lower[k]
-        acc.zero_()
-        for i0 in range(0, k, _GRAM_TILE) if k > _GRAM_TILE else ():
-            ni = min(_GRAM_TILE, k - i0)
-            acc[i0:i0 + ni, :i0 + ni].addmm_(A[i0:i0 + ni], A[:i0 + ni].T)
-        if k <= _GRAM_TILE:
-            acc.addmm_(A, A.T)
-        torch.tril(acc, -1, out=low)
-        G += low
-        G += low.T
-        G.diagonal().add_(acc.diagonal())
+    @staticmethod
+    def gram_update_(G: torch.Tensor, d: torch.Tensor, mode: str):
+        """``G += d dᵀ`` (mode out) or ``dᵀ d`` (mode in) for one float64 model ``d``. The op
+        accumulates a contiguous float64 G in place (no Gram-sized temporaries), and ``d`` is one
+        centred model, whose unfolding is a view: nothing is allocated per call."""
+        gram_update_(G, d[None], MODE_DIMS[mode])
         return G
 
     def fits(self, acc: "SubspaceAccumulator") -> bool:
