@@ -23,7 +23,10 @@ class Case:
 
 
 def _median_seconds(fn, min_run_time: float) -> float:
-    return tb.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median
+    # torch.utils.benchmark.Timer runs on ONE thread unless told otherwise: give it the process's
+    # thread count, which device_name() reports and both sides are meant to use.
+    timer = tb.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
 def time_once(fn, device: str) -> float:
