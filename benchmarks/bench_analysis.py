@@ -12,7 +12,6 @@ null spectra; the baseline holds every checkpoint in memory at once.
 """
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -102,24 +101,27 @@ def throughput(args):
         print(f"{name:<20} {dt:8.2f} s  {args.models / dt:8.2f} checkpoints/s  {gb / dt:7.3f} GB/s")
 
 
-def _rss_mb():
+def _status_mb(field):
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
 
 
 def memory_child(folder, modes, batch_size):
     import unisub
 
-    base = _rss_mb()
+    base = _status_mb("VmRSS")
     t = time.perf_counter()
     # With an output folder each slot's subspace goes to disk when done; without one, all
     # subspaces are returned in memory (48 slots x ~9 MiB here), which is not streaming.
     with tempfile.TemporaryDirectory() as out:
         unisub.analyze(folder, modes=modes, energy=0.9, plots=False, progress=True, batch_size=batch_size, out=out)
     dt = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: Linux carries the parent's resident high-water mark into a child's
+    # ru_maxrss at exec, so a parent that had just generated the checkpoints (or held anything
+    # large) inflated the child's "peak" (seen: 397 MiB instead of ~125 MiB).
+    peak = _status_mb("VmHWM")
     print(f"RESULT rss_after_import_mb={base:.1f} peak_rss_mb={peak:.1f} seconds={dt:.1f}")
 
 
