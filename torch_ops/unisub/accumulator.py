@@ -115,7 +115,9 @@ class SubspaceAccumulator:
             if self.center:
                 d -= batch.mean
             for m in self.modes:
-                ws.gram_update_(batch.grams[m], d, m)
+                # A contiguous float64 Gram is accumulated in place and d's unfolding is a
+                # view: nothing is allocated per call.
+                gram_update_(batch.grams[m], d[None], MODE_DIMS[m])
         return self._merge(batch, delta=d)
 
     def _check_batch(self, X) -> List[torch.Tensor]:
@@ -273,14 +275,6 @@ class Workspace:
         self.batch = SubspaceAccumulator(shape, modes, center, device)
         self.shape, self.modes, self.device = self.batch.shape, self.batch.modes, self.batch.device
         self.model = torch.empty(self.shape, dtype=torch.float64, device=self.device)
-
-    @staticmethod
-    def gram_update_(G: torch.Tensor, d: torch.Tensor, mode: str):
-        """``G += d dᵀ`` (mode out) or ``dᵀ d`` (mode in) for one float64 model ``d``. The op
-        accumulates a contiguous float64 G in place (no Gram-sized temporaries), and ``d`` is one
-        centred model, whose unfolding is a view: nothing is allocated per call."""
-        gram_update_(G, d[None], MODE_DIMS[mode])
-        return G
 
     def fits(self, acc: "SubspaceAccumulator") -> bool:
         return (acc.shape, acc.modes, acc.center, acc.device) == (self.shape, self.modes, self.batch.center,
