@@ -1,7 +1,8 @@
 """svd, mode_svd and lora_gram against the obvious plain-PyTorch route (issue #3 targets):
 - svd of 512 x 64 x 64 and 500 x 4096 x 16 (float32) vs torch.linalg.svd of the same batch;
 - mode_svd(rank=32) of a 500 x 16 x 4096 LoRA-A stack vs the full SVD of its unfolding;
-- lora_gram for M = 200, r = 16, m = n = 1024 vs forming every ΔW and their Gram."""
+- lora_gram for M = 200, r = 16, m = n = 1024 vs forming every ΔW and their Gram (and the centred
+  variant vs forming, centring and the Gram)."""
 import torch
 
 import unisub
@@ -39,5 +40,14 @@ def cases(device: str, size: str = "quick", dtypes=(torch.float32,)):
             D = torch.bmm(B, A).reshape(B.shape[0], -1)
             return D @ D.T
 
+        def dense_centred(B=B, A=A):
+            D = torch.bmm(B, A).reshape(B.shape[0], -1)
+            D = D - D.mean(0)
+            return D @ D.T
+
         yield Case(op="lora_gram", shape=f"M={M} m={m} r={r} n={n}", dtype=dtype, device=device,
                    ours=lambda B=B, A=A: unisub.lora_gram(B, A), baselines={"form ΔW + Gram": dense})
+        # center=True computes in float64 whatever the input (the double centring cancels).
+        yield Case(op="lora_gram[center]", shape=f"M={M} m={m} r={r} n={n}", dtype=dtype, device=device,
+                   ours=lambda B=B, A=A: unisub.lora_gram(B, A, True),
+                   baselines={"form ΔW, centre, Gram": dense_centred})

@@ -2,8 +2,8 @@
 //
 // With Bc = [B₁ … B_M] (m × Mr) and Ac = [A₁; …; A_M] (Mr × n), the blocks of P = BcᵀBc are
 // BᵢᵀBⱼ and those of Q = AcAcᵀ are AᵢAⱼᵀ, so Kᵢⱼ = tr(BᵢᵀBⱼ AⱼAᵢᵀ) = Σ (P ∘ Q) over block (i, j).
-// Two GEMMs and a block reduction: O((Mr)²(m + n)) instead of O(M·mnr + M²mn). Computed in
-// float64 over tiles of models, lower triangle only, so memory stays bounded for large M.
+// Two GEMMs and a block reduction: O((Mr)²(m + n)) instead of O(M·mnr + M²mn), over panels of
+// models, lower triangle only, so memory stays bounded for large M.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
@@ -32,22 +32,38 @@ void check_factors(const at::Tensor& B, const at::Tensor& A) {
 }
 }  // namespace
 
+// Rows of P and Q per GEMM panel. Measured on 2 cores (M = 200, r = 16, m = n = 1024): 256-row
+// panels were fastest in float32 and float64 alike (128: more GEMM calls; 512 and up: the panels
+// on the diagonal compute more of the upper triangle that is thrown away).
+constexpr int64_t kPanelRows = 256;
+
+// float64 GEMMs for float64 factors, and whenever the result is centred: double centring subtracts
+// row and column means of K, which cancels when the deltas share a large common part, so K must be
+// exact far below its own magnitude. Uncentred float16/bfloat16/float32 factors take float32 GEMMs:
+// the precision class of forming every ΔW in float32 and its Gram, with the error bound stated in
+// docs/decompositions.md; the block reduction is float64 either way.
+at::ScalarType compute_dtype(const at::Tensor& B, bool center) {
+  return (B.scalar_type() == at::kDouble || center) ? at::kDouble : at::kFloat;
+}
+
 at::Tensor lora_gram_impl(const at::Tensor& B, const at::Tensor& A, bool center) {
   check_factors(B, A);
   const int64_t M = B.size(0), m = B.size(1), r = B.size(2), n = A.size(2);
   auto K = at::zeros({M, M}, B.options().dtype(at::kDouble));
   if (r > 0 && m > 0 && n > 0) {
-    const auto Bc = B.to(at::kDouble).permute({1, 0, 2}).reshape({m, M * r});  // [m, M r]
-    const auto Ac = A.to(at::kDouble).reshape({M * r, n});                      // [M r, n]
-    // Tiles of models whose factor blocks give GEMMs with ~1024 rows.
-    const int64_t tile = std::max<int64_t>(1, 1024 / std::max<int64_t>(r, 1));
+    const auto compute = compute_dtype(B, center);
+    const auto Bc = B.to(compute).permute({1, 0, 2}).reshape({m, M * r});  // [m, M r]
+    const auto Ac = A.to(compute).reshape({M * r, n});                      // [M r, n]
+    // Row panels of whole models; each panel's GEMMs stop at the diagonal (lower triangle only).
+    const int64_t tile = std::max<int64_t>(1, kPanelRows / r);
     for (int64_t i0 = 0; i0 < M; i0 += tile) {
       const int64_t ni = std::min(tile, M - i0);
       const auto Bi = Bc.narrow(1, i0 * r, ni * r), Ai = Ac.narrow(0, i0 * r, ni * r);
-      const int64_t nj = i0 + ni;  // all models up to and including this tile: lower triangle
+      const int64_t nj = i0 + ni;  // all models up to and including this panel
       const auto P = at::matmul(Bi.t(), Bc.narrow(1, 0, nj * r));  // [ni r, nj r]
       const auto Q = at::matmul(Ai, Ac.narrow(0, 0, nj * r).t());
-      K.narrow(0, i0, ni).narrow(1, 0, nj).copy_((P * Q).reshape({ni, r, nj, r}).sum({1, 3}));
+      K.narrow(0, i0, ni).narrow(1, 0, nj).copy_(
+          P.mul_(Q).reshape({ni, r, nj, r}).sum({1, 3}, /*keepdim=*/false, at::kDouble));
     }
     const auto lower = K.tril(-1);
     K = lower + lower.t() + K.diagonal().diag();

@@ -108,8 +108,10 @@ def test_grams_agree(dtype, gen):
     B = torch.randn(5, 40, 4, generator=gen, dtype=dtype)
     A = torch.randn(5, 4, 30, generator=gen, dtype=dtype)
     for center in (False, True):
+        # uncentred float32 factors take float32 GEMMs (different summation orders per device)
+        tol = 1e-5 if dtype == torch.float32 and not center else 1e-12
         assert_close(unisub.lora_gram(B, A, center=center), unisub.lora_gram(B.cuda(), A.cuda(), center=center),
-                     1e-12, f"lora_gram center={center}")
+                     tol, f"lora_gram center={center}")
 
 
 @pytest.mark.parametrize("method", ["gram", "randomized", "auto"])

@@ -144,6 +144,41 @@ def test_lora_gram_tiles_many_models(gen):
     torch.testing.assert_close(unisub.lora_gram(B, A), D @ D.T, rtol=1e-12, atol=1e-10)
 
 
+def test_lora_gram_float32_error_bound(gen):
+    # Uncentred float32 factors take float32 GEMMs. Rigorous bound from |fl(xᵀy) − xᵀy| ≤ γ_k‖x‖‖y‖
+    # on every entry of BᵀB (k = m) and AAᵀ (k = n), summed over each r × r block:
+    # |K̂ᵢⱼ − Kᵢⱼ| ≤ (γ_m + γ_n + 2u)·sᵢsⱼ + u|Kᵢⱼ|, sᵢ = Σ_k ‖B_i[:, k]‖·‖A_i[k, :]‖ (≥ ‖ΔWᵢ‖_F).
+    # A shared part makes every Kᵢⱼ comparable to ‖ΔWᵢ‖‖ΔWⱼ‖, so a wrong or missing block is far
+    # outside the bound; scales over 6 decades test that the bound is per pair.
+    M, m, r, n = 40, 700, 8, 500
+    B = (torch.randn(1, m, r, generator=gen) + torch.randn(M, m, r, generator=gen)) * torch.logspace(-3, 3, M)[:, None, None]
+    A = torch.randn(1, r, n, generator=gen) + torch.randn(M, r, n, generator=gen)
+    K = unisub.lora_gram(B, A)
+    assert K.dtype == torch.float32 and torch.equal(K, K.T)
+    D = (B.double() @ A.double()).reshape(M, -1)
+    ref = D @ D.T
+    u = 2.0 ** -24
+    gamma = lambda k: k * u / (1 - k * u)
+    s = (B.double().norm(dim=1) * A.double().norm(dim=2)).sum(1)
+    bound = (gamma(m) + gamma(n) + 2 * u) * s[:, None] * s[None, :] + u * ref.abs()
+    err = (K.double() - ref).abs()
+    assert (err <= bound).all(), f"worst error / bound {(err / bound).max():.3g}"
+
+
+def test_lora_gram_centred_float32_keeps_float64_accuracy(gen):
+    # Deltas sharing a large common part: double centring subtracts nearly equal numbers, so
+    # center=True computes in float64 whatever the input; a float32 K would lose every digit here.
+    M, m, r, n = 12, 300, 4, 200
+    B = (torch.randn(1, m, r, generator=gen) + 1e-3 * torch.randn(M, m, r, generator=gen)).float()
+    A = (torch.randn(1, r, n, generator=gen) + 1e-3 * torch.randn(M, r, n, generator=gen)).float()
+    K = unisub.lora_gram(B, A, center=True)
+    D = (B.double() @ A.double()).reshape(M, -1)
+    D = D - D.mean(0)
+    ref = D @ D.T
+    # float64 GEMMs and centring, then one rounding to the float32 output
+    assert (K.double() - ref).abs().max() <= 4 * 2.0 ** -24 * ref.abs().max()
+
+
 ERRORS = [
     (lambda: unisub.mode_svd(torch.randn(3, 4, 5), 1, rank=5), r"rank must be -1 or in \[1, 4\]"),
     (lambda: unisub.mode_svd(torch.randn(3, 4, 5), 1, energy=1.5), r"energy must be 0 \(off\) or in \(0, 1\]"),
