@@ -2,6 +2,7 @@
 mutated headers, clear errors and no output on bad input."""
 import json
 import math
+import shutil
 import subprocess
 
 import pytest
@@ -61,6 +62,8 @@ def test_matches_python_to_rounding(zoo, tmp_path):
             # full rank (true value 0) the square root amplifies it: compare the squares.
             for k, v in mr["reconstruction_error"].items():
                 assert abs(om["reconstruction_error"][k] ** 2 - v**2) <= 50 * e1.numel() * EPS64
+            for k, v in mr["reconstruction_error_with_mean"].items():
+                assert abs(om["reconstruction_error_with_mean"][k] ** 2 - v**2) <= 50 * e1.numel() * EPS64
         s1 = py.subspace(key)
         s2 = unisub.Subspace.load(tmp_path / "cpp" / "subspaces" / f"{key}.safetensors")
         torch.testing.assert_close(s2.mean, s1.mean, rtol=0, atol=1e-15)
@@ -111,3 +114,109 @@ def test_bad_input_clear_error_and_no_output(zoo, tmp_path):
     assert run.returncode == 1 and "no such file or folder" in run.stderr
     run = subprocess.run([tool(), str(zoo), "--energy", "2", "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert run.returncode == 2 and "--energy must lie in (0, 1], got 2" in run.stderr
+
+
+# ---- PEFT adapters: renaming and scaling for the mode Grams, and --modes delta (lora_gram) ----
+
+def _adapters(tmp_path, gen, keep=lambda i: True, M=12):
+    from test_analyze import _delta_zoo
+
+    folder = tmp_path / "ads"
+    _delta_zoo(folder, M, gen)
+    for i in range(M):
+        if not keep(i):
+            shutil.rmtree(folder / f"adapter{i:02d}")
+    return folder
+
+
+def _run_tool(*args):
+    return subprocess.run([tool(), *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def test_lora_deltas_match_python(tmp_path, gen):
+    from unisub.subspace import DeltaSubspace
+
+    ads = _adapters(tmp_path, gen)  # three configs: ranks differ between adapters, rank/alpha patterns, rsLoRA
+    py = unisub.analyze(ads, out=tmp_path / "py", modes=["delta"], energy=0.9, plots=False, progress=False)
+    run = _run_tool(ads, "--out", tmp_path / "cpp", "--modes", "delta", "--energy", "0.9")
+    assert run.returncode == 0, run.stderr
+    assert " delta " in run.stdout
+    cpp = json.loads((tmp_path / "cpp" / "report.json").read_text())
+    assert sorted(cpp["slots"]) == sorted(py.slots) == sorted(cpp["options"]["delta_slots"])
+    for key, rep in py.report["slots"].items():
+        other = cpp["slots"][key]
+        for field in ("kind", "shape", "models", "factors", "lora_ranks"):
+            assert other[field] == rep[field], field
+        torch.testing.assert_close(torch.tensor(other["scalings"]), torch.tensor(rep["scalings"]), rtol=1e-15, atol=0)
+        for group in ("energy", "compression"):
+            for field, v in rep[group].items():
+                assert math.isclose(other[group][field], v, rel_tol=1e-10, abs_tol=1e-12), (group, field)
+        mr, om = rep["modes"]["delta"], other["modes"]["delta"]
+        assert om["rank"] == mr["rank"] and om["rank_at_tau"] == mr["rank_at_tau"] and om["dim"] == mr["dim"]
+        e1 = torch.tensor(mr["singular_values"], dtype=torch.float64).pow(2)
+        e2 = torch.tensor(om["singular_values"], dtype=torch.float64).pow(2)
+        assert (e1 - e2).abs().max() <= 1e-12 * e1[0]
+        for field in ("reconstruction_error", "reconstruction_error_with_mean"):
+            for k, v in mr[field].items():
+                assert abs(om[field][k] ** 2 - v**2) <= 1e-12, (field, k)
+        assert om["null"]["shape"] == mr["null"]["shape"]
+        assert math.isclose(om["null"]["mp_upper_edge"], mr["null"]["mp_upper_edge"], rel_tol=1e-12)
+        assert om["null"]["components_above_mp_edge"] == mr["null"]["components_above_mp_edge"]
+        torch.testing.assert_close(torch.tensor(om["split_half"]["principal_angles_deg"], dtype=torch.float64),
+                                   torch.tensor(mr["split_half"]["principal_angles_deg"], dtype=torch.float64),
+                                   rtol=0, atol=1e-6)
+        # scores up to rotations inside the kept span: compare their Gram V_r Λ_r V_rᵀ
+        S1, S2 = (torch.tensor(x["scores"], dtype=torch.float64) for x in (mr, om))
+        torch.testing.assert_close(S2 @ S2.T, S1 @ S1.T, rtol=0, atol=1e-10 * e1[0].item())
+        s1, s2 = py.subspace(key), DeltaSubspace.load(tmp_path / "cpp" / "subspaces" / f"{key}.safetensors")
+        assert (s2.slot, s2.shape, s2.ranks, s2.ids, s2.center) == (s1.slot, s1.shape, s1.ranks, s1.ids, s1.center)
+        torch.testing.assert_close(s2.gram, s1.gram, rtol=0, atol=1e-13 * s1.gram.abs().max().item())
+        torch.testing.assert_close(s2.scalings, s1.scalings, rtol=1e-15, atol=0)
+        P1, P2 = s1.eigenvectors @ s1.eigenvectors.T, s2.eigenvectors @ s2.eigenvectors.T
+        r = s1.rank()
+        gap = (s1.eigenvalues[r - 1] - s1.eigenvalues[r]) / s1.eigenvalues[0] if r < s1.count else 1.0
+        assert (P1 - P2).abs().max() <= 1e-10 / gap
+
+
+def test_adapter_factors_are_renamed_and_scaled_as_in_python(tmp_path, gen):
+    ads = _adapters(tmp_path, gen, keep=lambda i: i % 3 == 1, M=15)  # one config: every factor has rank 6
+    for scale in (True, False):
+        flag = [] if scale else ["--no-lora-scaling"]
+        out = tmp_path / f"cpp{scale}"
+        py = unisub.analyze(ads, out=tmp_path / f"py{scale}", slots=["*q_proj*"], modes=["out", "in"], energy=0.9,
+                            scale_lora=scale, plots=False, progress=False)
+        run = _run_tool(ads, "--out", out, "--slots", "*q_proj*", "--modes", "out", "in", "--energy", "0.9", *flag)
+        assert run.returncode == 0, run.stderr
+        cpp = json.loads((out / "report.json").read_text())
+        assert sorted(cpp["slots"]) == sorted(py.slots) == ["model.layers.0.self_attn.q_proj.lora_A.weight",
+                                                            "model.layers.0.self_attn.q_proj.lora_B.weight"]
+        for key, rep in py.report["slots"].items():
+            for mode, mr in rep["modes"].items():
+                e1 = torch.tensor(mr["singular_values"], dtype=torch.float64).pow(2)
+                e2 = torch.tensor(cpp["slots"][key]["modes"][mode]["singular_values"], dtype=torch.float64).pow(2)
+                assert (e1 - e2).abs().max() <= 1e-12 * e1[0], (scale, key, mode)
+    # the scaling matters: 16/sqrt(6) on every lora_B (applied in float32, as the Python reader does)
+    b = "model.layers.0.self_attn.q_proj.lora_B.weight"
+    on, off = (json.loads((tmp_path / f"cpp{s}" / "report.json").read_text())["slots"][b] for s in (True, False))
+    assert math.isclose(on["modes"]["out"]["singular_values"][0] / off["modes"]["out"]["singular_values"][0],
+                        16 / math.sqrt(6), rel_tol=1e-6)
+
+
+def test_lora_delta_errors(zoo, tmp_path, gen):
+    run = _run_tool(zoo, "--out", tmp_path / "o", "--modes", "delta")
+    assert run.returncode == 1 and "needs PEFT adapter folders" in run.stderr, run.stderr
+    ads = _adapters(tmp_path, gen, M=4)
+    run = _run_tool(ads, "--out", tmp_path / "o", "--modes", "out", "delta")  # factor ranks differ across adapters
+    assert run.returncode == 1 and "shape differs" in run.stderr, run.stderr
+    run = _run_tool(ads, "--out", tmp_path / "o", "--modes", "delta", "--slots", "*embed*")
+    assert run.returncode == 1 and "no tensor to analyse matches" in run.stderr, run.stderr
+    cfg = ads / "adapter01" / "adapter_config.json"
+    cfg.write_text(json.dumps({"r": 5, "lora_alpha": 16}))  # the stored factors have rank 6
+    run = _run_tool(ads, "--out", tmp_path / "o", "--modes", "delta")
+    assert run.returncode == 1 and "adapter_config.json gives rank 5 for module" in run.stderr, run.stderr
+    cfg.write_text("{not json")
+    run = _run_tool(ads, "--out", tmp_path / "o", "--modes", "delta")
+    assert run.returncode == 1 and f"{cfg}: cannot read adapter config" in run.stderr, run.stderr
+    assert not (tmp_path / "o").exists()
+    run = _run_tool(ads, "--out", tmp_path / "o", "--modes", "bogus")
+    assert run.returncode == 2 and "--modes takes out, in and/or delta" in run.stderr

@@ -2,6 +2,7 @@
 
 #include <fmt/core.h>
 
+#include "report.h"
 #include "unisub/gram.h"
 
 namespace unisub_tool {
@@ -42,21 +43,7 @@ void Accumulator::merge(const Accumulator& o) {
 }
 
 std::pair<torch::Tensor, torch::Tensor> Accumulator::eigh(const std::string& mode) const {
-  auto [evals, evecs] = torch::linalg_eigh(grams.at(mode));
-  evals = evals.flip(0).clamp_min(0);
-  evecs = evecs.flip(1);
-  auto idx = evecs.abs().argmax(0);
-  auto signs = torch::sign(evecs.gather(0, idx.unsqueeze(0)));
-  signs.masked_fill_(signs == 0, 1);
-  return {evals, evecs * signs};
-}
-
-int64_t rank_for_energy(const torch::Tensor& ev, double tau) {
-  const double total = ev.sum().item<double>();
-  if (total <= 0) return 1;
-  auto cum = ev.cumsum(0) / total;
-  auto hit = (cum >= tau * (1 - 8 * std::numeric_limits<double>::epsilon())).nonzero();
-  return hit.numel() ? hit[0][0].item<int64_t>() + 1 : ev.numel();
+  return sorted_eigh(grams.at(mode));
 }
 
 }  // namespace unisub_tool

@@ -22,6 +22,4 @@ struct Accumulator {
   std::pair<torch::Tensor, torch::Tensor> eigh(const std::string& mode) const;
 };
 
-int64_t rank_for_energy(const torch::Tensor& eigenvalues, double tau);
-
 }  // namespace unisub_tool

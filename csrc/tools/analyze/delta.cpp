@@ -1,0 +1,153 @@
+#include "delta.h"
+
+#include <fmt/core.h>
+
+#include <algorithm>
+
+#include "report.h"
+#include "unisub/decompositions.h"
+
+namespace unisub_tool {
+namespace {
+
+torch::Tensor double_center(const torch::Tensor& K) {
+  auto row = K.mean(1, /*keepdim=*/true);
+  return K - (row + row.t()) + K.mean();
+}
+
+struct HalfBasis {
+  torch::Tensor C, V, sigma;
+};
+
+// For the models `idx`: their centring matrix, and the leading eigenvectors and σ of their centred
+// Gram, keeping at most r components with σ² > 1e-12 σ₁².
+HalfBasis half_basis(const torch::Tensor& K, const torch::Tensor& idx, int64_t r) {
+  const int64_t n = idx.numel();
+  auto C = torch::eye(n, K.options()) - 1.0 / static_cast<double>(n);
+  auto [ev, V] = sorted_eigh(C.mm(K.index_select(0, idx).index_select(1, idx)).mm(C));
+  const double top = ev[0].item<double>();
+  const int64_t k = top > 0 ? std::min<int64_t>(r, (ev > top * 1e-12).sum().item<int64_t>()) : 0;
+  return {C, V.slice(1, 0, k), ev.slice(0, 0, k).sqrt()};
+}
+
+// Principal angles between the rank-r eigen-weight spans of the even and the odd models, from K
+// alone (metrics.delta_split_half): E_h = D_hᵀ V_h Σ_h⁻¹, so E_aᵀ E_b = Σ_a⁻¹ V_aᵀ C_a K_ab C_b V_b Σ_b⁻¹.
+nlohmann::json split_half(const torch::Tensor& K, int64_t r) {
+  const int64_t M = K.size(0);
+  if (M < 4) return nullptr;
+  auto even = torch::arange(0, M, 2, torch::kLong), odd = torch::arange(1, M, 2, torch::kLong);
+  auto a = half_basis(K, even, r), b = half_basis(K, odd, r);
+  if (a.V.size(1) == 0 || b.V.size(1) == 0) return nullptr;
+  auto cross = a.C.mm(K.index_select(0, even).index_select(1, odd)).mm(b.C);
+  auto cos = torch::linalg_svdvals((a.V / a.sigma).t().mm(cross).mm(b.V / b.sigma)).clamp(0, 1);
+  auto theta = std::get<0>(torch::arccos(cos).sort());
+  return {{"models", {even.numel(), odd.numel()}},
+          {"principal_angles_deg", to_vec(torch::rad2deg(theta))},
+          {"max_sin", theta.numel() ? theta.max().sin().item<double>() : 0.0},
+          {"mean_cos2", theta.numel() ? theta.cos().pow(2).mean().item<double>() : 1.0}};
+}
+
+std::vector<int64_t> factor_matrix_shape(const Model& model, const std::string& key) {
+  auto [rows, cols] = matrix_shape(model.info(key).shape);
+  return {rows, cols};
+}
+
+}  // namespace
+
+void require_adapters(const std::vector<Model>& models) {
+  for (const auto& model : models)
+    if (!model.adapter)
+      throw CheckpointError(fmt::format("{}: --modes delta analyses LoRA deltas ΔW = s·B·A and needs PEFT adapter "
+                                        "folders (adapter_config.json gives s); this is not one", model.name));
+}
+
+DeltaModule plan_delta(const std::string& module, const std::string& a_key, const std::string& b_key,
+                       const std::vector<Model>& models) {
+  DeltaModule plan{module, a_key, b_key};
+  for (const auto& model : models) {
+    for (const auto& key : {a_key, b_key}) {
+      if (!model.raw.count(key))
+        throw CheckpointError(fmt::format("{}: slot '{}': missing (present in '{}')", model.name, key, models[0].name));
+      if (!analysable(model.info(key).dtype))
+        throw CheckpointError(fmt::format("{}: slot '{}': dtype {} cannot be analysed (need one of F64, F32, F16, BF16)",
+                                          model.name, key, model.info(key).dtype));
+    }
+    const auto A = factor_matrix_shape(model, a_key), B = factor_matrix_shape(model, b_key);
+    if (A[0] != B[1])
+      throw CheckpointError(fmt::format("{}: slot '{}': lora_B ({} x {}) and lora_A ({} x {}) have different ranks",
+                                        model.name, b_key, B[0], B[1], A[0], A[1]));
+    if (&model == &models[0]) {
+      plan.m = B[0], plan.n = A[1];
+    } else if (B[0] != plan.m || A[1] != plan.n) {
+      throw CheckpointError(fmt::format("{}: slot '{}': ΔW = B·A of shape [{}, {}] differs from [{}, {}] in '{}'",
+                                        model.name, b_key, B[0], A[1], plan.m, plan.n, models[0].name));
+    }
+  }
+  return plan;
+}
+
+nlohmann::json analyze_delta(const DeltaModule& plan, const std::vector<Model>& models, int64_t rank, double energy,
+                             bool scale, const std::string& subspace_path) {
+  const int64_t M = static_cast<int64_t>(models.size()), m = plan.m, n = plan.n;
+  std::vector<torch::Tensor> Bs, As;
+  std::vector<double> scalings;
+  std::vector<int64_t> ranks;
+  for (const auto& model : models) {
+    As.push_back(model.get_unscaled(plan.a_key).reshape({-1, n}));
+    Bs.push_back(model.get_unscaled(plan.b_key).reshape({m, -1}));
+    scalings.push_back(model.scaling(plan.b_key, scale));
+    ranks.push_back(As.back().size(0));
+  }
+  // zero-padded to the largest rank (no B·A changes), the scaling folded into B in float64
+  const int64_t r_max = *std::max_element(ranks.begin(), ranks.end());
+  auto opts = torch::TensorOptions().dtype(torch::kDouble);
+  auto B = torch::zeros({M, m, r_max}, opts), A = torch::zeros({M, r_max, n}, opts);
+  for (int64_t i = 0; i < M; ++i) {
+    B[i].slice(1, 0, ranks[i]).copy_(Bs[i].to(torch::kDouble) * scalings[i]);
+    A[i].slice(0, 0, ranks[i]).copy_(As[i]);
+  }
+  Bs.clear(), As.clear();
+  const auto K = unisub::lora_gram(B, A, /*center=*/false);
+  B = torch::Tensor(), A = torch::Tensor();
+  auto [ev, V] = sorted_eigh(double_center(K));
+  int64_t r = rank > 0 ? std::min(rank, M) : M;
+  r = std::min(r, rank_for_energy(ev, energy));
+
+  const double uncentred = K.trace().item<double>(), mean_energy = K.sum().item<double>() / M;
+  const double centred = ev.sum().item<double>();
+  auto rep = spectrum_report(ev, r, M - 1, static_cast<double>(m) * static_cast<double>(n), uncentred);
+  rep["split_half"] = split_half(K, r);
+  auto scores = V.slice(1, 0, r) * ev.slice(0, 0, r).sqrt();
+  rep["scores"] = nlohmann::json::array();
+  for (int64_t i = 0; i < M; ++i) rep["scores"].push_back(to_vec(scores[i]));
+  const int64_t stored = (1 + r) * m * n + M * r;
+  int64_t factor_numbers = 0;
+  for (auto ri : ranks) factor_numbers += ri * (m + n);
+
+  const auto slot = plan.module + ".delta";
+  std::vector<std::string> names;
+  std::vector<int64_t> ids;
+  for (int64_t i = 0; i < M; ++i) names.push_back(models[i].name), ids.push_back(i);
+  nlohmann::json entry = {
+      {"slot", slot}, {"kind", "lora_delta"}, {"shape", {m, n}}, {"models", M},
+      {"factors", {plan.a_key, plan.b_key}}, {"lora_ranks", ranks}, {"scalings", scalings},
+      {"energy", {{"total", uncentred}, {"mean", mean_energy}, {"centred", centred},
+                  {"mean_share", uncentred > 0 ? mean_energy / uncentred : 0.0},
+                  {"centred_share", uncentred > 0 ? centred / uncentred : 0.0}}},
+      {"compression", {{"original_numbers", M * m * n}, {"stored_numbers", stored},
+                       {"ratio", static_cast<double>(M * m * n) / static_cast<double>(stored)},
+                       {"lora_factor_numbers", factor_numbers}}},
+      {"modes", {{"delta", rep}}}};
+  nlohmann::json meta = {
+      {"slot", slot}, {"shape", {m, n}}, {"count", M}, {"center", true}, {"modes", {"delta"}}, {"ranks", ranks},
+      {"ids", ids},
+      {"metadata", {{"factors", {plan.a_key, plan.b_key}}, {"source_files", {models[0].header.path}}, {"models", names}}},
+      {"format", "unisub.lora_delta/1"}};
+  save_safetensors(subspace_path,
+                   {{"eigenvalues", ev}, {"eigenvectors", V.slice(1, 0, r).contiguous()}, {"gram", K},
+                    {"scalings", torch::tensor(scalings, opts)}},
+                   meta.dump());
+  return entry;
+}
+
+}  // namespace unisub_tool

@@ -1,0 +1,167 @@
+#include "models.h"
+
+#include <fmt/core.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <sstream>
+
+namespace fs = std::filesystem;
+
+namespace unisub_tool {
+namespace {
+
+constexpr std::string_view kPeftPrefix = "base_model.model.";
+
+std::string strip_prefix(const std::string& key) {
+  return key.rfind(kPeftPrefix, 0) == 0 ? key.substr(kPeftPrefix.size()) : key;
+}
+
+// The module a lora_B (or lora_embedding_B) key belongs to; empty for any other key.
+std::string b_module(const std::string& key) {
+  for (const char* tag : {".lora_B", ".lora_embedding_B"}) {
+    const auto at = key.find(tag);
+    if (at != std::string::npos) return key.substr(0, at);
+  }
+  return {};
+}
+
+// PEFT's rule: the first pattern (in the config's own order, hence ordered_json) that matches the
+// module name on a dot boundary.
+const nlohmann::ordered_json* pattern_value(const nlohmann::ordered_json& cfg, const char* field,
+                                            const std::string& module) {
+  if (!cfg.contains(field) || !cfg[field].is_object()) return nullptr;
+  for (const auto& [pattern, value] : cfg[field].items())
+    if (std::regex_match(module, std::regex("(.*\\.)?(" + pattern + ")"))) return &value;
+  return nullptr;
+}
+
+Model open_adapter(const fs::path& folder) {
+  const auto cfg_path = folder / "adapter_config.json";
+  nlohmann::ordered_json cfg;
+  try {
+    std::ifstream in(cfg_path);
+    if (!in) throw std::runtime_error("cannot open it");
+    cfg = nlohmann::ordered_json::parse(in);
+  } catch (const std::exception& e) {
+    throw CheckpointError(fmt::format("{}: cannot read adapter config: {}", cfg_path.string(), e.what()));
+  }
+  if (!cfg.is_object()) throw CheckpointError(fmt::format("{}: adapter config is not a JSON object", cfg_path.string()));
+  const auto st = folder / "adapter_model.safetensors";
+  if (!fs::exists(st))
+    throw CheckpointError(fmt::format("{}: PEFT folder without adapter_model.safetensors (unisub-analyze reads "
+                                      "safetensors only; the Python tool also reads adapter_model.bin)", folder.string()));
+  Model model;
+  model.name = folder.string();
+  model.header = read_header(st.string());
+  model.adapter = true;
+  for (const auto& [key, info] : model.header.tensors) {
+    const auto name = strip_prefix(key);
+    model.raw[name] = key;
+    const auto module = b_module(name);
+    if (module.empty()) continue;
+    const auto* r_over = pattern_value(cfg, "rank_pattern", module);
+    const auto* a_over = pattern_value(cfg, "alpha_pattern", module);
+    const double r = r_over ? r_over->get<double>() : cfg.value("r", 8.0);
+    const double alpha = a_over ? a_over->get<double>() : cfg.value("lora_alpha", 8.0);
+    const bool embedding = name.find(".lora_B") == std::string::npos;
+    if (info.shape.size() >= 2 && static_cast<double>(info.shape[embedding ? 0 : 1]) != r) {
+      std::ostringstream shape;
+      for (size_t i = 0; i < info.shape.size(); ++i) shape << (i ? ", " : "[") << info.shape[i];
+      throw CheckpointError(fmt::format("{}: slot '{}': adapter_config.json gives rank {} for module '{}' but lora_B "
+                                        "has shape {}]", folder.string(), name, r, module, shape.str()));
+    }
+    model.scalings[name] = cfg.value("use_rslora", false) ? alpha / std::sqrt(r) : alpha / r;
+  }
+  return model;
+}
+
+Model open_file(const fs::path& file) {
+  Model model;
+  model.name = file.string();
+  model.header = read_header(file.string());
+  for (const auto& [key, info] : model.header.tensors) model.raw[key] = key;
+  return model;
+}
+
+}  // namespace
+
+std::vector<std::string> Model::keys() const {
+  std::vector<std::string> out;
+  for (const auto& [name, key] : raw) out.push_back(name);
+  return out;
+}
+
+const TensorInfo& Model::info(const std::string& key) const { return header.tensors.at(raw.at(key)); }
+
+torch::Tensor Model::get_unscaled(const std::string& key) const {
+  auto it = raw.find(key);
+  if (it == raw.end()) throw CheckpointError(fmt::format("{}: slot '{}': missing", name, key));
+  return read_tensor(header, it->second);
+}
+
+torch::Tensor Model::get(const std::string& key, bool scale) const {
+  auto t = get_unscaled(key);
+  auto s = scalings.find(key);
+  if (!scale || s == scalings.end()) return t;
+  return t.to(t.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat) * s->second;
+}
+
+double Model::scaling(const std::string& b_key, bool scale) const {
+  if (!scale) return 1.0;
+  auto s = scalings.find(b_key);
+  if (s == scalings.end()) throw CheckpointError(fmt::format("{}: slot '{}': no LoRA scaling (not a lora_B of a PEFT adapter)", name, b_key));
+  return s->second;
+}
+
+std::vector<Model> discover_models(const std::vector<std::string>& paths) {
+  std::vector<fs::path> files, adapters;
+  for (const auto& p : paths) {
+    const fs::path path(p);
+    if (!fs::exists(path)) throw CheckpointError(fmt::format("{}: no such file or folder", p));
+    if (!fs::is_directory(path)) {
+      files.push_back(path);
+    } else if (fs::exists(path / "adapter_config.json")) {
+      adapters.push_back(path);
+    } else {
+      const auto before = files.size() + adapters.size();
+      for (const auto& e : fs::directory_iterator(path)) {
+        if (e.is_regular_file() && e.path().extension() == ".safetensors") files.push_back(e.path());
+        else if (e.is_directory() && fs::exists(e.path() / "adapter_config.json")) adapters.push_back(e.path());
+      }
+      if (files.size() + adapters.size() == before)
+        throw CheckpointError(fmt::format("{}: no checkpoints found in this folder (looked for *.safetensors and "
+                                          "PEFT adapter folders)", p));
+    }
+  }
+  std::vector<Model> models;
+  for (const auto& f : files) models.push_back(open_file(f));
+  for (const auto& a : adapters) models.push_back(open_adapter(a));
+  std::sort(models.begin(), models.end(), [](const Model& a, const Model& b) { return a.name < b.name; });
+  return models;
+}
+
+std::map<std::string, std::pair<std::string, std::string>> lora_pairs(const std::vector<std::string>& keys) {
+  static const std::regex lora_a(R"(^(.+)\.lora_(embedding_)?A(\.weight)?$)");
+  std::map<std::string, std::pair<std::string, std::string>> pairs;
+  for (const auto& key : keys) {
+    std::smatch m;
+    if (!std::regex_match(key, m, lora_a)) continue;
+    const auto b_key = m[1].str() + ".lora_" + m[2].str() + "B" + m[3].str();
+    if (std::find(keys.begin(), keys.end(), b_key) != keys.end()) pairs[m[1].str()] = {key, b_key};
+  }
+  return pairs;
+}
+
+std::pair<int64_t, int64_t> matrix_shape(const std::vector<int64_t>& s) {
+  if (s.size() == 1) return {1, s[0]};
+  int64_t rest = 1;
+  for (size_t i = 1; i < s.size(); ++i) rest *= s[i];
+  return {s[0], rest};
+}
+
+}  // namespace unisub_tool
