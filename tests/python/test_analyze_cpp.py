@@ -220,3 +220,30 @@ def test_lora_delta_errors(zoo, tmp_path, gen):
     assert not (tmp_path / "o").exists()
     run = _run_tool(ads, "--out", tmp_path / "o", "--modes", "bogus")
     assert run.returncode == 2 and "--modes takes out, in and/or delta" in run.stderr
+
+
+def test_resume_redoes_only_unfinished_slots(zoo, tmp_path):
+    args = [zoo, "--energy", "0.85", "--batch-size", "4"]
+    assert _run_tool(*args, "--out", tmp_path / "straight").returncode == 0
+    out = tmp_path / "cut"
+    assert _run_tool(*args, "--out", out).returncode == 0
+    # the state an interruption during the last slot leaves: its entry not yet written, no report
+    entries = sorted((out / "slots").glob("*.json"))
+    assert len(entries) >= 2
+    entries[-1].unlink()
+    (out / "report.json").unlink()
+    kept = {p: p.stat().st_mtime_ns for p in (out / "subspaces").iterdir() if p.stem != entries[-1].stem}
+    run = _run_tool(*args, "--out", out, "--resume")
+    assert run.returncode == 0, run.stderr
+    assert f"resumed: {len(entries) - 1} finished slot(s)" in run.stderr
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items()), "a finished slot was recomputed"
+    straight = json.loads((tmp_path / "straight" / "report.json").read_text())
+    assert json.loads((out / "report.json").read_text()) == straight
+    # another run's state, or none, is refused before anything is written
+    run = _run_tool(zoo, "--energy", "0.8", "--batch-size", "4", "--out", out, "--resume")
+    assert run.returncode == 1 and "is from a different run" in run.stderr
+    run = _run_tool(*args, "--out", tmp_path / "fresh", "--resume")
+    assert run.returncode == 1 and "no saved state" in run.stderr and not (tmp_path / "fresh").exists()
+    # without --resume, old entries are forgotten and everything is recomputed
+    run = _run_tool(*args, "--out", out)
+    assert run.returncode == 0 and "resumed" not in run.stderr

@@ -1,14 +1,16 @@
 // unisub-analyze: per-slot universal subspaces of many safetensors checkpoints, without Python.
 //
 //   unisub-analyze PATH... --out DIR [--slots PATTERN...] [--modes out in delta] [--energy 0.9]
-//                  [--rank R] [--batch-size 8] [--no-lora-scaling]
+//                  [--rank R] [--batch-size 8] [--no-lora-scaling] [--resume]
 //   unisub-analyze --check-headers FILE...     (validate headers only: one line per file)
 //
 // PATHs are .safetensors files, PEFT adapter folders, or folders of either (one model per file or
 // adapter). Patterns are globs on the tensor name or 're:REGEX'. `--modes delta` analyses the LoRA
 // deltas ΔW = s·B·A of adapters along the model axis (slot '<module>.delta'). Writes
 // DIR/subspaces/<slot>.safetensors and DIR/report.json in the formats of `unisub analyze` (the
-// Python report adds the null spectra and plots, and `--eigen-weights`), and prints a table.
+// Python report adds the null spectra and plots, and `--eigen-weights`), and prints a table. Each
+// finished slot's entry is also kept in DIR/slots/, so `--resume` after an interruption redoes
+// only the slot that was in progress.
 #include <fmt/core.h>
 #include <fnmatch.h>
 #include <torch/torch.h>
@@ -24,6 +26,7 @@
 #include "delta.h"
 #include "models.h"
 #include "report.h"
+#include "run_state.h"
 #include "safetensors.h"
 
 namespace fs = std::filesystem;
@@ -37,7 +40,7 @@ struct Options {
   std::string out;
   double energy = 0.9;
   int64_t rank = -1, batch_size = 8;
-  bool check_headers = false, scale = true;
+  bool check_headers = false, scale = true, resume = false;
 };
 
 [[noreturn]] void usage_error(const std::string& msg) { throw std::invalid_argument(msg); }
@@ -59,6 +62,7 @@ Options parse_args(int argc, char** argv) {
     else if (a == "--modes") o.modes.clear(), list = &o.modes;
     else if (a == "--check-headers") o.check_headers = true, list = &o.paths;
     else if (a == "--no-lora-scaling") o.scale = false, list = &o.paths;
+    else if (a == "--resume") o.resume = true, list = &o.paths;
     else if (a.rfind("--", 0) == 0) usage_error(fmt::format("unknown option '{}'", a));
     else list->push_back(a);
   }
@@ -81,10 +85,6 @@ bool matches(const std::string& key, const std::vector<std::string>& patterns) {
     }
   }
   return false;
-}
-
-std::string safe_name(const std::string& slot) {
-  return std::regex_replace(slot, std::regex("[^A-Za-z0-9._-]"), "_");
 }
 
 json mode_report(const std::string& mode, const Accumulator& total, const Accumulator* halves, int64_t r_cap,
@@ -167,10 +167,6 @@ int run(const Options& o) {
       if (!analysable(t.dtype))
         throw CheckpointError(fmt::format("{}: slot '{}': dtype {} cannot be analysed", models[i].name, k, t.dtype));
     }
-  std::error_code ec;
-  fs::create_directories(fs::path(o.out) / "subspaces", ec);
-  if (ec) throw std::runtime_error(fmt::format("output folder '{}' is not writable: {}", o.out, ec.message()));
-
   const int64_t M = static_cast<int64_t>(models.size());
   std::vector<std::string> sources;
   for (const auto& model : models) sources.push_back(model.name);
@@ -187,10 +183,19 @@ int run(const Options& o) {
   }
   report["skipped"] = skipped;
   report["slots"] = json::object();
+  json fingerprint = {{"tool", "unisub-analyze"}, {"options", report["options"]}, {"sources", json::array()}};
+  for (const auto& model : models) fingerprint["sources"].push_back({model.name, model.header.file_size});
+  const RunState state(o.out, fingerprint, o.resume);
+  int64_t resumed = 0;
   const auto t0 = std::chrono::steady_clock::now();
   const int64_t nbatches = (M + o.batch_size - 1) / o.batch_size;
   int64_t done = 0;
   for (const auto& key : slots) {
+    if (state.finished(key)) {
+      report["slots"][key] = state.load(key);
+      done += nbatches, ++resumed;
+      continue;
+    }
     auto [m, n] = matrix_shape(first.info(key).shape);
     Accumulator halves[2] = {Accumulator(m, n, modes), Accumulator(m, n, modes)};
     for (int64_t b0 = 0; b0 < M; b0 += o.batch_size) {
@@ -235,16 +240,23 @@ int run(const Options& o) {
     json meta = {{"slot", key}, {"count", M}, {"center", true}, {"modes", modes},
                  {"metadata", {{"source_files", {first.header.path}}, {"original_shape", first.info(key).shape}}},
                  {"format", "unisub.subspace/1"}};
-    save_safetensors((fs::path(o.out) / "subspaces" / (safe_name(key) + ".safetensors")).string(), tensors, meta.dump());
+    save_safetensors(state.subspace_path(key), tensors, meta.dump());
+    state.save(key, slot_rep);
     report["slots"][key] = slot_rep;
   }
   for (const auto& d : deltas) {
-    fmt::print(stderr, "\ranalyse LoRA deltas of {} ({} models)   ", d.module, M);
     const auto slot = d.module + ".delta";
-    report["slots"][slot] = analyze_delta(d, models, o.rank, o.energy, o.scale,
-                                          (fs::path(o.out) / "subspaces" / (safe_name(slot) + ".safetensors")).string());
+    if (state.finished(slot)) {
+      report["slots"][slot] = state.load(slot);
+      ++resumed;
+      continue;
+    }
+    fmt::print(stderr, "\ranalyse LoRA deltas of {} ({} models)   ", d.module, M);
+    report["slots"][slot] = analyze_delta(d, models, o.rank, o.energy, o.scale, state.subspace_path(slot));
+    state.save(slot, report["slots"][slot]);
   }
   fmt::print(stderr, "\n");
+  if (resumed) fmt::print(stderr, "resumed: {} finished slot(s) read from {}\n", resumed, (fs::path(o.out) / "slots").string());
   write_text_atomically((fs::path(o.out) / "report.json").string(), report.dump(1) + "\n");
 
   fmt::print("{} models, {} slots\n{:<48} {:>11} {:>4} {:>5} {:>7} {:>6} {:>4} {:>12} {:>6} {:>7}\n", M, report["slots"].size(),
@@ -275,7 +287,7 @@ int main(int argc, char** argv) {
     return run(o);
   } catch (const std::invalid_argument& e) {
     fmt::print(stderr, "unisub-analyze: error: {}\nusage: unisub-analyze PATH... --out DIR [--slots P...] [--modes out in delta] "
-                       "[--energy T] [--rank R] [--batch-size B] [--no-lora-scaling]\n", e.what());
+                       "[--energy T] [--rank R] [--batch-size B] [--no-lora-scaling] [--resume]\n", e.what());
     return 2;
   } catch (const std::exception& e) {
     fmt::print(stderr, "\nunisub-analyze: error: {}\n", e.what());
