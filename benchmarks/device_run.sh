@@ -49,4 +49,5 @@ fi
 if [[ $steps == *issue* ]]; then
   timeout 120 python3 benchmarks/run.py decompositions --device cuda --size full --min-run-time 0.2 \
     --json "$OUT/decompositions_cuda.json" 2>&1 | tee "$OUT/decompositions_cuda.log"
+  timeout 60 python3 benchmarks/lora_gram_accuracy.py --device cuda 2>&1 | tee "$OUT/lora_gram_accuracy_cuda.log"
 fi
