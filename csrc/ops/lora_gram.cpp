@@ -8,6 +8,9 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cmath>
+
 #include "ops/checks.h"
 #include "ops/decompositions.h"
 #include "unisub/decompositions.h"
@@ -37,6 +40,28 @@ void check_factors(const at::Tensor& B, const at::Tensor& A) {
 // on the diagonal compute more of the upper triangle that is thrown away).
 constexpr int64_t kPanelRows = 256;
 
+namespace {
+
+// Checks that a factor is finite and returns the exponent e for which 2^e·max|x| lies in
+// [0.5, 1) (0 for a zero factor), kept within what the compute dtype can scale by.
+int factor_exponent(const at::Tensor& F, std::string_view arg, at::ScalarType compute) {
+  const auto [lo, hi] = at::aminmax(F);
+  const double l = lo.item<double>(), h = hi.item<double>();
+  TORCH_CHECK(std::isfinite(l) && std::isfinite(h), "unisub.lora_gram: ", arg,
+              " contains NaN or infinity; decompositions need finite input");
+  const double peak = std::max(-l, h);
+  if (!(peak > 0)) return 0;
+  const int limit = compute == at::kDouble ? 1000 : 120;
+  return std::clamp(-std::ilogb(peak) - 1, -limit, limit);
+}
+
+at::Tensor scaled(const at::Tensor& F, at::ScalarType compute, int exponent) {
+  const auto C = F.to(compute);
+  return exponent == 0 ? C : C * std::ldexp(1.0, exponent);  // a power of two: exact
+}
+
+}  // namespace
+
 // float64 GEMMs for float64 factors, and whenever the result is centred: double centring subtracts
 // row and column means of K, which cancels when the deltas share a large common part, so K must be
 // exact far below its own magnitude. Uncentred float16/bfloat16/float32 factors take float32 GEMMs:
@@ -51,9 +76,13 @@ at::Tensor lora_gram_impl(const at::Tensor& B, const at::Tensor& A, bool center)
   const int64_t M = B.size(0), m = B.size(1), r = B.size(2), n = A.size(2);
   auto K = at::zeros({M, M}, B.options().dtype(at::kDouble));
   if (r > 0 && m > 0 && n > 0) {
+    // One pass per factor finds non-finite entries and the largest magnitude. Each factor is
+    // scaled by a power of two to max|x| ≈ 1 (exact), so BᵀB and AAᵀ cannot overflow or underflow
+    // where K itself does not: unbalanced factors (B ~ 1e18, A ~ 1e-18 in float32) are legitimate.
     const auto compute = compute_dtype(B, center);
-    const auto Bc = B.to(compute).permute({1, 0, 2}).reshape({m, M * r});  // [m, M r]
-    const auto Ac = A.to(compute).reshape({M * r, n});                      // [M r, n]
+    const int eb = factor_exponent(B, "B", compute), ea = factor_exponent(A, "A", compute);
+    const auto Bc = scaled(B, compute, eb).permute({1, 0, 2}).reshape({m, M * r});  // [m, M r]
+    const auto Ac = scaled(A, compute, ea).reshape({M * r, n});                      // [M r, n]
     // Row panels of whole models; each panel's GEMMs stop at the diagonal (lower triangle only).
     const int64_t tile = std::max<int64_t>(1, kPanelRows / r);
     for (int64_t i0 = 0; i0 < M; i0 += tile) {
@@ -67,6 +96,13 @@ at::Tensor lora_gram_impl(const at::Tensor& B, const at::Tensor& A, bool center)
     }
     const auto lower = K.tril(-1);
     K = lower + lower.t() + K.diagonal().diag();
+    // Undo the scaling (K is quadratic in each factor) in steps that stay representable; every
+    // step moves towards the final magnitude, so none overflows where K does not.
+    for (int e = -2 * (eb + ea); e != 0;) {
+      const int step = std::clamp(e, -1000, 1000);
+      K.mul_(std::ldexp(1.0, step));
+      e -= step;
+    }
   }
   if (center) {
     // Double centring H K H (H = I − 11ᵀ/M): Gram of ΔWᵢ − mean ΔW, exact algebra, in float64.

@@ -222,3 +222,39 @@ def test_compile_with_data_dependent_rank(device, gen):
     compiled = torch.compile(leading_energy, fullgraph=True)
     torch.testing.assert_close(compiled(X)[0], leading_energy(X)[0])
     assert compiled(X)[1] == leading_energy(X)[1]
+
+
+@pytest.mark.parametrize("center", [False, True])
+@pytest.mark.parametrize("scales", [(1e18, 1e-18), (1e-18, 1e18)])
+def test_lora_gram_unbalanced_float32_factors_do_not_overflow(scales, center, gen):
+    # ΔW = B A is O(1) although B and A are not: BᵀB (or AAᵀ) alone would overflow float32
+    # (m·1e36 > 3.4e38) and K came out with infinite diagonal. The factors are scaled by powers of
+    # two first, which keeps the float32 rounding and K exact.
+    M, m, r, n = 3, 1024, 4, 1024
+    B = torch.randn(M, m, r, generator=gen) * scales[0]
+    A = torch.randn(M, r, n, generator=gen) * scales[1]
+    K = unisub.lora_gram(B, A, center)
+    D = (B.double() @ A.double()).reshape(M, -1)
+    if center:
+        D = D - D.mean(0)
+    ref = D @ D.T
+    assert torch.isfinite(K).all()
+    assert (K.double() - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+def test_lora_gram_float64_scales_far_apart(gen):
+    B = torch.randn(3, 20, 2, generator=gen, dtype=torch.float64) * 1e200
+    A = torch.randn(3, 2, 30, generator=gen, dtype=torch.float64) * 1e-200
+    D = (B @ A).reshape(3, -1)
+    torch.testing.assert_close(unisub.lora_gram(B, A), D @ D.T, rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf"])
+@pytest.mark.parametrize("center", [False, True])
+def test_lora_gram_rejects_non_finite_factors(bad, center):
+    B, A = torch.randn(3, 4, 2), torch.randn(3, 2, 5)
+    A[1, 0, 2] = float(bad)
+    with pytest.raises(RuntimeError, match=r"unisub.lora_gram: A contains NaN or infinity"):
+        unisub.lora_gram(B, A, center)
+    with pytest.raises(RuntimeError, match=r"unisub.lora_gram: B contains NaN or infinity"):
+        unisub.lora_gram(A.mT, B.mT, center)
