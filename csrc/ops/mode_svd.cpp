@@ -178,6 +178,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> hosvd_impl(const at:
                                                                        const GramKernels& kernels) {
   constexpr std::string_view op = "hosvd";
   check_stack(X, op);
+  TORCH_CHECK(X.numel() > 0, "unisub.hosvd: X must not have a dimension of size 0, got shape ", X.sizes());
   TORCH_CHECK(static_cast<int64_t>(ranks.size()) == X.dim(), "unisub.hosvd: ranks must give one rank per mode of X (",
               X.dim(), " for shape ", X.sizes(), "), got ", ranks.size());
   for (int64_t j = 0; j < X.dim(); ++j) {

@@ -258,3 +258,9 @@ def test_lora_gram_rejects_non_finite_factors(bad, center):
         unisub.lora_gram(B, A, center)
     with pytest.raises(RuntimeError, match=r"unisub.lora_gram: B contains NaN or infinity"):
         unisub.lora_gram(A.mT, B.mT, center)
+
+
+@pytest.mark.parametrize("shape", [(2, 0, 4), (2, 3, 0)])
+def test_hosvd_of_an_empty_mode_is_a_clear_error(shape):
+    with pytest.raises(RuntimeError, match=r"unisub.hosvd: X must not have a dimension of size 0"):
+        unisub.hosvd(torch.randn(shape), [-1, -1, -1])
