@@ -7,6 +7,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <map>
 #include <sstream>
 #include <string>
@@ -321,10 +323,22 @@ at::Tensor subspace_energy_impl(const at::Tensor& G, const OptTensor& U, const O
   const auto Gc = G.to(a.compute);
   // ‖UᵀGV‖² = ‖P_U G P_V‖² for orthonormal bases: only the k × l coefficients are formed.
   // Norms rather than square().sum(): no temporary as large as G, one read of it. The norms are
-  // accumulated in G's compute dtype (a float64 accumulation would copy G on CPU), so a G whose
-  // ‖G‖² overflows that dtype (‖G‖ ≳ 1e19 in float32) gives NaN, never a wrong finite value.
-  const auto inside = at::linalg_vector_norm(coefficients_compute(Gc, a.U, a.V), 2, {-2, -1});
-  const auto total = at::linalg_vector_norm(Gc, 2, {-2, -1});
+  // accumulated in G's compute dtype (a float64 accumulation would copy G on CPU), where squares
+  // overflow for ‖G‖ ≳ 1e19 and underflow (losing digits, then everything) for ‖G‖ ≲ 1e-12 in
+  // float32. The ratio does not depend on G's scale, so those entries are recomputed from G
+  // divided by its largest magnitude; G = 0 stays 0/0 = NaN.
+  auto inside = at::linalg_vector_norm(coefficients_compute(Gc, a.U, a.V), 2, {-2, -1});
+  auto total = at::linalg_vector_norm(Gc, 2, {-2, -1});
+  const double low = a.compute == at::kDouble
+                         ? std::sqrt(std::numeric_limits<double>::min()) / std::numeric_limits<double>::epsilon()
+                         : std::sqrt(std::numeric_limits<float>::min()) / std::numeric_limits<float>::epsilon();
+  const auto unsafe = at::isfinite(total).logical_not().logical_or(total < low);
+  if (Gc.numel() > 0 && unsafe.any().item<bool>()) {
+    auto peak = Gc.abs().amax({-2, -1}, /*keepdim=*/true);
+    const auto Gs = Gc / at::where(peak > 0, peak, at::ones_like(peak));
+    inside = at::where(unsafe, at::linalg_vector_norm(coefficients_compute(Gs, a.U, a.V), 2, {-2, -1}), inside);
+    total = at::where(unsafe, at::linalg_vector_norm(Gs, 2, {-2, -1}), total);
+  }
   return inside.div_(total).square_();
 }
 
