@@ -114,8 +114,8 @@ at::Tensor explained_variance_impl(const at::Tensor& X, const at::Tensor& U, int
   at::Tensor mean;
   if (center) mean = X.mean(0, /*keepdim=*/true, at::kDouble);
   // Models are processed in blocks so that the float64 copy stays bounded whatever the stack size.
-  const int64_t per_model = std::max<int64_t>(1, X.numel() / models);
-  const int64_t block = std::max<int64_t>(1, (32LL << 20) / (8 * per_model));
+  const int64_t per_model = X.numel() / models;  // 0 where another dim of X is 0
+  const int64_t block = std::max<int64_t>(1, (32LL << 20) / (8 * std::max<int64_t>(1, per_model)));
   auto energy = at::zeros({k}, X.options().dtype(at::kDouble));
   auto total = at::zeros({}, X.options().dtype(at::kDouble));
   at::Tensor model_axis_coeffs;  // dim 0: Uᵀ X₍₀₎ accumulates over blocks of rows
@@ -128,7 +128,7 @@ at::Tensor explained_variance_impl(const at::Tensor& X, const at::Tensor& U, int
     if (dim == 0) {
       model_axis_coeffs.addmm_(Ud.narrow(0, m0, count).t(), D.reshape({count, per_model}));
     } else {
-      energy += at::tensordot(Ud, D, {0}, {dim}).reshape({k, -1}).square().sum(1);
+      energy += at::tensordot(Ud, D, {0}, {dim}).flatten(1).square().sum(1);  // flatten: k may be 0
     }
   }
   if (dim == 0) energy = model_axis_coeffs.square().sum(1);

@@ -165,3 +165,16 @@ def test_bad_input_is_a_clear_error(call, pattern):
     with pytest.raises(RuntimeError, match=pattern) as info:
         call()
     assert "unisub." in str(info.value)
+
+
+@pytest.mark.parametrize("dim", [0, 1, 2])
+def test_explained_variance_of_an_empty_basis_or_empty_dims(dim, gen):
+    # k = 0 columns, or a zero-size dim of X, used to fail inside with a reshape error.
+    X = torch.randn(3, 4, 5, generator=gen, dtype=torch.float64)
+    empty = unisub.explained_variance(X, torch.zeros(X.shape[dim], 0, dtype=torch.float64), dim)
+    assert empty.shape == (0,)
+    Xe = torch.randn(3, 0, 5, dtype=torch.float64)
+    d = Xe.shape[dim]
+    U = torch.eye(d, dtype=torch.float64)[:, : min(d, 2)]
+    cum = unisub.explained_variance(Xe, U, dim)  # nothing to explain: 0/0, as for a zero stack
+    assert cum.shape == (U.shape[1],) and torch.isnan(cum).all()
