@@ -6,6 +6,8 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include "ops/checks.h"
 #include "unisub/gram.h"
 
@@ -130,6 +132,25 @@ void mirror_lower_(at::Tensor& G) {
 }
 }  // namespace
 
+namespace {
+// The in-place route below rebuilds G's upper triangle from its lower one, which is G + XXᵀ only
+// for a symmetric G (every Gram is; a caller's G need not be). A CPU check costs one read of G,
+// far less than the accumulation; elsewhere the in-place route saves nothing (mirror_lower_
+// makes Gram-sized temporaries there) and the general route is taken.
+bool is_symmetric_cpu(const at::Tensor& G) {
+  if (!G.is_cpu()) return false;
+  const int64_t d = G.size(0);
+  const double* g = G.const_data_ptr<double>();
+  constexpr int64_t kTile = 64;  // tile pairs, so that the transposed reads stay in cache
+  for (int64_t r0 = 0; r0 < d; r0 += kTile)
+    for (int64_t c0 = 0; c0 <= r0; c0 += kTile)
+      for (int64_t r = r0; r < std::min(d, r0 + kTile); ++r)
+        for (int64_t c = c0; c < std::min(r, c0 + kTile); ++c)
+          if (!(g[r * d + c] == g[c * d + r])) return false;
+  return true;
+}
+}  // namespace
+
 at::Tensor gram_f64(const at::Tensor& X, int64_t dim, bool center, const GramKernels& k) {
   const int64_t d = X.size(dim);
   auto acc = at::zeros({d, d}, X.options().dtype(at::kDouble));
@@ -156,7 +177,7 @@ void gram_update_impl(const at::Tensor& G, const at::Tensor& X, int64_t dim, con
   TORCH_CHECK(G.dim() == 2 && G.size(0) == d && G.size(1) == d, "unisub.", op,
               ": G must have shape [", d, ", ", d, "] (size of X along dim ", dim, "), got ",
               G.sizes());
-  if (G.scalar_type() == at::kDouble && G.is_contiguous()) {
+  if (G.scalar_type() == at::kDouble && G.is_contiguous() && is_symmetric_cpu(G)) {
     // Accumulate straight into G's lower triangle, then mirror it: no Gram-sized temporaries. A
     // streamed analysis calls this once per model and slot; on CPU every temporary was a fresh
     // heap block whose freed pages glibc keeps resident, so they, not the live data, set the

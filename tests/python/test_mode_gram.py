@@ -143,3 +143,16 @@ def test_gram_update_model_axis(device, gen):
 def test_ops_are_reachable_through_torch_ops():
     assert torch.ops.unisub.mode_gram.default._schema.name == "unisub::mode_gram"
     assert torch.ops.unisub.gram_update_(torch.zeros(2, 2), torch.ones(1, 2, 3), 1) is None
+
+
+@pytest.mark.parametrize("g_dtype", [torch.float32, torch.float64])
+def test_gram_update_keeps_a_non_symmetric_start(g_dtype, device, gen):
+    # G += XXᵀ whatever G holds: the in-place float64 route rebuilt G's upper triangle from its
+    # lower one, so a non-symmetric G lost its upper triangle (the float32 route kept it).
+    X = torch.randn(2, 7, 9, generator=gen, dtype=torch.float64).to(device)
+    start = torch.randn(7, 7, generator=gen, dtype=torch.float64).to(g_dtype).to(device)
+    G = start.clone()
+    unisub.gram_update_(G, X, 1)
+    ref = start.double().cpu() + gram_reference(X, 1)
+    tol = 1e-12 if g_dtype == torch.float64 else 1e-5
+    assert (G.double().cpu() - ref).abs().max() <= tol * ref.abs().max()
