@@ -8,6 +8,14 @@
 
 namespace unisub::detail {
 
+// Ops without an autograd kernel (every op but svd, mode_gram, project, coefficients and
+// reconstruct) open their driver with `const at::NoGradGuard no_grad;`. PyTorch's autograd
+// fallback calls them with grad mode on, so without it an input that requires grad makes the
+// driver's own ATen calls record a graph: out= ops then refuse to run ("functions with out=...
+// arguments don't support automatic differentiation"), and in-place steps break the graph's
+// backward. Under the guard the fallback's documented behaviour holds: backward warns that no
+// autograd kernel is registered.
+
 inline bool is_supported_float(at::ScalarType t) {
   return t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble;
 }

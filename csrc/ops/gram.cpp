@@ -166,6 +166,7 @@ at::Tensor mode_gram_impl(const at::Tensor& X, int64_t dim, bool center, const G
 
 void gram_update_impl(const at::Tensor& G, const at::Tensor& X, int64_t dim, const GramKernels& k) {
   constexpr std::string_view op = "gram_update_";
+  const at::NoGradGuard no_grad;  // not differentiable (see checks.h)
   check_stack(X, op);
   check_defined(G, op, "G");
   dim = wrap_dim(dim, X.dim(), op, "dim");

@@ -72,6 +72,7 @@ at::ScalarType compute_dtype(const at::Tensor& B, bool center) {
 }
 
 at::Tensor lora_gram_impl(const at::Tensor& B, const at::Tensor& A, bool center) {
+  const at::NoGradGuard no_grad;  // not differentiable (see checks.h)
   check_factors(B, A);
   const int64_t M = B.size(0), m = B.size(1), r = B.size(2), n = A.size(2);
   auto K = at::zeros({M, M}, B.options().dtype(at::kDouble));

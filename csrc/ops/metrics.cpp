@@ -68,6 +68,7 @@ std::string_view distance_metrics() { return "'projection', 'geodesic' or 'max'"
 }  // namespace
 
 at::Tensor principal_angles_impl(const at::Tensor& U1, const at::Tensor& U2, bool check_basis) {
+  const at::NoGradGuard no_grad;  // not differentiable (see checks.h)
   check_basis_pair(U1, U2, "principal_angles", check_basis);
   return angles_float64(U1, U2).to(result_dtype(U1));
 }
@@ -75,6 +76,7 @@ at::Tensor principal_angles_impl(const at::Tensor& U1, const at::Tensor& U2, boo
 at::Tensor subspace_distance_impl(const at::Tensor& U1, const at::Tensor& U2, std::string_view metric,
                                   bool check_basis) {
   constexpr std::string_view op = "subspace_distance";
+  const at::NoGradGuard no_grad;  // not differentiable (see checks.h)
   TORCH_CHECK(metric == "projection" || metric == "geodesic" || metric == "max", "unisub.", op,
               ": metric must be ", distance_metrics(), ", got '", metric, "'");
   check_basis_pair(U1, U2, op, check_basis);
@@ -95,6 +97,7 @@ at::Tensor subspace_distance_impl(const at::Tensor& U1, const at::Tensor& U2, st
 at::Tensor explained_variance_impl(const at::Tensor& X, const at::Tensor& U, int64_t dim, bool center,
                                    bool check_basis) {
   constexpr std::string_view op = "explained_variance";
+  const at::NoGradGuard no_grad;  // not differentiable (see checks.h)
   check_float_input(X, op, "X");
   check_min_dim(X, 2, op, "X", "a model axis and at least one weight axis: [M, d1, ...]");
   TORCH_CHECK(X.size(0) > 0, "unisub.", op, ": X must hold at least one model (size of dim 0 > 0), got shape ",

@@ -119,6 +119,7 @@ std::tuple<at::Tensor, at::Tensor> mode_svd_impl(const at::Tensor& X, int64_t di
                                                  double energy, bool center, std::string_view method_name,
                                                  const GramKernels& kernels) {
   constexpr std::string_view op = "mode_svd";
+  const at::NoGradGuard no_grad;  // not differentiable (see checks.h)
   check_stack(X, op);
   dim = wrap_dim(dim, X.dim(), op, "dim");
   const Unfolding u = describe_unfolding(X, dim);
@@ -177,6 +178,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> hosvd_impl(const at:
                                                                        at::IntArrayRef ranks, bool center,
                                                                        const GramKernels& kernels) {
   constexpr std::string_view op = "hosvd";
+  const at::NoGradGuard no_grad;  // not differentiable (see checks.h)
   check_stack(X, op);
   TORCH_CHECK(X.numel() > 0, "unisub.hosvd: X must not have a dimension of size 0, got shape ", X.sizes());
   TORCH_CHECK(static_cast<int64_t>(ranks.size()) == X.dim(), "unisub.hosvd: ranks must give one rank per mode of X (",

@@ -241,6 +241,7 @@ at::Tensor project_impl(const at::Tensor& G, const OptTensor& U, const OptTensor
 
 void project_inplace_impl(const at::Tensor& G, const OptTensor& U, const OptTensor& V, bool complement,
                           bool check_basis) {
+  const at::NoGradGuard no_grad;  // not differentiable (see checks.h)
   const auto a = validate_projection(G, U, V, "project_", -1, "G", /*in_place=*/true);
   if (check_basis) check_bases(a, "project_", "U", "V");
   project_inplace(G, a.U, a.V, complement, a.compute);
@@ -249,6 +250,7 @@ void project_inplace_impl(const at::Tensor& G, const OptTensor& U, const OptTens
 void project_list_impl(at::TensorList Gs, const c10::List<OptTensor>& Us, const c10::List<OptTensor>& Vs,
                        bool complement, bool check_basis, const ProjectionKernels& k) {
   constexpr std::string_view op = "project_list_";
+  const at::NoGradGuard no_grad;  // not differentiable (see checks.h)
   const int64_t count = static_cast<int64_t>(Gs.size());
   TORCH_CHECK(count > 0, "unisub.", op, ": Gs must hold at least one tensor, got an empty list");
   TORCH_CHECK(static_cast<int64_t>(Us.size()) == count, "unisub.", op,
@@ -318,6 +320,7 @@ at::Tensor reconstruct_impl(const at::Tensor& C, const OptTensor& U, const OptTe
 }
 
 at::Tensor subspace_energy_impl(const at::Tensor& G, const OptTensor& U, const OptTensor& V, bool check_basis) {
+  const at::NoGradGuard no_grad;  // not differentiable (see checks.h)
   const auto a = validate_projection(G, U, V, "subspace_energy");
   if (check_basis) check_bases(a, "subspace_energy", "U", "V");
   const auto Gc = G.to(a.compute);

@@ -261,6 +261,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> svd_impl(const at::Tensor& A, int
 
 at::Tensor orthonormalize_impl(const at::Tensor& A) {
   constexpr std::string_view op = "orthonormalize";
+  const at::NoGradGuard no_grad;  // not differentiable (see checks.h)
   check_matrix_batch(A, op, "A");
   TORCH_CHECK(A.size(-1) <= A.size(-2), "unisub.orthonormalize: A[*, m, k] must have k <= m (at most m ",
               "orthonormal columns exist in dimension m), got shape ", A.sizes());

@@ -178,3 +178,14 @@ def test_explained_variance_of_an_empty_basis_or_empty_dims(dim, gen):
     U = torch.eye(d, dtype=torch.float64)[:, : min(d, 2)]
     cum = unisub.explained_variance(Xe, U, dim)  # nothing to explain: 0/0, as for a zero stack
     assert cum.shape == (U.shape[1],) and torch.isnan(cum).all()
+
+
+@pytest.mark.parametrize("op", ["principal_angles", "subspace_distance", "explained_variance"])
+def test_metrics_accept_bases_that_require_grad(op, gen):
+    U1 = torch.linalg.qr(torch.randn(6, 3, generator=gen, dtype=torch.float64))[0]
+    U2 = torch.linalg.qr(torch.randn(6, 2, generator=gen, dtype=torch.float64))[0]
+    X = torch.randn(3, 6, 4, generator=gen, dtype=torch.float64)
+    call = {"principal_angles": lambda A: unisub.principal_angles(A, U2),
+            "subspace_distance": lambda A: unisub.subspace_distance(A, U2, "max"),
+            "explained_variance": lambda A: unisub.explained_variance(X, A, 1, True)}[op]
+    torch.testing.assert_close(call(U1.clone().requires_grad_(True)).detach(), call(U1))

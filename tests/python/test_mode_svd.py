@@ -264,3 +264,19 @@ def test_lora_gram_rejects_non_finite_factors(bad, center):
 def test_hosvd_of_an_empty_mode_is_a_clear_error(shape):
     with pytest.raises(RuntimeError, match=r"unisub.hosvd: X must not have a dimension of size 0"):
         unisub.hosvd(torch.randn(shape), [-1, -1, -1])
+
+
+@pytest.mark.parametrize("call", [
+    lambda X: unisub.orthonormalize(X[0]),
+    lambda X: unisub.hosvd(X, [2, 2, 2], True)[0],
+    lambda X: unisub.mode_svd(X, 1, 2, 0.0, True, "randomized")[0],
+    lambda X: unisub.mode_svd(X, 1)[0],
+    lambda X: unisub.lora_gram(X, X.mT),
+], ids=["orthonormalize", "hosvd", "mode_svd randomized", "mode_svd", "lora_gram"])
+def test_non_differentiable_ops_accept_inputs_that_require_grad(call, gen):
+    # They have no autograd kernel: the forward must still run (it failed inside with "functions
+    # with out=... arguments don't support automatic differentiation") and give the plain answer.
+    X = torch.randn(3, 6, 4, generator=gen)
+    want = call(X)
+    got = call(X.clone().requires_grad_(True))
+    torch.testing.assert_close(got.detach(), want)

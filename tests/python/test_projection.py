@@ -283,3 +283,25 @@ def test_subspace_energy_of_tiny_and_huge_tensors(dtype, scales, gen):
                          torch.zeros(40, 30, dtype=dtype)])
     e = unisub.subspace_energy(mixed, U, V)
     assert abs(e[0].item() - want[0].item()) <= 10 * TOL[dtype] and torch.isnan(e[1])
+
+
+@pytest.mark.parametrize("op", ["project_", "project_list_", "subspace_energy"])
+def test_non_differentiable_projection_ops_with_bases_that_require_grad(op, gen):
+    # No autograd kernel: the result is the plain answer and backward only warns (it used to record
+    # the in-place steps and fail with "modified by an inplace operation").
+    U = orthonormal(8, 3, gen, torch.float32).requires_grad_(True)
+    G = torch.randn(8, 5, generator=gen)
+    want = reference(G, U.detach(), None).float()
+    if op == "project_":
+        unisub.project_(G, U, None)
+        out = G
+    elif op == "project_list_":
+        unisub.project_list_([G], [U], [None])
+        out = G
+    else:
+        out = unisub.subspace_energy(G, U, None)
+        want = want.square().sum() / G.square().sum()
+    torch.testing.assert_close(out.detach(), want)
+    if out.requires_grad:
+        with pytest.warns(UserWarning, match="autograd kernel was not registered"):
+            out.sum().backward()
