@@ -43,7 +43,9 @@ constexpr int64_t kPanelRows = 256;
 namespace {
 
 // Checks that a factor is finite and returns the exponent e for which 2^e·max|x| lies in
-// [0.5, 1) (0 for a zero factor), kept within what the compute dtype can scale by.
+// [0.5, 1), kept within what the compute dtype can scale by; 0 for a zero factor and for one
+// whose largest magnitude is far enough from the dtype's limits that BᵀB and AAᵀ cannot overflow
+// (2^±30 in float32, 2^±250 in float64): typical factors then cost no extra pass over them.
 int factor_exponent(const at::Tensor& F, std::string_view arg, at::ScalarType compute) {
   const auto [lo, hi] = at::aminmax(F);
   const double l = lo.item<double>(), h = hi.item<double>();
@@ -51,8 +53,10 @@ int factor_exponent(const at::Tensor& F, std::string_view arg, at::ScalarType co
               " contains NaN or infinity; decompositions need finite input");
   const double peak = std::max(-l, h);
   if (!(peak > 0)) return 0;
+  const int e = -std::ilogb(peak) - 1;
+  if (std::abs(e) <= (compute == at::kDouble ? 250 : 30)) return 0;
   const int limit = compute == at::kDouble ? 1000 : 120;
-  return std::clamp(-std::ilogb(peak) - 1, -limit, limit);
+  return std::clamp(e, -limit, limit);
 }
 
 at::Tensor scaled(const at::Tensor& F, at::ScalarType compute, int exponent) {
@@ -77,9 +81,10 @@ at::Tensor lora_gram_impl(const at::Tensor& B, const at::Tensor& A, bool center)
   const int64_t M = B.size(0), m = B.size(1), r = B.size(2), n = A.size(2);
   auto K = at::zeros({M, M}, B.options().dtype(at::kDouble));
   if (r > 0 && m > 0 && n > 0) {
-    // One pass per factor finds non-finite entries and the largest magnitude. Each factor is
-    // scaled by a power of two to max|x| ≈ 1 (exact), so BᵀB and AAᵀ cannot overflow or underflow
-    // where K itself does not: unbalanced factors (B ~ 1e18, A ~ 1e-18 in float32) are legitimate.
+    // One pass per factor finds non-finite entries and the largest magnitude. A factor near the
+    // dtype's limits is scaled by a power of two to max|x| ≈ 1 (exact), so BᵀB and AAᵀ cannot
+    // overflow where K itself does not: unbalanced factors (B ~ 1e18, A ~ 1e-18 in float32) are
+    // legitimate.
     const auto compute = compute_dtype(B, center);
     const int eb = factor_exponent(B, "B", compute), ea = factor_exponent(A, "A", compute);
     const auto Bc = scaled(B, compute, eb).permute({1, 0, 2}).reshape({m, M * r});  // [m, M r]
