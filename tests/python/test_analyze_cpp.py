@@ -137,8 +137,9 @@ def test_lora_deltas_match_python(tmp_path, gen):
     from unisub.subspace import DeltaSubspace
 
     ads = _adapters(tmp_path, gen)  # three configs: ranks differ between adapters, rank/alpha patterns, rsLoRA
-    py = unisub.analyze(ads, out=tmp_path / "py", modes=["delta"], energy=0.9, plots=False, progress=False)
-    run = _run_tool(ads, "--out", tmp_path / "cpp", "--modes", "delta", "--energy", "0.9")
+    py = unisub.analyze(ads, out=tmp_path / "py", modes=["delta"], energy=0.9, eigen_weights=2, plots=False,
+                        progress=False)
+    run = _run_tool(ads, "--out", tmp_path / "cpp", "--modes", "delta", "--energy", "0.9", "--eigen-weights", "2")
     assert run.returncode == 0, run.stderr
     assert " delta " in run.stdout
     cpp = json.loads((tmp_path / "cpp" / "report.json").read_text())
@@ -176,6 +177,15 @@ def test_lora_deltas_match_python(tmp_path, gen):
         r = s1.rank()
         gap = (s1.eigenvalues[r - 1] - s1.eigenvalues[r]) / s1.eigenvalues[0] if r < s1.count else 1.0
         assert (P1 - P2).abs().max() <= 1e-10 / gap
+        # the materialised mean ΔW and the two leading unit-norm eigen-weights
+        torch.testing.assert_close(s2.mean, s1.mean, rtol=0, atol=1e-12 * s1.mean.abs().max().item())
+        assert s2.eigen_weights.shape == s1.eigen_weights.shape == (2, *s1.shape)
+        ev = s1.eigenvalues / s1.eigenvalues[0]
+        for k in range(2):  # each direction (sign fixed by the same rule) is as stable as its spectral gaps
+            gap = min(abs(ev[k] - ev[j]).item() for j in (k - 1, k + 1) if 0 <= j < ev.numel())
+            e1, e2 = s1.eigen_weights[k].flatten(), s2.eigen_weights[k].flatten()
+            assert abs(e2.norm().item() - 1) <= 1e-10
+            assert (e1 - e2).norm() <= 1e-9 / gap, (key, k)
 
 
 def test_adapter_factors_are_renamed_and_scaled_as_in_python(tmp_path, gen):
@@ -220,6 +230,8 @@ def test_lora_delta_errors(zoo, tmp_path, gen):
     assert not (tmp_path / "o").exists()
     run = _run_tool(ads, "--out", tmp_path / "o", "--modes", "bogus")
     assert run.returncode == 2 and "--modes takes out, in and/or delta" in run.stderr
+    run = _run_tool(ads, "--out", tmp_path / "o", "--eigen-weights", "2")
+    assert run.returncode == 2 and "--eigen-weights needs --modes delta" in run.stderr
 
 
 def test_resume_redoes_only_unfinished_slots(zoo, tmp_path):

@@ -47,6 +47,23 @@ nlohmann::json split_half(const torch::Tensor& K, int64_t r) {
           {"mean_cos2", theta.numel() ? theta.cos().pow(2).mean().item<double>() : 1.0}};
 }
 
+// The mean ΔW and the top k unit-norm eigen-weights E_k = Σ_i v_ik (ΔW_i − mean) / σ_k as dense
+// m × n matrices, each formed as one low-rank product [w_1 B_1 … w_M B_M] · [A_1; …; A_M]
+// (B with the scaling folded in): LoraDeltaAccumulator.finalize(eigen_weights=k).
+std::pair<torch::Tensor, torch::Tensor> mean_and_eigen_weights(const torch::Tensor& B, const torch::Tensor& A,
+                                                               const torch::Tensor& ev, const torch::Tensor& V,
+                                                               int64_t k) {
+  const int64_t M = B.size(0), m = B.size(1), r = B.size(2);
+  auto sigma = ev.slice(0, 0, k).sqrt();
+  auto Vk = V.slice(1, 0, k);
+  Vk = Vk - Vk.mean(0, /*keepdim=*/true);  // exactly H v: the weights of ΔW_i − mean
+  auto W = torch::cat({torch::full({M, 1}, 1.0 / static_cast<double>(M), V.options()),
+                       Vk / torch::where(sigma > 0, sigma, torch::ones_like(sigma))}, 1);
+  auto Bw = torch::einsum("imr,ik->kmir", {B, W}).reshape({k + 1, m, M * r});
+  auto both = Bw.matmul(A.reshape({M * r, -1}));
+  return {both[0], both.slice(0, 1).contiguous()};
+}
+
 std::vector<int64_t> factor_matrix_shape(const Model& model, const std::string& key) {
   auto [rows, cols] = matrix_shape(model.info(key).shape);
   return {rows, cols};
@@ -87,7 +104,7 @@ DeltaModule plan_delta(const std::string& module, const std::string& a_key, cons
 }
 
 nlohmann::json analyze_delta(const DeltaModule& plan, const std::vector<Model>& models, int64_t rank, double energy,
-                             bool scale, const std::string& subspace_path) {
+                             bool scale, int64_t eigen_weights, const std::string& subspace_path) {
   const int64_t M = static_cast<int64_t>(models.size()), m = plan.m, n = plan.n;
   std::vector<torch::Tensor> Bs, As;
   std::vector<double> scalings;
@@ -108,10 +125,18 @@ nlohmann::json analyze_delta(const DeltaModule& plan, const std::vector<Model>& 
   }
   Bs.clear(), As.clear();
   const auto K = unisub::lora_gram(B, A, /*center=*/false);
-  B = torch::Tensor(), A = torch::Tensor();
   auto [ev, V] = sorted_eigh(double_center(K));
   int64_t r = rank > 0 ? std::min(rank, M) : M;
   r = std::min(r, rank_for_energy(ev, energy));
+  std::vector<std::pair<std::string, torch::Tensor>> tensors{
+      {"eigenvalues", ev}, {"eigenvectors", V.slice(1, 0, r).contiguous()}, {"gram", K},
+      {"scalings", torch::tensor(scalings, opts)}};
+  if (eigen_weights > 0) {
+    auto [mean, E] = mean_and_eigen_weights(B, A, ev, V, std::min(eigen_weights, r));
+    tensors.emplace_back("eigen_weights", E);
+    tensors.emplace_back("mean", mean);
+  }
+  B = torch::Tensor(), A = torch::Tensor();
 
   const double uncentred = K.trace().item<double>(), mean_energy = K.sum().item<double>() / M;
   const double centred = ev.sum().item<double>();
@@ -143,10 +168,7 @@ nlohmann::json analyze_delta(const DeltaModule& plan, const std::vector<Model>& 
       {"ids", ids},
       {"metadata", {{"factors", {plan.a_key, plan.b_key}}, {"source_files", {models[0].header.path}}, {"models", names}}},
       {"format", "unisub.lora_delta/1"}};
-  save_safetensors(subspace_path,
-                   {{"eigenvalues", ev}, {"eigenvectors", V.slice(1, 0, r).contiguous()}, {"gram", K},
-                    {"scalings", torch::tensor(scalings, opts)}},
-                   meta.dump());
+  save_safetensors(subspace_path, tensors, meta.dump());
   return entry;
 }
 

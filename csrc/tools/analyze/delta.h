@@ -25,8 +25,9 @@ DeltaModule plan_delta(const std::string& module, const std::string& a_key, cons
                        const std::vector<Model>& models);
 
 // Reads every model's factors, computes the centred model-space PCA, saves the DeltaSubspace to
-// `subspace_path` and returns the slot's report entry. rank <= 0: no cap.
+// `subspace_path` and returns the slot's report entry. rank <= 0: no cap. eigen_weights = k > 0
+// also saves the top min(k, rank) eigen-weights and the mean ΔW as dense m × n matrices.
 nlohmann::json analyze_delta(const DeltaModule& plan, const std::vector<Model>& models, int64_t rank, double energy,
-                             bool scale, const std::string& subspace_path);
+                             bool scale, int64_t eigen_weights, const std::string& subspace_path);
 
 }  // namespace unisub_tool

@@ -1,16 +1,16 @@
 // unisub-analyze: per-slot universal subspaces of many safetensors checkpoints, without Python.
 //
 //   unisub-analyze PATH... --out DIR [--slots PATTERN...] [--modes out in delta] [--energy 0.9]
-//                  [--rank R] [--batch-size 8] [--no-lora-scaling] [--resume]
+//                  [--rank R] [--batch-size 8] [--no-lora-scaling] [--eigen-weights K] [--resume]
 //   unisub-analyze --check-headers FILE...     (validate headers only: one line per file)
 //
 // PATHs are .safetensors files, PEFT adapter folders, or folders of either (one model per file or
 // adapter). Patterns are globs on the tensor name or 're:REGEX'. `--modes delta` analyses the LoRA
 // deltas ΔW = s·B·A of adapters along the model axis (slot '<module>.delta'). Writes
 // DIR/subspaces/<slot>.safetensors and DIR/report.json in the formats of `unisub analyze` (the
-// Python report adds the null spectra and plots, and `--eigen-weights`), and prints a table. Each
-// finished slot's entry is also kept in DIR/slots/, so `--resume` after an interruption redoes
-// only the slot that was in progress.
+// Python report adds the null spectra and plots), and prints a table. Each finished slot's entry
+// is also kept in DIR/slots/, so `--resume` after an interruption redoes only the slot that was
+// in progress.
 #include <fmt/core.h>
 #include <fnmatch.h>
 #include <torch/torch.h>
@@ -39,7 +39,7 @@ struct Options {
   std::vector<std::string> paths, slots, modes{"out", "in"};
   std::string out;
   double energy = 0.9;
-  int64_t rank = -1, batch_size = 8;
+  int64_t rank = -1, batch_size = 8, eigen_weights = 0;
   bool check_headers = false, scale = true, resume = false;
 };
 
@@ -58,6 +58,7 @@ Options parse_args(int argc, char** argv) {
     else if (a == "--energy") o.energy = std::stod(value()), list = &o.paths;
     else if (a == "--rank") o.rank = std::stoll(value()), list = &o.paths;
     else if (a == "--batch-size") o.batch_size = std::stoll(value()), list = &o.paths;
+    else if (a == "--eigen-weights") o.eigen_weights = std::stoll(value()), list = &o.paths;
     else if (a == "--slots") list = &o.slots;
     else if (a == "--modes") o.modes.clear(), list = &o.modes;
     else if (a == "--check-headers") o.check_headers = true, list = &o.paths;
@@ -73,6 +74,9 @@ Options parse_args(int argc, char** argv) {
   if (!o.check_headers && o.out.empty()) usage_error("--out DIR is required");
   if (!(o.energy > 0 && o.energy <= 1)) usage_error(fmt::format("--energy must lie in (0, 1], got {}", o.energy));
   if (o.batch_size < 1) usage_error(fmt::format("--batch-size must be >= 1, got {}", o.batch_size));
+  if (o.eigen_weights < 0) usage_error(fmt::format("--eigen-weights must be >= 0, got {}", o.eigen_weights));
+  if (o.eigen_weights > 0 && std::find(o.modes.begin(), o.modes.end(), "delta") == o.modes.end())
+    usage_error("--eigen-weights needs --modes delta");
   return o;
 }
 
@@ -180,6 +184,7 @@ int run(const Options& o) {
   if (!deltas.empty()) {
     report["options"]["delta_slots"] = json::array();
     for (const auto& d : deltas) report["options"]["delta_slots"].push_back(d.module + ".delta");
+    report["options"]["eigen_weights"] = o.eigen_weights;
   }
   report["skipped"] = skipped;
   report["slots"] = json::object();
@@ -252,7 +257,7 @@ int run(const Options& o) {
       continue;
     }
     fmt::print(stderr, "\ranalyse LoRA deltas of {} ({} models)   ", d.module, M);
-    report["slots"][slot] = analyze_delta(d, models, o.rank, o.energy, o.scale, state.subspace_path(slot));
+    report["slots"][slot] = analyze_delta(d, models, o.rank, o.energy, o.scale, o.eigen_weights, state.subspace_path(slot));
     state.save(slot, report["slots"][slot]);
   }
   fmt::print(stderr, "\n");
@@ -287,7 +292,7 @@ int main(int argc, char** argv) {
     return run(o);
   } catch (const std::invalid_argument& e) {
     fmt::print(stderr, "unisub-analyze: error: {}\nusage: unisub-analyze PATH... --out DIR [--slots P...] [--modes out in delta] "
-                       "[--energy T] [--rank R] [--batch-size B] [--no-lora-scaling] [--resume]\n", e.what());
+                       "[--energy T] [--rank R] [--batch-size B] [--no-lora-scaling] [--eigen-weights K] [--resume]\n", e.what());
     return 2;
   } catch (const std::exception& e) {
     fmt::print(stderr, "\nunisub-analyze: error: {}\n", e.what());
