@@ -259,3 +259,22 @@ def test_resume_redoes_only_unfinished_slots(zoo, tmp_path):
     # without --resume, old entries are forgotten and everything is recomputed
     run = _run_tool(*args, "--out", out)
     assert run.returncode == 0 and "resumed" not in run.stderr
+
+
+def test_embedding_lora_deltas_match_python(tmp_path, gen):
+    from test_io_checkpoints import _embedding_adapter
+
+    for i in range(5):
+        _embedding_adapter(tmp_path / "ads" / f"a{i}", 3 + i % 2, 40, 10, 16, gen)
+    py = unisub.analyze(tmp_path / "ads", out=tmp_path / "py", modes=["delta"], plots=False, progress=False)
+    run = _run_tool(tmp_path / "ads", "--out", tmp_path / "cpp", "--modes", "delta")
+    assert run.returncode == 0, run.stderr
+    cpp = json.loads((tmp_path / "cpp" / "report.json").read_text())
+    key = "model.embed_tokens.delta"
+    assert list(cpp["slots"]) == list(py.slots) == [key]
+    assert cpp["slots"][key]["shape"] == py.report["slots"][key]["shape"] == [10, 40]
+    assert cpp["slots"][key]["lora_ranks"] == [3, 4, 3, 4, 3]
+    torch.testing.assert_close(torch.tensor(cpp["slots"][key]["scalings"]), torch.tensor([16 / 3, 4.0, 16 / 3, 4.0, 16 / 3]))
+    e1 = torch.tensor(py.report["slots"][key]["modes"]["delta"]["singular_values"], dtype=torch.float64).pow(2)
+    e2 = torch.tensor(cpp["slots"][key]["modes"]["delta"]["singular_values"], dtype=torch.float64).pow(2)
+    assert (e1 - e2).abs().max() <= 1e-12 * e1[0]

@@ -59,6 +59,27 @@ def test_peft_rank_mismatch_is_an_error(tmp_path, gen):
         PeftAdapter(tmp_path / "a")
 
 
+def _embedding_adapter(folder, r, vocab, dim, alpha, gen):
+    """PEFT's layout for LoRA on an nn.Embedding: lora_embedding_A [r, num_embeddings] and
+    lora_embedding_B [embedding_dim, r] (no .weight suffix), ΔW = s·B·A of shape [dim, vocab]."""
+    folder.mkdir(parents=True)
+    A, B = torch.randn(r, vocab, generator=gen), torch.randn(dim, r, generator=gen)
+    save_file({"base_model.model.model.embed_tokens.lora_embedding_A": A,
+               "base_model.model.model.embed_tokens.lora_embedding_B": B}, folder / "adapter_model.safetensors")
+    (folder / "adapter_config.json").write_text(json.dumps({"r": r, "lora_alpha": alpha}))
+    return A, B
+
+
+def test_peft_embedding_lora_rank_and_scaling(tmp_path, gen):
+    # The rank is lora_embedding_B's second dimension, as for lora_B (it used to be read from the
+    # first, so every real embedding adapter was rejected as contradicting its config).
+    A, B = _embedding_adapter(tmp_path / "a", 4, 50, 12, 8, gen)
+    ad = PeftAdapter(tmp_path / "a")
+    key = "model.embed_tokens.lora_embedding_B"
+    torch.testing.assert_close(ad.get(key), (8 / 4) * B, rtol=0, atol=0)
+    assert ad.lora_pairs() == {"model.embed_tokens": ("model.embed_tokens.lora_embedding_A", key)}
+
+
 def test_torch_state_dicts_pt_bin_and_nested(tmp_path, gen):
     sd = {"w": torch.randn(4, 3, generator=gen), "b": torch.randn(4, generator=gen)}
     torch.save(sd, tmp_path / "m.pt")

@@ -68,8 +68,8 @@ Model open_adapter(const fs::path& folder) {
     const auto* a_over = pattern_value(cfg, "alpha_pattern", module);
     const double r = r_over ? r_over->get<double>() : cfg.value("r", 8.0);
     const double alpha = a_over ? a_over->get<double>() : cfg.value("lora_alpha", 8.0);
-    const bool embedding = name.find(".lora_B") == std::string::npos;
-    if (info.shape.size() >= 2 && static_cast<double>(info.shape[embedding ? 0 : 1]) != r) {
+    // the rank is the second dimension of lora_B [out, r] and of lora_embedding_B [embedding_dim, r]
+    if (info.shape.size() >= 2 && static_cast<double>(info.shape[1]) != r) {
       std::ostringstream shape;
       for (size_t i = 0; i < info.shape.size(); ++i) shape << (i ? ", " : "[") << info.shape[i];
       throw CheckpointError(fmt::format("{}: slot '{}': adapter_config.json gives rank {} for module '{}' but lora_B "

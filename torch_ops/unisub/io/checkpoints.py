@@ -139,7 +139,7 @@ class PeftAdapter(Checkpoint):
         alpha_key = _pattern_key(cfg.get("alpha_pattern") or {}, module)
         r = cfg["rank_pattern"][rank_key] if rank_key else cfg.get("r", 8)
         alpha = cfg["alpha_pattern"][alpha_key] if alpha_key else cfg.get("lora_alpha", 8)
-        actual_r = shape[1] if ".lora_B" in key else shape[0]
+        actual_r = shape[1]  # lora_B [out, r] and PEFT's lora_embedding_B [embedding_dim, r] alike
         if len(shape) >= 2 and actual_r != r:
             raise CheckpointError(self.folder, f"adapter_config.json gives rank {r} for module "
                                                f"'{module}' but lora_B has shape {list(shape)}", slot=key)
