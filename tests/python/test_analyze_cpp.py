@@ -221,6 +221,9 @@ def test_lora_delta_errors(zoo, tmp_path, gen):
     run = _run_tool(ads, "--out", tmp_path / "o", "--modes", "delta", "--slots", "*embed*")
     assert run.returncode == 1 and "no tensor to analyse matches" in run.stderr, run.stderr
     cfg = ads / "adapter01" / "adapter_config.json"
+    cfg.write_text(json.dumps({"r": 6, "lora_alpha": 16, "use_rslora": True, "use_dora": True}))
+    run = _run_tool(ads, "--out", tmp_path / "o", "--modes", "delta")
+    assert run.returncode == 1 and "adapter01: a DoRA adapter (use_dora)" in run.stderr, run.stderr
     cfg.write_text(json.dumps({"r": 5, "lora_alpha": 16}))  # the stored factors have rank 6
     run = _run_tool(ads, "--out", tmp_path / "o", "--modes", "delta")
     assert run.returncode == 1 and "adapter_config.json gives rank 5 for module" in run.stderr, run.stderr

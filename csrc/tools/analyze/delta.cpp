@@ -72,10 +72,15 @@ std::vector<int64_t> factor_matrix_shape(const Model& model, const std::string& 
 }  // namespace
 
 void require_adapters(const std::vector<Model>& models) {
-  for (const auto& model : models)
+  for (const auto& model : models) {
     if (!model.adapter)
       throw CheckpointError(fmt::format("{}: --modes delta analyses LoRA deltas ΔW = s·B·A and needs PEFT adapter "
                                         "folders (adapter_config.json gives s); this is not one", model.name));
+    if (model.dora)
+      throw CheckpointError(fmt::format("{}: a DoRA adapter (use_dora): its weight change is a rescaled direction, "
+                                        "not s·B·A, so --modes delta would misreport it; analyse its factors with "
+                                        "--modes out in", model.name));
+  }
 }
 
 DeltaModule plan_delta(const std::string& module, const std::string& a_key, const std::string& b_key,

@@ -16,7 +16,8 @@ struct DeltaModule {
   int64_t m = 0, n = 0;
 };
 
-// --modes delta needs the scaling s of each adapter's config: every model must be a PEFT adapter.
+// --modes delta needs the scaling s of each adapter's config: every model must be a PEFT LoRA
+// adapter, and not a DoRA one (whose ΔW is not s·B·A).
 void require_adapters(const std::vector<Model>& models);
 
 // Every model must hold both factors with analysable dtypes, equal ranks within a model, and the

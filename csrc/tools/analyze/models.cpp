@@ -59,6 +59,7 @@ Model open_adapter(const fs::path& folder) {
   model.name = folder.string();
   model.header = read_header(st.string());
   model.adapter = true;
+  model.dora = cfg.value("use_dora", false);
   for (const auto& [key, info] : model.header.tensors) {
     const auto name = strip_prefix(key);
     model.raw[name] = key;

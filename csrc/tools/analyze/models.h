@@ -17,6 +17,7 @@ struct Model {
   std::string name;                           // the file, or the adapter folder
   Header header;
   bool adapter = false;
+  bool dora = false;                          // adapter_config.json has use_dora: ΔW is not s·B·A
   std::map<std::string, std::string> raw;     // tensor name as analysed -> name in the file
   std::map<std::string, double> scalings;     // lora_B key -> s of ΔW = s·B·A (adapters only)
 
