@@ -54,6 +54,22 @@ def test_uncentred_mode_and_validation(gen):
         acc.update(torch.zeros(1, 4, 3, dtype=torch.int32))
 
 
+def test_non_finite_models_are_rejected_before_the_accumulator_changes(gen):
+    # A NaN or infinity used to reach the Grams and fail only at finalize, as an eigensolver
+    # "failed to converge" that named neither the model nor the input.
+    X = torch.randn(5, 4, 3, generator=gen, dtype=torch.float64)
+    acc = SubspaceAccumulator().update(X[:3])
+    for bad in (float("nan"), float("inf")):
+        Y = X[3:].clone()
+        Y[1, 2, 0] = bad
+        with pytest.raises(ValueError, match=r"model 1 of the batch holds NaN or infinity"):
+            acc.update(Y)
+        with pytest.raises(ValueError, match=r"model 1 of the batch holds NaN or infinity"):
+            acc.update(list(Y))
+    assert acc.count == 3
+    torch.testing.assert_close(acc.grams["out"], SubspaceAccumulator().update(X[:3]).grams["out"], rtol=0, atol=0)
+
+
 def test_merge_in_any_grouping_equals_one_pass(gen):
     X = torch.randn(17, 6, 4, generator=gen, dtype=torch.float64) + 3
     whole = SubspaceAccumulator().update(X)

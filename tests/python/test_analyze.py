@@ -192,6 +192,18 @@ def test_bad_inputs_fail_early_with_clear_errors_and_no_output(tmp_path):
     assert not (tmp_path / "o2" / "report.json").exists()
 
 
+def test_a_non_finite_checkpoint_is_named(tmp_path):
+    # A NaN weight used to surface as torch's "linalg.eigh failed to converge" (CLI: traceback, exit 1).
+    z = _two_models(tmp_path)
+    save_file({"w": torch.tensor([[1.0, 2, 3], [4, float("nan"), 6], [7, 8, 9], [1, 1, 1]]),
+               "i": torch.zeros(4, 3, dtype=torch.int32)}, z / "b.safetensors")
+    with pytest.raises(CheckpointError, match=r"b\.safetensors: slot 'w': holds NaN or infinity"):
+        unisub.analyze(z, plots=False, progress=False)
+    proc = subprocess.run([sys.executable, "-m", "unisub", "analyze", str(z), "--out", str(tmp_path / "o"), "--quiet",
+                           "--no-plots"], env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "b.safetensors: slot 'w': holds NaN" in proc.stderr, proc.stderr[-2000:]
+
+
 def test_lora_adapters_factors_with_scaling(tmp_path, gen):
     from test_io_checkpoints import MODS, _adapter
 

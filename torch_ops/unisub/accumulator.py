@@ -108,6 +108,12 @@ class SubspaceAccumulator:
             d.copy_(x)
             batch.mean += d
         batch.mean /= len(models)
+        if not bool(torch.isfinite(batch.mean).all()):
+            # A NaN or infinity in any model reaches the batch mean; caught here, before this
+            # accumulator changes, rather than as an eigensolver failure at finalize.
+            bad = next(i for i, x in enumerate(models) if not bool(torch.isfinite(x).all()))
+            raise ValueError(f"SubspaceAccumulator.update: model {bad} of the batch holds NaN or infinity; "
+                             f"every model must be finite")
         for G in batch.grams.values():
             G.zero_()
         for x in models:

@@ -127,7 +127,14 @@ def _read_factors(ck, a_key, b_key):
     A = ck.get_unscaled(a_key)
     B = ck.get_unscaled(b_key)
     A, B = A.reshape(matrix_shape(tuple(A.shape))), B.reshape(matrix_shape(tuple(B.shape)))
+    _check_finite(ck, a_key, A)
+    _check_finite(ck, b_key, B)
     return B, A, ck.scaling(b_key)
+
+
+def _check_finite(ck, key, t):
+    if not bool(torch.isfinite(t).all()):
+        raise CheckpointError(ck.file_of(key), "holds NaN or infinity; the analysis needs finite weights", slot=key)
 
 
 def _fingerprint(checkpoints, options) -> str:
@@ -144,6 +151,7 @@ def _read(ck, key, shape):
     t = ck.get(key)
     if tuple(t.shape) != tuple(ck.slots[key][1]):
         raise CheckpointError(ck.file_of(key), f"read shape {list(t.shape)}, header says {list(ck.slots[key][1])}", slot=key)
+    _check_finite(ck, key, t)
     return t.reshape(shape)
 
 
