@@ -80,6 +80,26 @@ def test_peft_embedding_lora_rank_and_scaling(tmp_path, gen):
     assert ad.lora_pairs() == {"model.embed_tokens": ("model.embed_tokens.lora_embedding_A", key)}
 
 
+@pytest.mark.parametrize("config,pattern", [
+    ('[4, 8]', r"adapter config must be a JSON object, got list"),
+    ('{"r": 4, "lora_alpha": NaN}', r"lora_alpha must be a finite number, got nan"),
+    ('{"r": 4, "lora_alpha": Infinity}', r"lora_alpha must be a finite number, got inf"),
+    ('{"r": 4, "lora_alpha": "16"}', r"lora_alpha must be a finite number, got '16'"),
+    ('{"r": "4", "lora_alpha": 16}', r"r must be a positive integer, got '4'"),
+    ('{"r": null, "lora_alpha": 16}', r"r must be a positive integer, got None"),
+    ('{"r": 4, "lora_alpha": 16, "alpha_pattern": {"q_proj": NaN}}', r"alpha_pattern\['q_proj'\] must be a finite"),
+    ('{"r": 4, "lora_alpha": 16, "rank_pattern": [4]}', r"rank_pattern must map module patterns to values"),
+    ('{"r": 4, "lora_alpha": 16, "rank_pattern": {"(": 4}}', r"pattern '\(' is not a valid regular expression"),
+])
+def test_peft_broken_config_is_a_clear_error(tmp_path, gen, config, pattern):
+    # These used to give AttributeError / TypeError / re.error, or (NaN, inf alpha) a silent
+    # scaling of NaN or inf on every lora_B.
+    _adapter(tmp_path / "a", {"r": 4, "lora_alpha": 16}, MODS[:1], gen)
+    (tmp_path / "a" / "adapter_config.json").write_text(config)
+    with pytest.raises(CheckpointError, match=r"adapter_config\.json: " + pattern):
+        PeftAdapter(tmp_path / "a")
+
+
 def test_torch_state_dicts_pt_bin_and_nested(tmp_path, gen):
     sd = {"w": torch.randn(4, 3, generator=gen), "b": torch.randn(4, generator=gen)}
     torch.save(sd, tmp_path / "m.pt")

@@ -88,12 +88,27 @@ class TorchCheckpoint(Checkpoint):
         return sd[key].clone()
 
 
-def _pattern_key(patterns, module):
+def _pattern_key(patterns, module, where):
     """PEFT's rule: the first key (file order) that matches the module name on a dot boundary."""
     for key in patterns:
-        if re.match(rf"(.*\.)?({key})$", module):
-            return key
+        try:
+            if re.match(rf"(.*\.)?({key})$", module):
+                return key
+        except re.error as e:
+            raise CheckpointError(where, f"pattern {key!r} is not a valid regular expression ({e})") from None
     return None
+
+
+def _config_value(where, key, value, rank):
+    """``value`` (of ``key`` in adapter_config.json) checked: a positive integer rank, or a finite
+    real alpha; anything else would give a scaling of NaN, infinity or a TypeError deep inside."""
+    ok = type(value) in (int, float) and math.isfinite(value)
+    if rank:
+        ok = ok and value > 0 and value == int(value)
+    if not ok:
+        raise CheckpointError(where, f"{key} must be {'a positive integer' if rank else 'a finite number'}, "
+                                     f"got {value!r}")
+    return value
 
 
 class PeftAdapter(Checkpoint):
@@ -111,8 +126,14 @@ class PeftAdapter(Checkpoint):
         cfg_path = folder / "adapter_config.json"
         try:
             self.config = json.loads(cfg_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointError(cfg_path, f"cannot read adapter config: {e}") from e
+        if not isinstance(self.config, dict):
+            raise CheckpointError(cfg_path, f"adapter config must be a JSON object, got {type(self.config).__name__}")
+        for key in ("rank_pattern", "alpha_pattern"):
+            if not isinstance(self.config.get(key) or {}, dict):
+                raise CheckpointError(cfg_path, f"{key} must map module patterns to values, "
+                                                f"got {type(self.config[key]).__name__}")
         st, pt = folder / "adapter_model.safetensors", folder / "adapter_model.bin"
         if st.exists():
             self.inner = SafetensorsCheckpoint([st])
@@ -135,10 +156,13 @@ class PeftAdapter(Checkpoint):
     def _scaling(self, key, shape):
         module = re.split(r"\.lora_(?:embedding_)?B", key)[0]
         cfg = self.config
-        rank_key = _pattern_key(cfg.get("rank_pattern") or {}, module)
-        alpha_key = _pattern_key(cfg.get("alpha_pattern") or {}, module)
-        r = cfg["rank_pattern"][rank_key] if rank_key else cfg.get("r", 8)
-        alpha = cfg["alpha_pattern"][alpha_key] if alpha_key else cfg.get("lora_alpha", 8)
+        where = self.folder / "adapter_config.json"
+        rank_key = _pattern_key(cfg.get("rank_pattern") or {}, module, where)
+        alpha_key = _pattern_key(cfg.get("alpha_pattern") or {}, module, where)
+        r = _config_value(where, f"rank_pattern[{rank_key!r}]" if rank_key else "r",
+                          cfg["rank_pattern"][rank_key] if rank_key else cfg.get("r", 8), rank=True)
+        alpha = _config_value(where, f"alpha_pattern[{alpha_key!r}]" if alpha_key else "lora_alpha",
+                              cfg["alpha_pattern"][alpha_key] if alpha_key else cfg.get("lora_alpha", 8), rank=False)
         actual_r = shape[1]  # lora_B [out, r] and PEFT's lora_embedding_B [embedding_dim, r] alike
         if len(shape) >= 2 and actual_r != r:
             raise CheckpointError(self.folder, f"adapter_config.json gives rank {r} for module "
