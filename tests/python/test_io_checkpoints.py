@@ -142,6 +142,24 @@ def test_discover_folders(tmp_path, gen):
     names = [c.name.rsplit("/", 1)[-1] for c in cks]
     assert names == ["hf", "lora", "m0.safetensors", "m1.safetensors", "m2.safetensors"]
     assert set(cks[0].slots) == {"w", "v"}, "shards of one model are one checkpoint"
+    # the index of a sharded model names every shard and where each tensor is; a shard that is
+    # missing used to drop its tensors silently (the folder's other shards were analysed alone)
+    (hf / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"w": "model-00001-of-00002.safetensors", "v": "model-00002-of-00002.safetensors"}}))
+    assert set(discover([hf])[0].slots) == {"w", "v"}
+    (hf / "model-00002-of-00002.safetensors").rename(hf / "elsewhere.safetensors")
+    with pytest.raises(CheckpointError, match=r"index\.json: names shard\(s\) that are not in the folder: "
+                                              r"model-00002-of-00002\.safetensors"):
+        discover([tmp_path / "zoo"])
+    (hf / "elsewhere.safetensors").rename(hf / "model-00002-of-00002.safetensors")
+    (hf / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"w": "model-00001-of-00002.safetensors", "u": "model-00002-of-00002.safetensors"}}))
+    with pytest.raises(CheckpointError, match=r"00002\.safetensors: slot 'u': the shard index places this tensor here"):
+        discover([hf])
+    (hf / "model.safetensors.index.json").write_text("{}")
+    with pytest.raises(CheckpointError, match=r"needs a non-empty 'weight_map'"):
+        discover([hf])
+    (hf / "model.safetensors.index.json").unlink()
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match=r"empty: no checkpoints found"):
         discover([tmp_path / "empty"])

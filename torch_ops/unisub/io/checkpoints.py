@@ -216,6 +216,9 @@ def open_checkpoint(path: Path, scale_lora: bool = True) -> Checkpoint:
     if path.is_dir():
         if (path / "adapter_config.json").exists():
             return PeftAdapter(path, scale=scale_lora)
+        indexes = sorted(path.glob("*.safetensors.index.json"))
+        if indexes:
+            return _indexed_checkpoint(path, indexes[0])
         shards = sorted(path.glob("*.safetensors"))
         if shards:
             return SafetensorsCheckpoint(shards, name=path)
@@ -228,6 +231,30 @@ def open_checkpoint(path: Path, scale_lora: bool = True) -> Checkpoint:
     if path.suffix in WEIGHT_SUFFIXES:
         return TorchCheckpoint(path)
     raise CheckpointError(path, f"unknown checkpoint type (expected a folder or one of {WEIGHT_SUFFIXES})")
+
+
+def _indexed_checkpoint(folder: Path, index: Path) -> SafetensorsCheckpoint:
+    """A sharded model as its ``*.safetensors.index.json`` describes it: every shard it names
+    must be there and hold the tensors it assigns to it (a missing shard would otherwise drop its
+    tensors from the analysis without a word)."""
+    try:
+        weight_map = json.loads(index.read_text()).get("weight_map")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise CheckpointError(index, f"cannot read the shard index: {e}") from e
+    if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(index, "the shard index needs a non-empty 'weight_map' of tensor name -> shard file")
+    names = sorted(set(weight_map.values()))
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise CheckpointError(index, f"names shard(s) that are not in the folder: {', '.join(missing[:3])}")
+    ck = SafetensorsCheckpoint([folder / n for n in names], name=folder)
+    for key, shard in weight_map.items():
+        if key not in ck.slots:
+            raise CheckpointError(folder / shard, "the shard index places this tensor here, but the file does "
+                                                  "not hold it", slot=key)
+        if Path(ck.file_of(key)).name != shard:
+            raise CheckpointError(index, f"places this tensor in '{shard}', but it is in '{ck.file_of(key)}'", slot=key)
+    return ck
 
 
 def _is_model_folder(path: Path) -> bool:
