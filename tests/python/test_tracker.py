@@ -397,6 +397,28 @@ def test_window_zero_turns_angles_off(gen):
     assert tracker.layers[0].previous is None  # no copy of the weights kept for updates
 
 
+def test_non_finite_weights_give_nan_angles_until_the_update_leaves_the_window(gen):
+    # A diverged step (NaN/inf weights) used to make every later step() raise
+    # "unisub.orthonormalize: A contains NaN or infinity" until the tracker was rebuilt.
+    model = Net(gen, torch.float32)
+    tracker = ConvergenceTracker(model, {"layers.0.weight": (orthonormal(40, 5, gen, torch.float32), None)},
+                                 window=3, seed=0)
+    perturb_(model, gen)
+    assert math.isfinite(tracker.step()["layers.0.weight/max_angle"])
+    for bad in (float("nan"), float("inf")):
+        with torch.no_grad():
+            saved = model.layers[0].weight.clone()
+            model.layers[0].weight[0, 0] = bad
+        out = tracker.step()
+        assert math.isnan(out["layers.0.weight/max_angle"]) and math.isnan(out["layers.0.weight/weight_energy"])
+        with torch.no_grad():
+            model.layers[0].weight.copy_(saved)
+        for _ in range(4):  # the two non-finite updates (to the bad weight and back) leave the window of 3
+            perturb_(model, gen)
+            out = tracker.step()
+        assert math.isfinite(out["layers.0.weight/max_angle"]) and math.isfinite(out["layers.0.weight/weight_energy"])
+
+
 def test_separate_reference(gen):
     """Energies use `subspaces`; angles compare with `reference`, here the orthogonal complement."""
     dtype = torch.float64

@@ -101,10 +101,13 @@ class _Side:
     def estimate(self) -> Optional[torch.Tensor]:
         """Orthonormal basis of the window's leading left singular subspace, at ``rank`` columns or
         fewer where the window's updates span fewer directions than that (numerical rank, above
-        the weights' rounding); None when no update in the window moved the weights."""
+        the weights' rounding); None when no update in the window moved the weights, or one of
+        them is not finite."""
         if self.filled == 0:
             return None
         A = self.buffer[:, :self.filled * self.width]  # column order does not matter
+        if not bool(torch.isfinite(A).all()):
+            return None  # a non-finite update (diverged weights) is in the window: NaN until it leaves
         rows, cols = A.shape
         k = min(self.rank, cols)
         q = min(k + OVERSAMPLE, rows)
