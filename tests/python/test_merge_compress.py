@@ -118,6 +118,13 @@ def test_merge_rejects_bad_input(gen):
     bad = dict(models[1], w=models[1]["w"].clone().fill_(float("nan")))
     with pytest.raises(ValueError, match="non-finite"):
         merge([models[0], bad], "mean")
+    # a non-finite base or scale used to give an all-NaN merge silently
+    bad_base = dict(base, w=base["w"].clone().fill_(float("inf")))
+    for method in ("task_arithmetic", "ties", "subspace"):
+        with pytest.raises(ValueError, match="'w' has non-finite entries in base"):
+            merge(models, method, base=bad_base)
+    with pytest.raises(ValueError, match="scale must be a finite number, got nan"):
+        merge(models, "task_arithmetic", base=base, scale=float("nan"))
 
 
 def test_compress_full_rank_is_lossless_and_truncation_matches_a_reference(gen):
@@ -155,6 +162,11 @@ def test_compress_round_trips_through_a_file_and_rejects_bad_input(gen, tmp_path
         assert all(torch.equal(a[k], b[k]) and a[k].dtype == models[0][k].dtype for k in a)
     with pytest.raises(IndexError, match="out of range for 5 models"):
         z.decompress(5)
+    with pytest.raises(IndexError, match="out of range for 5 models"):
+        z.decompress(True)  # a bool used to index the coefficients as a mask and fail in reshape
+    # keys naming no tensor used to leave every tensor uncompressed without a word
+    with pytest.raises(ValueError, match=r"compress: keys not in the models: \['W'\]"):
+        compress(models, energy=0.99, keys=["W"])
     with pytest.raises(ValueError, match="models is empty"):
         compress([])
     with pytest.raises(ValueError, match="'w' has different shapes"):

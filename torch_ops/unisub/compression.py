@@ -31,7 +31,7 @@ class CompressedZoo:
 
     def decompress(self, i: int) -> Dict[str, torch.Tensor]:
         """Model ``i``'s state dict (compressed slots reconstructed, in their original dtype)."""
-        if not (isinstance(i, int) and -self.count <= i < self.count):
+        if not (isinstance(i, int) and not isinstance(i, bool) and -self.count <= i < self.count):
             raise IndexError(f"CompressedZoo.decompress: model index {i!r} out of range for {self.count} models")
         out = {}
         for k, shape in self.shapes.items():
@@ -98,6 +98,9 @@ def compress(models: Sequence[Mapping[str, torch.Tensor]], rank: Optional[int] =
         if set(sd) != set(names):
             raise ValueError(f"compress: models[{i}] has different keys from models[0]")
     chosen = set(names if keys is None else keys)
+    unknown = chosen - set(names)
+    if unknown:
+        raise ValueError(f"compress: keys not in the models: {sorted(unknown)[:3]}")
     M = len(models)
     zoo = CompressedZoo({}, {}, {}, {}, {}, {}, M, {"rank": rank, "energy": energy})
     for k in names:

@@ -18,6 +18,7 @@ Why ``subspace`` is not centred: the coefficients of *centred* weights (relative
 μ) sum to zero by construction, so merging them returns μ exactly — the mean merge. Pass
 ``center=True`` to see it; it is there for users to check, not because it is useful.
 """
+import math
 from typing import Dict, Mapping, Optional, Sequence
 
 import torch
@@ -53,6 +54,8 @@ def _stack(models, key, base):
     X = torch.stack([sd[key].detach().double() for sd in models])
     if not torch.isfinite(X).all():
         raise ValueError(f"merge: tensor {key!r} has non-finite entries in some model")
+    if base is not None and not torch.isfinite(base[key]).all():
+        raise ValueError(f"merge: tensor {key!r} has non-finite entries in base")
     return X - (base[key].detach().double() if base is not None else 0)
 
 
@@ -105,6 +108,8 @@ def merge(models: Sequence[StateDict], method: str = "mean", base: Optional[Stat
         raise ValueError(f"merge: method must be one of {METHODS}, got {method!r}")
     if not (0 < density <= 1):
         raise ValueError(f"merge: density must lie in (0, 1], got {density!r}")
+    if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)):
+        raise ValueError(f"merge: scale must be a finite number, got {scale!r}")
     all_keys = _check_models(models, base, method != "mean", method)
     chosen = set(all_keys if keys is None else keys)
     unknown = chosen - set(all_keys)
