@@ -108,6 +108,10 @@ def test_torch_state_dicts_pt_bin_and_nested(tmp_path, gen):
         ck = TorchCheckpoint(tmp_path / name)
         assert ck.slots == {"w": ("F32", (4, 3)), "b": ("F32", (4,))}
         assert torch.equal(ck.get("w"), sd["w"])
+    # non-string keys used to fail later, in slot selection, with "'<' not supported between 'str' and 'int'"
+    torch.save({"w": sd["w"], 3: sd["w"]}, tmp_path / "intkey.pt")
+    with pytest.raises(CheckpointError, match=r"intkey\.pt: tensor names must be strings, got key 3 \(int\)"):
+        TorchCheckpoint(tmp_path / "intkey.pt")
     (tmp_path / "bad.pt").write_bytes(b"not a zip file at all")
     with pytest.raises(CheckpointError, match=r"bad\.pt: cannot load"):
         TorchCheckpoint(tmp_path / "bad.pt")

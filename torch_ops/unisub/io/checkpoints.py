@@ -63,6 +63,9 @@ class TorchCheckpoint(Checkpoint):
         self.slots = {}
         for k, v in sd.items():
             if isinstance(v, torch.Tensor):
+                if not isinstance(k, str):
+                    raise CheckpointError(path, f"tensor names must be strings, got key {k!r} "
+                                                f"({type(k).__name__})")
                 self.slots[k] = (NAMES.get(v.dtype, str(v.dtype).replace("torch.", "")), tuple(v.shape))
 
     def _load(self):
