@@ -462,6 +462,16 @@ def test_construction_errors(gen):
         SubspaceAdamW(model, {"lin.weight": GradientSubspace(2, every=0)})
     with pytest.raises(ValueError, match="betas"):
         SubspaceAdamW(model, {}, betas=(0.9, 1.0))
+    # a param group's own values used to be taken unchecked (betas (2, 0.5): a silently wrong step)
+    with pytest.raises(ValueError, match=r"param group 0: lr must be a non-negative number, got -0.1"):
+        SubspaceAdamW([{"params": list(model.named_parameters()), "lr": -0.1}], {})
+    with pytest.raises(ValueError, match=r"param group 1: betas must be two numbers in \[0, 1\), got \(2.0, 0.5\)"):
+        SubspaceAdamW([{"params": [("lin.weight", model.lin.weight)]},
+                       {"params": [("lin.bias", model.lin.bias)], "betas": (2.0, 0.5)}], {})
+    opt = SubspaceAdamW([{"params": [("lin.weight", model.lin.weight)]}], {})
+    with pytest.raises(ValueError, match=r"param group 1: weight_decay must be a non-negative number, got -1"):
+        opt.add_param_group({"params": [("lin.bias", model.lin.bias)], "weight_decay": -1})
+    assert len(opt.param_groups) == 1
     model.register_parameter("counts", torch.nn.Parameter(torch.zeros(4, 4, dtype=torch.int64), requires_grad=False))
     with pytest.raises(TypeError, match="torch.int64; only floating-point"):
         SubspaceAdamW(model, {"counts": (orthonormal(4, 2, gen), None)})

@@ -124,6 +124,18 @@ def _check_gradient_spec(name: str, spec: GradientSubspace, param: torch.Tensor)
                          f"got {spec.method!r}")
 
 
+def _check_hyperparameters(lr, betas, eps, weight_decay, where: str) -> None:
+    if not (isinstance(lr, (int, float)) and lr >= 0):
+        raise ValueError(f"{where}lr must be a non-negative number, got {lr!r}")
+    if not (isinstance(eps, (int, float)) and eps >= 0):
+        raise ValueError(f"{where}eps must be a non-negative number, got {eps!r}")
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2
+            and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)):
+        raise ValueError(f"{where}betas must be two numbers in [0, 1), got {betas!r}")
+    if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
+        raise ValueError(f"{where}weight_decay must be a non-negative number, got {weight_decay!r}")
+
+
 class SubspaceAdamW(torch.optim.Optimizer):
     """AdamW with Adam's moments kept in coefficient space (k × l per mapped matrix).
 
@@ -145,14 +157,7 @@ class SubspaceAdamW(torch.optim.Optimizer):
 
     def __init__(self, named_params, subspaces: Mapping[str, object], lr: float = 1e-3,
                  betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2):
-        if not (isinstance(lr, (int, float)) and lr >= 0):
-            raise ValueError(f"lr must be a non-negative number, got {lr!r}")
-        if not (isinstance(eps, (int, float)) and eps >= 0):
-            raise ValueError(f"eps must be a non-negative number, got {eps!r}")
-        if not (len(betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
-        if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
-            raise ValueError(f"weight_decay must be a non-negative number, got {weight_decay!r}")
+        _check_hyperparameters(lr, betas, eps, weight_decay, "")
         if not isinstance(subspaces, Mapping):
             raise TypeError(f"subspaces must map parameter names to subspaces, got {type(subspaces).__name__}")
 
@@ -192,6 +197,12 @@ class SubspaceAdamW(torch.optim.Optimizer):
         (a subspace can only be given at construction, where it is validated)."""
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        try:  # a group's own values bypass the constructor's checks
+            _check_hyperparameters(group["lr"], group["betas"], group["eps"], group["weight_decay"],
+                                   f"param group {len(self.param_groups) - 1}: ")
+        except ValueError:
+            self.param_groups.pop()
+            raise
         if not hasattr(self, "_targets"):
             return  # called from __init__: the targets are already set
         names = group.get("param_names") or [f"<added {i}>" for i in range(len(group["params"]))]
