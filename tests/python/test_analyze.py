@@ -192,6 +192,18 @@ def test_bad_inputs_fail_early_with_clear_errors_and_no_output(tmp_path):
     assert not (tmp_path / "o2" / "report.json").exists()
 
 
+def test_cli_inspect_of_a_file_that_is_no_subspace_exits_2(tmp_path, capsys):
+    # used to end in a traceback (exit 1)
+    from unisub.cli import main
+
+    z = _two_models(tmp_path)
+    (tmp_path / "cut.safetensors").write_bytes(b"\x10")
+    for f, msg in ((z / "a.safetensors", "not a unisub subspace file"), (tmp_path / "cut.safetensors", "truncated")):
+        assert main(["inspect", str(f)]) == 2
+        err = capsys.readouterr().err
+        assert f"unisub inspect: error: {f}: " in err and msg in err, err
+
+
 def test_a_non_finite_checkpoint_is_named(tmp_path):
     # A NaN weight used to surface as torch's "linalg.eigh failed to converge" (CLI: traceback, exit 1).
     z = _two_models(tmp_path)

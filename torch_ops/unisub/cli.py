@@ -121,7 +121,11 @@ def _run_inspect(args) -> int:
     if path.is_file() and path.suffix == ".safetensors":
         from .subspace import DeltaSubspace, load_any
 
-        s = load_any(path)
+        try:
+            s = load_any(path)
+        except ValueError as e:  # CheckpointError too: a corrupt file, or not one unisub wrote
+            print(f"unisub inspect: error: {e}", file=sys.stderr)
+            return 2
         print(s)
         if isinstance(s, DeltaSubspace):
             ev = s.explained_variance_ratio()
