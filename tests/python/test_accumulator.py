@@ -70,6 +70,14 @@ def test_non_finite_models_are_rejected_before_the_accumulator_changes(gen):
     torch.testing.assert_close(acc.grams["out"], SubspaceAccumulator().update(X[:3]).grams["out"], rtol=0, atol=0)
 
 
+def test_load_state_dict_rejects_tensors_of_the_wrong_shape(gen):
+    # a [1, n] mean used to be broadcast into the [m, n] buffer silently
+    state = SubspaceAccumulator().update(torch.randn(3, 4, 5, generator=gen)).state_dict()
+    for key, bad in (("mean", torch.zeros(1, 5)), ("gram.in", torch.zeros(4, 4)), ("gram.out", None)):
+        with pytest.raises(ValueError, match=rf"state\['{key}'\] must be a tensor of shape"):
+            SubspaceAccumulator.from_state_dict(dict(state, **{key: bad}))
+
+
 def test_merge_in_any_grouping_equals_one_pass(gen):
     X = torch.randn(17, 6, 4, generator=gen, dtype=torch.float64) + 3
     whole = SubspaceAccumulator().update(X)

@@ -231,7 +231,14 @@ class SubspaceAccumulator:
         if state["shape"] is None:
             self.shape, self.mean, self.grams = None, None, {}
             return self
-        self._init(tuple(state["shape"]), self.device or torch.device("cpu"))
+        shape = tuple(int(x) for x in state["shape"])
+        for key, want in [("mean", shape)] + [(f"gram.{m}", (shape[MODE_DIMS[m] - 1],) * 2) for m in self.modes]:
+            got = state.get(key)
+            if not isinstance(got, torch.Tensor) or tuple(got.shape) != want:
+                # copy_ would broadcast a wrong-shaped tensor into the buffer without a word
+                raise ValueError(f"SubspaceAccumulator.load_state_dict: state[{key!r}] must be a tensor of shape "
+                                 f"{list(want)}, got {list(got.shape) if isinstance(got, torch.Tensor) else got!r}")
+        self._init(shape, self.device or torch.device("cpu"))
         self.mean.copy_(state["mean"])
         for m in self.modes:
             self.grams[m].copy_(state[f"gram.{m}"])
