@@ -366,3 +366,11 @@ def test_lora_delta_cli_resume_and_errors(tmp_path, gen):
         unisub.analyze(z, modes=["delta"], plots=False, progress=False)
     with pytest.raises(ValueError, match="modes must be"):
         unisub.analyze(z, modes=["model"], plots=False, progress=False)
+
+
+def test_lora_delta_refuses_dora_adapters(tmp_path, gen):
+    _delta_zoo(tmp_path / "ads", 4, gen)
+    cfg = tmp_path / "ads" / "adapter02" / "adapter_config.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "use_dora": True}))
+    with pytest.raises(unisub.io.CheckpointError, match=r"adapter02: a DoRA adapter \(use_dora\)"):
+        unisub.analyze(tmp_path / "ads", modes=["delta"], plots=False, progress=False)

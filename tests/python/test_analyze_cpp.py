@@ -281,3 +281,21 @@ def test_embedding_lora_deltas_match_python(tmp_path, gen):
     e1 = torch.tensor(py.report["slots"][key]["modes"]["delta"]["singular_values"], dtype=torch.float64).pow(2)
     e2 = torch.tensor(cpp["slots"][key]["modes"]["delta"]["singular_values"], dtype=torch.float64).pow(2)
     assert (e1 - e2).abs().max() <= 1e-12 * e1[0]
+
+
+def test_non_finite_weight_names_the_file_and_slot(zoo, tmp_path):
+    from unisub.io import SafetensorsFile, save_file
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    files = sorted(zoo.iterdir())[:4]
+    for f in files:
+        (bad / f.name).write_bytes(f.read_bytes())
+    victim = bad / files[2].name
+    st = SafetensorsFile(victim)
+    tensors = {k: st.get(k) for k in st.header.tensors}
+    key = sorted(k for k, t in tensors.items() if t.dim() == 2)[0]
+    tensors[key][1, 1] = float("nan")
+    save_file(tensors, victim)
+    run = _run_tool(bad, "--out", tmp_path / "o")
+    assert run.returncode == 1 and f"{victim}: slot '{key}': holds NaN or infinity" in run.stderr, run.stderr

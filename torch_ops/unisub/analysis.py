@@ -95,6 +95,10 @@ def _plan_deltas(checkpoints, chosen):
         if not isinstance(ck, PeftAdapter):
             raise CheckpointError(ck.name, "--modes delta analyses LoRA deltas ΔW = s·B·A and needs PEFT adapter "
                                            "folders (adapter_config.json gives s); this is not one")
+        if ck.config.get("use_dora", False):
+            raise CheckpointError(ck.name, "a DoRA adapter (use_dora): its weight change is a rescaled direction, "
+                                           "not s·B·A, so --modes delta would misreport it; analyse its factors "
+                                           "with --modes out in")
     ref = checkpoints[0]
     sel = set(chosen)
     pairs = {mod: ab for mod, ab in lora_pairs(ref.slots).items() if ab[0] in sel or ab[1] in sel}

@@ -102,7 +102,12 @@ const TensorInfo& Model::info(const std::string& key) const { return header.tens
 torch::Tensor Model::get_unscaled(const std::string& key) const {
   auto it = raw.find(key);
   if (it == raw.end()) throw CheckpointError(fmt::format("{}: slot '{}': missing", name, key));
-  return read_tensor(header, it->second);
+  auto t = read_tensor(header, it->second);
+  // caught here, naming the file, rather than as an eigensolver failure after the whole slot
+  if (t.is_floating_point() && !t.isfinite().all().item<bool>())
+    throw CheckpointError(fmt::format("{}: slot '{}': holds NaN or infinity; the analysis needs finite weights",
+                                      header.path, key));
+  return t;
 }
 
 torch::Tensor Model::get(const std::string& key, bool scale) const {
