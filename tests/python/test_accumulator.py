@@ -320,3 +320,10 @@ def test_update_with_a_workspace_and_a_list_equals_a_stacked_batch(gen):
         SubspaceAccumulator((4, 6)).update(torch.zeros(1, 4, 6), ws)
     with pytest.raises(ValueError, match=r"expected models of shape \[6, 4\], got \[4, 6\]"):
         reused.update([torch.zeros(6, 4), torch.zeros(4, 6)], ws)
+
+
+def test_lora_delta_add_rejects_a_duplicate_id(gen):
+    acc = LoraDeltaAccumulator().add(torch.randn(5, 2, generator=gen), torch.randn(2, 4, generator=gen), id=7)
+    with pytest.raises(ValueError, match="model id 7 is already in this accumulator"):
+        acc.add(torch.randn(5, 2, generator=gen), torch.randn(2, 4, generator=gen), id=7)
+    assert acc.count == 1

@@ -374,3 +374,10 @@ def test_lora_delta_refuses_dora_adapters(tmp_path, gen):
     cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "use_dora": True}))
     with pytest.raises(unisub.io.CheckpointError, match=r"adapter02: a DoRA adapter \(use_dora\)"):
         unisub.analyze(tmp_path / "ads", modes=["delta"], plots=False, progress=False)
+
+
+@pytest.mark.parametrize("kwargs,pattern", [({"taus": [0.9, 2.0]}, r"taus are energy fractions"),
+                                            ({"error_ranks": [0, 4]}, r"error_ranks must be positive integers")])
+def test_report_options_are_checked(tmp_path, kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        unisub.analyze(tmp_path, plots=False, progress=False, **kwargs)

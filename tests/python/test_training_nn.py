@@ -126,6 +126,10 @@ def test_lora_with_frozen_factor_bases(gen):
     assert rel(lora.merge()(x), lora(x)) <= 1e-6
     rs = SubspaceLoRALinear(base, CA, CB, rank=4, alpha=8.0, rslora=True)
     assert rs.scaling == 4.0
+    with pytest.raises(ValueError, match="alpha must be a finite number, got nan"):
+        SubspaceLoRALinear(base, CA, CB, rank=4, alpha=float("nan"))
+    with pytest.raises(ValueError, match="rank must be a positive integer, got True"):
+        SubspaceLoRALinear(base, CA, CB, rank=True)
 
 
 def test_lora_from_subspaces_of_a_zoo(gen):

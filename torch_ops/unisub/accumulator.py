@@ -357,6 +357,9 @@ class LoraDeltaAccumulator:
         scaling = float(scaling)
         if not torch.isfinite(torch.tensor(scaling)):
             raise ValueError(f"LoraDeltaAccumulator.add: scaling must be finite, got {scaling}")
+        if id is not None and int(id) in self.ids:
+            raise ValueError(f"LoraDeltaAccumulator.add: model id {int(id)} is already in this accumulator; "
+                             f"give each model a distinct id")
         device = self.device or B.device
         self.device = device
         self.B.append(B.detach().to(device).clone())

@@ -180,6 +180,10 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
     ``on_batch(slot, batch_index)`` is called after each batch (progress hooks, tests)."""
     if batch_size < 1:
         raise ValueError(f"analyze: batch_size must be >= 1, got {batch_size}")
+    if not all(0 < t <= 1 for t in taus):
+        raise ValueError(f"analyze: taus are energy fractions and must lie in (0, 1], got {list(taus)}")
+    if not all(isinstance(k, int) and k >= 1 for k in error_ranks):
+        raise ValueError(f"analyze: error_ranks must be positive integers, got {list(error_ranks)}")
     modes = list(modes)
     if not modes or any(m not in MODES for m in modes) or len(set(modes)) != len(modes):
         raise ValueError(f"analyze: modes must be distinct values from {list(MODES)}, got {modes}")

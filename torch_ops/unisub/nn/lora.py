@@ -1,4 +1,5 @@
 """LoRA whose factors live in universal subspaces: only the loadings train."""
+import math
 from typing import Optional
 
 import torch
@@ -23,8 +24,10 @@ class SubspaceLoRALinear(torch.nn.Module):
         super().__init__()
         if not isinstance(base, torch.nn.Linear):
             raise TypeError(f"SubspaceLoRALinear: base must be a torch.nn.Linear, got {type(base).__name__}")
-        if not (isinstance(rank, int) and rank > 0):
+        if not (isinstance(rank, int) and not isinstance(rank, bool) and rank > 0):
             raise ValueError(f"SubspaceLoRALinear: rank must be a positive integer, got {rank!r}")
+        if not (isinstance(alpha, (int, float)) and math.isfinite(alpha)):
+            raise ValueError(f"SubspaceLoRALinear: alpha must be a finite number, got {alpha!r}")
         mp, = map_parameters([("weight", base.weight)], {"weight": (basis_B, basis_A)})  # B acts on out, A on in
         self.base = base
         for p in base.parameters():
