@@ -7,7 +7,9 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <vector>
 
@@ -25,6 +27,25 @@ constexpr uint64_t kSketchSeed = 0x756e69737562ULL;  // fixed: same sketch, same
 
 // CPU batches are processed in groups of about this many bytes of float64 input (see svd_impl).
 constexpr int64_t kGroupBytes = 8LL << 20;
+
+// Largest min(m, n) that `auto` and `gram` send to the fused CPU kernel (float32 output). It solves
+// one matrix per task with an unblocked tridiagonalisation: it wins on batches of small matrices,
+// blocked multithreaded LAPACK on single and large ones. Measured on 2 threads
+// (benchmarks/svd_crossover.py, RESULTS.md; fused time / torch.linalg.svd time, batches of 1, 16
+// and 128, square and 4:1): 96: 0.37-0.75; 128: 0.54-1.04; 160: 0.65-1.20 (one matrix loses);
+// 256: 0.90-1.81. The rule looks at the matrix shape only, not at the batch size or thread count,
+// so a matrix gets the same result alone, in any batch, on any number of threads.
+constexpr int64_t kFusedCpuMaxDim = 128;
+
+// UNISUB_CPU_FUSED_SVD_MAX_DIM (read once) overrides it, so that benchmarks/svd_crossover.py can
+// measure both sides of the crossover on the machine at hand.
+bool use_fused_cpu(int64_t m, int64_t n) {
+  static const int64_t max_dim = [] {
+    const char* env = std::getenv("UNISUB_CPU_FUSED_SVD_MAX_DIM");
+    return env && *env ? std::max<int64_t>(0, std::atoll(env)) : kFusedCpuMaxDim;
+  }();
+  return std::min(m, n) <= max_dim;
+}
 
 at::Tensor safe_inverse(const at::Tensor& S, const at::Tensor& floor) {
   return at::where(S > floor, S.reciprocal(), at::zeros_like(S));
@@ -50,8 +71,8 @@ Factors gram_svd_tall(const at::Tensor& A, bool float32_output) {
   auto [lambda, V] = at::linalg_eigh(G);
   lambda = lambda.flip(-1);
   V = V.flip(-1);
-  // Eigenvalues within rounding of zero (|λ| ≤ n ε λ_max) carry no information about σ: they
-  // become exact zeros, and their U columns are completed instead of amplified noise.
+  // Eigenvalues within rounding of zero (|λ| ≤ max(m, n) ε λ_max) carry no information about
+  // σ: they become exact zeros, and their U columns are completed instead of amplified noise.
   const double floor = std::numeric_limits<double>::epsilon() * static_cast<double>(std::max(m, n));
   const auto lambda_max = lambda.narrow(-1, 0, 1);
   lambda = at::where(lambda > lambda_max * floor, lambda, at::zeros_like(lambda));
@@ -174,8 +195,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> svd_impl(const at::Tensor& A, int
   auto solve = [&](const at::Tensor& C, SvdMethod chosen) -> Factors {
     Factors f;
     // auto, float32 output: the Gram route where it is as accurate as LAPACK (see
-    // kAutoGramMinRatio). On CPU that is the fused kernel below, before any group reaches this;
-    // here it is the batched route for CUDA. float64 takes LAPACK.
+    // kAutoGramMinRatio). On CPU that is the fused kernel below for the batches use_fused_cpu
+    // picks, and LAPACK for the others; here it is the batched route for CUDA.
+    // float64 takes LAPACK.
     const bool auto_gram = chosen == SvdMethod::Auto && float32_output && !C.is_cpu();
     // The Gram route finds non-finite input itself (on the Gram's diagonal, n values).
     if (chosen != SvdMethod::Gram && !auto_gram) check_finite(C, kOp, "A");
@@ -218,7 +240,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> svd_impl(const at::Tensor& A, int
   const int64_t batch = A3.size(0);
   const int64_t group = std::max<int64_t>(1, kGroupBytes / (8 * m * n));
   Factors f;
-  if (A3.is_cpu() && float32_output && (method == SvdMethod::Auto || method == SvdMethod::Gram)) {
+  if (A3.is_cpu() && float32_output && (method == SvdMethod::Auto || method == SvdMethod::Gram) &&
+      use_fused_cpu(m, n)) {
     // The fused CPU kernel (cpu/gram_svd_cpu.h): one pass per matrix, no per-call overhead.
     // auto hands the matrices where the Gram route is less accurate than LAPACK (σ_k below
     // kAutoGramMinRatio·σ_1) to LAPACK, in one batched call; a matrix whose eigensolver did not

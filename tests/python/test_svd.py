@@ -168,6 +168,18 @@ def test_cpu_fused_gram_route_random(method, shape, gen):
 
 
 @pytest.mark.parametrize("method", ["auto", "gram"])
+@pytest.mark.parametrize("shape", [(2, 300, 150), (1, 129, 200), (3, 129, 129)], ids=str)
+def test_cpu_gram_route_past_the_fused_kernels_size(method, shape, gen):
+    # min(m, n) > 128: auto takes float32 LAPACK (whose σ carry ~n·ε₃₂·σ_max, so the 1e-5
+    # bound) and gram the batched float64-Gram route (FAST_S_TOL, as below the crossover): the
+    # fused kernel's unblocked tridiagonalisation loses to both there.
+    A = torch.randn(shape, generator=gen)
+    U, S, Vh = unisub.svd(A, -1, method)
+    check_factors(A, U, S, Vh)
+    assert relative_s_error(A, S) <= (1e-5 if method == "auto" else FAST_S_TOL)
+
+
+@pytest.mark.parametrize("method", ["auto", "gram"])
 def test_cpu_fused_gram_route_truncated(method, gen):
     A = torch.randn(4, 50, 20, generator=gen)
     U, S, Vh = unisub.svd(A, 5, method)
