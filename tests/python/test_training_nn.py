@@ -198,3 +198,13 @@ def test_bad_input_fails_at_construction(gen):
         SubspaceLoRALinear(lin, orthonormal(6, 2, gen), orthonormal(6, 2, gen), rank=2)
     with pytest.raises(KeyError, match="did you mean '0.weight'"):
         train_coefficients(torch.nn.Sequential(lin), {"0.weights": (orthonormal(6, 2, gen), None)})
+
+
+def test_mapping_a_parametrized_weight_says_so(gen):
+    # After train_coefficients, "0.weight" is no parameter; the error says why instead of guessing
+    # an unrelated layer by name.
+    model = make_model(gen)
+    subspaces = {"0.weight": (orthonormal(16, 5, gen), orthonormal(10, 4, gen))}
+    train_coefficients(model, subspaces)
+    with pytest.raises(KeyError, match=r"'0.weight' \(it is parametrized.*'0.parametrizations.weight.original'"):
+        unisub.ConvergenceTracker(model, subspaces)

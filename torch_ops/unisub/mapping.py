@@ -100,6 +100,18 @@ def _check_basis(name: str, side: str, B: Optional[torch.Tensor], rows: int, dty
     return B.detach().to(device=device, dtype=dtype).contiguous()
 
 
+def _missing_hint(name: str, params: Mapping[str, torch.Tensor]) -> str:
+    # A parametrized tensor (train_coefficients, torch.nn.utils.parametrize) is no longer a
+    # parameter under its own name; a close-match guess would point at an unrelated layer.
+    module, _, attr = name.rpartition(".")
+    original = f"{module}.parametrizations.{attr}.original" if module else f"parametrizations.{attr}.original"
+    if original in params:
+        return (f"{name!r} (it is parametrized, e.g. by unisub.nn.train_coefficients: the trainable tensor is now "
+                f"{original!r}, its subspace coefficients, which need no projection or tracking)")
+    close = difflib.get_close_matches(name, list(params), n=1)
+    return f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+
+
 def map_parameters(named_parameters: Iterable[Tuple[str, torch.Tensor]],
                    subspaces: Mapping[str, SubspaceSpec]) -> List[MappedParameter]:
     """Validate ``subspaces`` against a model's named parameters, in the model's parameter order."""
@@ -108,9 +120,8 @@ def map_parameters(named_parameters: Iterable[Tuple[str, torch.Tensor]],
     params: Dict[str, torch.Tensor] = dict(named_parameters)
     missing = [n for n in subspaces if n not in params]
     if missing:
-        hints = {n: difflib.get_close_matches(n, list(params), n=1) for n in missing}
-        detail = "; ".join(f"{n!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for n, h in hints.items())
-        raise KeyError(f"subspaces name parameters that the model does not have: {detail}")
+        raise KeyError(f"subspaces name parameters that the model does not have: "
+                       f"{'; '.join(_missing_hint(n, params) for n in missing)}")
     mapped = []
     for name, param in params.items():
         if name not in subspaces:

@@ -114,7 +114,9 @@ json mode_report(const std::string& mode, const Accumulator& total, const Accumu
   return rep;
 }
 
+// One line per file; exit status 1 when any file is bad, so that scripts can tell.
 int check_headers(const std::vector<std::string>& files) {
+  int status = 0;
   for (const auto& f : files) {
     try {
       auto h = read_header(f);
@@ -122,9 +124,10 @@ int check_headers(const std::vector<std::string>& files) {
       fmt::print("ok {}\n", f);
     } catch (const CheckpointError& e) {
       fmt::print("error {}\n", e.what());
+      status = 1;
     }
   }
-  return 0;
+  return status;
 }
 
 int run(const Options& o) {
