@@ -301,3 +301,39 @@ def test_non_finite_weight_names_the_file_and_slot(zoo, tmp_path):
     save_file(tensors, victim)
     run = _run_tool(bad, "--out", tmp_path / "o")
     assert run.returncode == 1 and f"{victim}: slot '{key}': holds NaN or infinity" in run.stderr, run.stderr
+
+
+def test_model_folders_and_shards_match_python(zoo, tmp_path):
+    from unisub.io import SafetensorsFile, save_file
+
+    runs = tmp_path / "runs"
+    for i, f in enumerate(sorted(zoo.iterdir())[:6]):
+        d = runs / f"m{i}"
+        d.mkdir(parents=True)
+        (d / "config.json").write_text("{}")
+        if i != 3:
+            (d / "model.safetensors").write_bytes(f.read_bytes())
+            continue
+        # one model saved in two shards with a Hugging Face index
+        st = SafetensorsFile(f)
+        keys = sorted(st.header.tensors)
+        halves = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+                  "model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
+        for name, ks in halves.items():
+            save_file({k: st.get(k) for k in ks}, d / name)
+        (d / "model.safetensors.index.json").write_text(
+            json.dumps({"weight_map": {k: name for name, ks in halves.items() for k in ks}}))
+    py = unisub.analyze(runs, out=tmp_path / "py", energy=0.85, plots=False, progress=False)
+    run = _run_tool(runs, "--out", tmp_path / "cpp", "--energy", "0.85")
+    assert run.returncode == 0, run.stderr
+    cpp = json.loads((tmp_path / "cpp" / "report.json").read_text())
+    assert cpp["models"] == 6 and sorted(cpp["slots"]) == sorted(py.slots)
+    for key, rep in py.report["slots"].items():
+        for mode, mr in rep["modes"].items():
+            e1 = torch.tensor(mr["singular_values"], dtype=torch.float64).pow(2)
+            e2 = torch.tensor(cpp["slots"][key]["modes"][mode]["singular_values"], dtype=torch.float64).pow(2)
+            assert (e1 - e2).abs().max() <= 50 * e1.numel() * EPS64 * e1[0], (key, mode)
+    # an index naming a shard that is not there is an error, not a silently smaller model
+    (runs / "m3" / "model-00002-of-00002.safetensors").unlink()
+    run = _run_tool(runs, "--out", tmp_path / "cpp2")
+    assert run.returncode == 1 and "named by the index is missing" in run.stderr, run.stderr

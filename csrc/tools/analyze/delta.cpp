@@ -171,7 +171,7 @@ nlohmann::json analyze_delta(const DeltaModule& plan, const std::vector<Model>& 
   nlohmann::json meta = {
       {"slot", slot}, {"shape", {m, n}}, {"count", M}, {"center", true}, {"modes", {"delta"}}, {"ranks", ranks},
       {"ids", ids},
-      {"metadata", {{"factors", {plan.a_key, plan.b_key}}, {"source_files", {models[0].header.path}}, {"models", names}}},
+      {"metadata", {{"factors", {plan.a_key, plan.b_key}}, {"source_files", {models[0].file_of(plan.b_key)}}, {"models", names}}},
       {"format", "unisub.lora_delta/1"}};
   save_safetensors(subspace_path, tensors, meta.dump());
   return entry;

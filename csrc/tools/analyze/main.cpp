@@ -4,8 +4,8 @@
 //                  [--rank R] [--batch-size 8] [--no-lora-scaling] [--eigen-weights K] [--resume]
 //   unisub-analyze --check-headers FILE...     (validate headers only: one line per file)
 //
-// PATHs are .safetensors files, PEFT adapter folders, or folders of either (one model per file or
-// adapter). Patterns are globs on the tensor name or 're:REGEX'. `--modes delta` analyses the LoRA
+// PATHs are .safetensors files, PEFT adapter folders, model folders (their *.safetensors files are
+// one model's shards), or folders of these. Patterns are globs on the tensor name or 're:REGEX'. `--modes delta` analyses the LoRA
 // deltas ΔW = s·B·A of adapters along the model axis (slot '<module>.delta'). Writes
 // DIR/subspaces/<slot>.safetensors and DIR/report.json in the formats of `unisub analyze` (the
 // Python report adds the null spectra and plots), and prints a table. Each finished slot's entry
@@ -192,7 +192,7 @@ int run(const Options& o) {
   report["skipped"] = skipped;
   report["slots"] = json::object();
   json fingerprint = {{"tool", "unisub-analyze"}, {"options", report["options"]}, {"sources", json::array()}};
-  for (const auto& model : models) fingerprint["sources"].push_back({model.name, model.header.file_size});
+  for (const auto& model : models) fingerprint["sources"].push_back({model.name, model.total_bytes()});
   const RunState state(o.out, fingerprint, o.resume);
   int64_t resumed = 0;
   const auto t0 = std::chrono::steady_clock::now();
@@ -246,7 +246,7 @@ int run(const Options& o) {
     slot_rep["compression"] = {{"original_numbers", M * m * n}, {"stored_numbers", stored},
                                {"ratio", static_cast<double>(M * m * n) / static_cast<double>(stored)}};
     json meta = {{"slot", key}, {"count", M}, {"center", true}, {"modes", modes},
-                 {"metadata", {{"source_files", {first.header.path}}, {"original_shape", first.info(key).shape}}},
+                 {"metadata", {{"source_files", {first.file_of(key)}}, {"original_shape", first.info(key).shape}}},
                  {"format", "unisub.subspace/1"}};
     save_safetensors(state.subspace_path(key), tensors, meta.dump());
     state.save(key, slot_rep);

@@ -57,12 +57,13 @@ Model open_adapter(const fs::path& folder) {
                                       "safetensors only; the Python tool also reads adapter_model.bin)", folder.string()));
   Model model;
   model.name = folder.string();
-  model.header = read_header(st.string());
+  model.shards.push_back(read_header(st.string()));
   model.adapter = true;
   model.dora = cfg.value("use_dora", false);
-  for (const auto& [key, info] : model.header.tensors) {
+  for (const auto& [key, info] : model.shards[0].tensors) {
     const auto name = strip_prefix(key);
     model.raw[name] = key;
+    model.shard_of[name] = 0;
     const auto module = b_module(name);
     if (module.empty()) continue;
     const auto* r_over = pattern_value(cfg, "rank_pattern", module);
@@ -81,11 +82,64 @@ Model open_adapter(const fs::path& folder) {
   return model;
 }
 
-Model open_file(const fs::path& file) {
+// One model of one or more safetensors files; a tensor may live in one of them only.
+Model open_shards(const std::string& name, const std::vector<fs::path>& files) {
   Model model;
-  model.name = file.string();
-  model.header = read_header(file.string());
-  for (const auto& [key, info] : model.header.tensors) model.raw[key] = key;
+  model.name = name;
+  for (const auto& f : files) {
+    model.shards.push_back(read_header(f.string()));
+    for (const auto& [key, info] : model.shards.back().tensors) {
+      if (model.raw.count(key))
+        throw CheckpointError(fmt::format("{}: slot '{}': also in '{}' (a tensor must be in one shard only)", f.string(),
+                                          key, model.file_of(key)));
+      model.raw[key] = key;
+      model.shard_of[key] = model.shards.size() - 1;
+    }
+  }
+  return model;
+}
+
+bool is_model_folder(const fs::path& p) {
+  if (fs::exists(p / "config.json") || fs::exists(p / "model.safetensors")) return true;
+  for (const auto& e : fs::directory_iterator(p))
+    if (e.path().filename().string().find(".safetensors.index.json") != std::string::npos) return true;
+  return false;
+}
+
+// A Hugging Face model folder: its *.safetensors files are the shards of one model. Where an
+// index names the shards, every shard it names must exist and hold the tensors it lists.
+Model open_model_folder(const fs::path& folder) {
+  std::vector<fs::path> files;
+  fs::path index;
+  for (const auto& e : fs::directory_iterator(folder)) {
+    if (e.path().extension() == ".safetensors") files.push_back(e.path());
+    if (e.path().filename().string().find(".safetensors.index.json") != std::string::npos) index = e.path();
+  }
+  std::sort(files.begin(), files.end());
+  if (files.empty())
+    throw CheckpointError(fmt::format("{}: model folder without *.safetensors files (unisub-analyze reads "
+                                      "safetensors only)", folder.string()));
+  Model model = open_shards(folder.string(), files);
+  if (!index.empty()) {
+    nlohmann::json idx;
+    try {
+      std::ifstream in(index);
+      idx = nlohmann::json::parse(in);
+    } catch (const std::exception& e) {
+      throw CheckpointError(fmt::format("{}: cannot read the shard index: {}", index.string(), e.what()));
+    }
+    if (!idx.contains("weight_map") || !idx["weight_map"].is_object() || idx["weight_map"].empty())
+      throw CheckpointError(fmt::format("{}: the shard index has no weight_map", index.string()));
+    for (const auto& [key, shard] : idx["weight_map"].items()) {
+      if (!shard.is_string()) throw CheckpointError(fmt::format("{}: weight_map['{}'] is not a file name", index.string(), key));
+      const auto path = (folder / shard.get<std::string>()).string();
+      if (!fs::exists(path))
+        throw CheckpointError(fmt::format("{}: shard '{}' named by the index is missing", index.string(), shard.get<std::string>()));
+      if (!model.raw.count(key) || model.file_of(key) != path)
+        throw CheckpointError(fmt::format("{}: slot '{}': the index puts it in '{}', which does not hold it", index.string(),
+                                          key, shard.get<std::string>()));
+    }
+  }
   return model;
 }
 
@@ -97,16 +151,24 @@ std::vector<std::string> Model::keys() const {
   return out;
 }
 
-const TensorInfo& Model::info(const std::string& key) const { return header.tensors.at(raw.at(key)); }
+const TensorInfo& Model::info(const std::string& key) const { return shards.at(shard_of.at(key)).tensors.at(raw.at(key)); }
+
+const std::string& Model::file_of(const std::string& key) const { return shards.at(shard_of.at(key)).path; }
+
+uint64_t Model::total_bytes() const {
+  uint64_t total = 0;
+  for (const auto& h : shards) total += h.file_size;
+  return total;
+}
 
 torch::Tensor Model::get_unscaled(const std::string& key) const {
   auto it = raw.find(key);
   if (it == raw.end()) throw CheckpointError(fmt::format("{}: slot '{}': missing", name, key));
-  auto t = read_tensor(header, it->second);
+  auto t = read_tensor(shards.at(shard_of.at(key)), it->second);
   // caught here, naming the file, rather than as an eigensolver failure after the whole slot
   if (t.is_floating_point() && !t.isfinite().all().item<bool>())
     throw CheckpointError(fmt::format("{}: slot '{}': holds NaN or infinity; the analysis needs finite weights",
-                                      header.path, key));
+                                      file_of(key), key));
   return t;
 }
 
@@ -125,28 +187,33 @@ double Model::scaling(const std::string& b_key, bool scale) const {
 }
 
 std::vector<Model> discover_models(const std::vector<std::string>& paths) {
-  std::vector<fs::path> files, adapters;
+  std::vector<fs::path> files, adapters, folders;
+  auto classify_folder = [&](const fs::path& p) {
+    if (fs::exists(p / "adapter_config.json")) adapters.push_back(p);
+    else if (is_model_folder(p)) folders.push_back(p);
+    else return false;
+    return true;
+  };
   for (const auto& p : paths) {
     const fs::path path(p);
     if (!fs::exists(path)) throw CheckpointError(fmt::format("{}: no such file or folder", p));
     if (!fs::is_directory(path)) {
       files.push_back(path);
-    } else if (fs::exists(path / "adapter_config.json")) {
-      adapters.push_back(path);
-    } else {
-      const auto before = files.size() + adapters.size();
+    } else if (!classify_folder(path)) {
+      const auto before = files.size() + adapters.size() + folders.size();
       for (const auto& e : fs::directory_iterator(path)) {
         if (e.is_regular_file() && e.path().extension() == ".safetensors") files.push_back(e.path());
-        else if (e.is_directory() && fs::exists(e.path() / "adapter_config.json")) adapters.push_back(e.path());
+        else if (e.is_directory()) classify_folder(e.path());
       }
-      if (files.size() + adapters.size() == before)
-        throw CheckpointError(fmt::format("{}: no checkpoints found in this folder (looked for *.safetensors and "
-                                          "PEFT adapter folders)", p));
+      if (files.size() + adapters.size() + folders.size() == before)
+        throw CheckpointError(fmt::format("{}: no checkpoints found in this folder (looked for *.safetensors, "
+                                          "PEFT adapter folders and model folders)", p));
     }
   }
   std::vector<Model> models;
-  for (const auto& f : files) models.push_back(open_file(f));
+  for (const auto& f : files) models.push_back(open_shards(f.string(), {f}));
   for (const auto& a : adapters) models.push_back(open_adapter(a));
+  for (const auto& f : folders) models.push_back(open_model_folder(f));
   std::sort(models.begin(), models.end(), [](const Model& a, const Model& b) { return a.name < b.name; });
   return models;
 }
