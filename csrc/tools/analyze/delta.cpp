@@ -41,10 +41,7 @@ nlohmann::json split_half(const torch::Tensor& K, int64_t r) {
   auto cross = a.C.mm(K.index_select(0, even).index_select(1, odd)).mm(b.C);
   auto cos = torch::linalg_svdvals((a.V / a.sigma).t().mm(cross).mm(b.V / b.sigma)).clamp(0, 1);
   auto theta = std::get<0>(torch::arccos(cos).sort());
-  return {{"models", {even.numel(), odd.numel()}},
-          {"principal_angles_deg", to_vec(torch::rad2deg(theta))},
-          {"max_sin", theta.numel() ? theta.max().sin().item<double>() : 0.0},
-          {"mean_cos2", theta.numel() ? theta.cos().pow(2).mean().item<double>() : 1.0}};
+  return split_half_report(theta, even.numel(), odd.numel());
 }
 
 // The mean ΔW and the top k unit-norm eigen-weights E_k = Σ_i v_ik (ΔW_i − mean) / σ_k as dense
@@ -62,11 +59,6 @@ std::pair<torch::Tensor, torch::Tensor> mean_and_eigen_weights(const torch::Tens
   auto Bw = torch::einsum("imr,ik->kmir", {B, W}).reshape({k + 1, m, M * r});
   auto both = Bw.matmul(A.reshape({M * r, -1}));
   return {both[0], both.slice(0, 1).contiguous()};
-}
-
-std::vector<int64_t> factor_matrix_shape(const Model& model, const std::string& key) {
-  auto [rows, cols] = matrix_shape(model.info(key).shape);
-  return {rows, cols};
 }
 
 }  // namespace
@@ -94,15 +86,16 @@ DeltaModule plan_delta(const std::string& module, const std::string& a_key, cons
         throw CheckpointError(fmt::format("{}: slot '{}': dtype {} cannot be analysed (need one of F64, F32, F16, BF16)",
                                           model.name, key, model.info(key).dtype));
     }
-    const auto A = factor_matrix_shape(model, a_key), B = factor_matrix_shape(model, b_key);
-    if (A[0] != B[1])
+    const auto [r_a, n] = matrix_shape(model.info(a_key).shape);
+    const auto [m, r_b] = matrix_shape(model.info(b_key).shape);
+    if (r_a != r_b)
       throw CheckpointError(fmt::format("{}: slot '{}': lora_B ({} x {}) and lora_A ({} x {}) have different ranks",
-                                        model.name, b_key, B[0], B[1], A[0], A[1]));
+                                        model.name, b_key, m, r_b, r_a, n));
     if (&model == &models[0]) {
-      plan.m = B[0], plan.n = A[1];
-    } else if (B[0] != plan.m || A[1] != plan.n) {
+      plan.m = m, plan.n = n;
+    } else if (m != plan.m || n != plan.n) {
       throw CheckpointError(fmt::format("{}: slot '{}': ΔW = B·A of shape [{}, {}] differs from [{}, {}] in '{}'",
-                                        model.name, b_key, B[0], A[1], plan.m, plan.n, models[0].name));
+                                        model.name, b_key, m, n, plan.m, plan.n, models[0].name));
     }
   }
   return plan;

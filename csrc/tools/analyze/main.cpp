@@ -5,8 +5,9 @@
 //   unisub-analyze --check-headers FILE...     (validate headers only: one line per file)
 //
 // PATHs are .safetensors files, PEFT adapter folders, model folders (their *.safetensors files are
-// one model's shards), or folders of these. Patterns are globs on the tensor name or 're:REGEX'. `--modes delta` analyses the LoRA
-// deltas ΔW = s·B·A of adapters along the model axis (slot '<module>.delta'). Writes
+// one model's shards), or folders of these. Patterns are globs on the tensor name or 're:REGEX'.
+// `--modes delta` analyses the LoRA deltas ΔW = s·B·A of adapters along the model axis (slot
+// '<module>.delta'). Writes
 // DIR/subspaces/<slot>.safetensors and DIR/report.json in the formats of `unisub analyze` (the
 // Python report adds the null spectra and plots), and prints a table. Each finished slot's entry
 // is also kept in DIR/slots/, so `--resume` after an interruption redoes only the slot that was
@@ -104,10 +105,7 @@ json mode_report(const std::string& mode, const Accumulator& total, const Accumu
   if (halves) {
     auto Ua = halves[0].eigh(mode).second.slice(1, 0, r), Ub = halves[1].eigh(mode).second.slice(1, 0, r);
     auto theta = principal_angles(Ua, Ub);
-    rep["split_half"] = {{"models", {halves[0].count, halves[1].count}},
-                         {"principal_angles_deg", to_vec(torch::rad2deg(theta))},
-                         {"max_sin", theta.numel() ? theta.max().sin().item<double>() : 0.0},
-                         {"mean_cos2", theta.numel() ? theta.cos().pow(2).mean().item<double>() : 1.0}};
+    rep["split_half"] = split_half_report(theta, halves[0].count, halves[1].count);
   } else {
     rep["split_half"] = nullptr;
   }
@@ -134,7 +132,6 @@ int run(const Options& o) {
   // every header (and adapter config) first: a bad file fails now, before any output exists
   const auto models = discover_models(o.paths);
   const auto& first = models[0];
-  const bool factor_modes = std::any_of(o.modes.begin(), o.modes.end(), [](const auto& m) { return m != "delta"; });
   std::vector<std::string> modes;  // out / in: the mode Grams of every selected tensor
   std::copy_if(o.modes.begin(), o.modes.end(), std::back_inserter(modes), [](const auto& m) { return m != "delta"; });
   std::vector<std::string> chosen;
@@ -164,7 +161,7 @@ int run(const Options& o) {
       throw CheckpointError(fmt::format("{}: --modes delta: no selected tensor is the lora_A or lora_B of a module that "
                                         "has both factors", first.name));
   }
-  const std::vector<std::string> slots = factor_modes ? chosen : std::vector<std::string>{};
+  const std::vector<std::string> slots = modes.empty() ? std::vector<std::string>{} : chosen;
   for (size_t i = 1; i < models.size(); ++i)
     for (const auto& k : slots) {
       if (!models[i].raw.count(k)) throw CheckpointError(fmt::format("{}: slot '{}': missing (present in '{}')", models[i].name, k, first.name));

@@ -40,6 +40,26 @@ const nlohmann::ordered_json* pattern_value(const nlohmann::ordered_json& cfg, c
   return nullptr;
 }
 
+// One model of one or more safetensors files; a tensor may live in one of them only. `rename`
+// maps a name in the file to the name it is analysed under.
+Model open_shards(const std::string& name, const std::vector<fs::path>& files,
+                  std::string (*rename)(const std::string&) = nullptr) {
+  Model model;
+  model.name = name;
+  for (const auto& f : files) {
+    model.shards.push_back(read_header(f.string()));
+    for (const auto& [key, info] : model.shards.back().tensors) {
+      const auto as = rename ? rename(key) : key;
+      if (model.raw.count(as))
+        throw CheckpointError(fmt::format("{}: slot '{}': also in '{}' (a tensor must be in one shard only)", f.string(),
+                                          as, model.file_of(as)));
+      model.raw[as] = key;
+      model.shard_of[as] = model.shards.size() - 1;
+    }
+  }
+  return model;
+}
+
 Model open_adapter(const fs::path& folder) {
   const auto cfg_path = folder / "adapter_config.json";
   nlohmann::ordered_json cfg;
@@ -55,15 +75,11 @@ Model open_adapter(const fs::path& folder) {
   if (!fs::exists(st))
     throw CheckpointError(fmt::format("{}: PEFT folder without adapter_model.safetensors (unisub-analyze reads "
                                       "safetensors only; the Python tool also reads adapter_model.bin)", folder.string()));
-  Model model;
-  model.name = folder.string();
-  model.shards.push_back(read_header(st.string()));
+  Model model = open_shards(folder.string(), {st}, strip_prefix);
   model.adapter = true;
   model.dora = cfg.value("use_dora", false);
-  for (const auto& [key, info] : model.shards[0].tensors) {
-    const auto name = strip_prefix(key);
-    model.raw[name] = key;
-    model.shard_of[name] = 0;
+  for (const auto& [name, key] : model.raw) {
+    const auto& info = model.info(name);
     const auto module = b_module(name);
     if (module.empty()) continue;
     const auto* r_over = pattern_value(cfg, "rank_pattern", module);
@@ -82,27 +98,14 @@ Model open_adapter(const fs::path& folder) {
   return model;
 }
 
-// One model of one or more safetensors files; a tensor may live in one of them only.
-Model open_shards(const std::string& name, const std::vector<fs::path>& files) {
-  Model model;
-  model.name = name;
-  for (const auto& f : files) {
-    model.shards.push_back(read_header(f.string()));
-    for (const auto& [key, info] : model.shards.back().tensors) {
-      if (model.raw.count(key))
-        throw CheckpointError(fmt::format("{}: slot '{}': also in '{}' (a tensor must be in one shard only)", f.string(),
-                                          key, model.file_of(key)));
-      model.raw[key] = key;
-      model.shard_of[key] = model.shards.size() - 1;
-    }
-  }
-  return model;
+bool is_shard_index(const fs::path& p) {
+  return p.filename().string().find(".safetensors.index.json") != std::string::npos;
 }
 
 bool is_model_folder(const fs::path& p) {
   if (fs::exists(p / "config.json") || fs::exists(p / "model.safetensors")) return true;
   for (const auto& e : fs::directory_iterator(p))
-    if (e.path().filename().string().find(".safetensors.index.json") != std::string::npos) return true;
+    if (is_shard_index(e.path())) return true;
   return false;
 }
 
@@ -113,7 +116,7 @@ Model open_model_folder(const fs::path& folder) {
   fs::path index;
   for (const auto& e : fs::directory_iterator(folder)) {
     if (e.path().extension() == ".safetensors") files.push_back(e.path());
-    if (e.path().filename().string().find(".safetensors.index.json") != std::string::npos) index = e.path();
+    if (is_shard_index(e.path())) index = e.path();
   }
   std::sort(files.begin(), files.end());
   if (files.empty())

@@ -39,6 +39,13 @@ torch::Tensor principal_angles(const torch::Tensor& U1, const torch::Tensor& U2)
   return std::get<0>(theta.sort());
 }
 
+nlohmann::json split_half_report(const torch::Tensor& theta, int64_t models_a, int64_t models_b) {
+  return {{"models", {models_a, models_b}},
+          {"principal_angles_deg", to_vec(torch::rad2deg(theta))},
+          {"max_sin", theta.numel() ? theta.max().sin().item<double>() : 0.0},
+          {"mean_cos2", theta.numel() ? theta.cos().pow(2).mean().item<double>() : 1.0}};
+}
+
 nlohmann::json spectrum_report(const torch::Tensor& ev, int64_t r, int64_t p, double N, double uncentred) {
   const int64_t d = ev.numel();
   const double tot = ev.sum().item<double>();

@@ -20,6 +20,9 @@ int64_t rank_for_energy(const torch::Tensor& eigenvalues, double tau);
 // Principal angles (ascending, radians) between the column spans of two orthonormal bases.
 torch::Tensor principal_angles(const torch::Tensor& U1, const torch::Tensor& U2);
 
+// The "split_half" entry: principal angles theta (ascending, radians) between the two halves' spans.
+nlohmann::json split_half_report(const torch::Tensor& theta, int64_t models_a, int64_t models_b);
+
 // The spectrum fields of one mode: ev descending, r kept, (p, N) the matched Gaussian null's shape,
 // uncentred the energy of the whole stack (for the errors of mean + rank-k reconstructions).
 nlohmann::json spectrum_report(const torch::Tensor& ev, int64_t r, int64_t p, double N, double uncentred);
