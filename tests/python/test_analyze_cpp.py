@@ -323,6 +323,7 @@ def test_model_folders_and_shards_match_python(zoo, tmp_path):
             save_file({k: st.get(k) for k in ks}, d / name)
         (d / "model.safetensors.index.json").write_text(
             json.dumps({"weight_map": {k: name for name, ks in halves.items() for k in ks}}))
+        (d / "consolidated.safetensors").write_bytes(f.read_bytes())  # not named by the index: not read
     py = unisub.analyze(runs, out=tmp_path / "py", energy=0.85, plots=False, progress=False)
     run = _run_tool(runs, "--out", tmp_path / "cpp", "--energy", "0.85")
     assert run.returncode == 0, run.stderr

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <regex>
+#include <set>
 #include <sstream>
 
 namespace fs = std::filesystem;
@@ -109,8 +110,10 @@ bool is_model_folder(const fs::path& p) {
   return false;
 }
 
-// A Hugging Face model folder: its *.safetensors files are the shards of one model. Where an
-// index names the shards, every shard it names must exist and hold the tensors it lists.
+// A Hugging Face model folder: one model, in the shards its *.safetensors.index.json names (other
+// .safetensors files there, such as a consolidated copy, are not part of it), or in all its
+// *.safetensors files where there is no index. Every shard the index names must exist and hold
+// the tensors it lists.
 Model open_model_folder(const fs::path& folder) {
   std::vector<fs::path> files;
   fs::path index;
@@ -118,31 +121,34 @@ Model open_model_folder(const fs::path& folder) {
     if (e.path().extension() == ".safetensors") files.push_back(e.path());
     if (is_shard_index(e.path())) index = e.path();
   }
+  nlohmann::json weight_map;
+  if (!index.empty()) {
+    try {
+      std::ifstream in(index);
+      weight_map = nlohmann::json::parse(in).value("weight_map", nlohmann::json());
+    } catch (const std::exception& e) {
+      throw CheckpointError(fmt::format("{}: cannot read the shard index: {}", index.string(), e.what()));
+    }
+    if (!weight_map.is_object() || weight_map.empty())
+      throw CheckpointError(fmt::format("{}: the shard index has no weight_map", index.string()));
+    std::set<fs::path> named;
+    for (const auto& [key, shard] : weight_map.items()) {
+      if (!shard.is_string()) throw CheckpointError(fmt::format("{}: weight_map['{}'] is not a file name", index.string(), key));
+      if (!fs::exists(folder / shard.get<std::string>()))
+        throw CheckpointError(fmt::format("{}: shard '{}' named by the index is missing", index.string(), shard.get<std::string>()));
+      named.insert(folder / shard.get<std::string>());
+    }
+    files.assign(named.begin(), named.end());
+  }
   std::sort(files.begin(), files.end());
   if (files.empty())
     throw CheckpointError(fmt::format("{}: model folder without *.safetensors files (unisub-analyze reads "
                                       "safetensors only)", folder.string()));
   Model model = open_shards(folder.string(), files);
-  if (!index.empty()) {
-    nlohmann::json idx;
-    try {
-      std::ifstream in(index);
-      idx = nlohmann::json::parse(in);
-    } catch (const std::exception& e) {
-      throw CheckpointError(fmt::format("{}: cannot read the shard index: {}", index.string(), e.what()));
-    }
-    if (!idx.contains("weight_map") || !idx["weight_map"].is_object() || idx["weight_map"].empty())
-      throw CheckpointError(fmt::format("{}: the shard index has no weight_map", index.string()));
-    for (const auto& [key, shard] : idx["weight_map"].items()) {
-      if (!shard.is_string()) throw CheckpointError(fmt::format("{}: weight_map['{}'] is not a file name", index.string(), key));
-      const auto path = (folder / shard.get<std::string>()).string();
-      if (!fs::exists(path))
-        throw CheckpointError(fmt::format("{}: shard '{}' named by the index is missing", index.string(), shard.get<std::string>()));
-      if (!model.raw.count(key) || model.file_of(key) != path)
-        throw CheckpointError(fmt::format("{}: slot '{}': the index puts it in '{}', which does not hold it", index.string(),
-                                          key, shard.get<std::string>()));
-    }
-  }
+  for (const auto& [key, shard] : weight_map.items())
+    if (!model.raw.count(key) || model.file_of(key) != (folder / shard.get<std::string>()).string())
+      throw CheckpointError(fmt::format("{}: slot '{}': the index puts it in '{}', which does not hold it", index.string(),
+                                        key, shard.get<std::string>()));
   return model;
 }
 
