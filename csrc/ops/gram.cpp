@@ -9,6 +9,7 @@
 #include <algorithm>
 
 #include "ops/checks.h"
+#include "ops/overlap_checks.h"
 #include "unisub/gram.h"
 
 namespace unisub::detail {
@@ -178,6 +179,8 @@ void gram_update_impl(const at::Tensor& G, const at::Tensor& X, int64_t dim, con
   TORCH_CHECK(G.dim() == 2 && G.size(0) == d && G.size(1) == d, "unisub.", op,
               ": G must have shape [", d, ", ", d, "] (size of X along dim ", dim, "), got ",
               G.sizes());
+  check_no_internal_overlap(G, op, "G");
+  check_no_overlap(G, "G", X, "X", op);
   if (G.scalar_type() == at::kDouble && G.is_contiguous() && is_symmetric_cpu(G)) {
     // Accumulate straight into G's lower triangle, then mirror it: no Gram-sized temporaries. A
     // streamed analysis calls this once per model and slot; on CPU every temporary was a fresh

@@ -16,6 +16,7 @@
 
 #include "ops/basis_checks.h"
 #include "ops/checks.h"
+#include "ops/overlap_checks.h"
 #include "unisub/projection.h"
 
 namespace unisub::detail {
@@ -243,6 +244,9 @@ void project_inplace_impl(const at::Tensor& G, const OptTensor& U, const OptTens
                           bool check_basis) {
   const at::NoGradGuard no_grad;  // not differentiable (see checks.h)
   const auto a = validate_projection(G, U, V, "project_", -1, "G", /*in_place=*/true);
+  check_no_internal_overlap(G, "project_", "G");
+  if (U) check_no_overlap(G, "G", *U, "U", "project_");
+  if (V) check_no_overlap(G, "G", *V, "V", "project_");
   if (check_basis) check_bases(a, "project_", "U", "V");
   project_inplace(G, a.U, a.V, complement, a.compute);
 }
@@ -266,6 +270,13 @@ void project_list_impl(at::TensorList Gs, const c10::List<OptTensor>& Us, const 
   std::vector<at::Tensor> bases;
   std::vector<std::string> names;
   std::unordered_set<const void*> seen;
+  std::vector<NamedTensor> written, read;
+  for (int64_t i = 0; i < count; ++i) {
+    if (Gs[i].defined()) written.push_back({Gs[i], indexed("Gs", i)});
+    for (const auto& [B, name] : {std::pair{Us.get(i), indexed("Us", i)}, std::pair{Vs.get(i), indexed("Vs", i)}}) {
+      if (B && B->defined()) read.push_back({*B, name});
+    }
+  }
   for (int64_t i = 0; i < count; ++i) {
     check_defined(Gs[i], op, indexed("Gs", i));
     if (i > 0) check_same_device(Gs[i], indexed("Gs", i), Gs[0], "Gs[0]", op);
@@ -287,6 +298,8 @@ void project_list_impl(at::TensorList Gs, const c10::List<OptTensor>& Us, const 
       }
     }
   }
+  for (const auto& w : written) check_no_internal_overlap(w.tensor, op, w.name);
+  check_no_overlap_among(written, read, op);
   if (check_basis) check_orthonormal_all(bases, names, op);
   k.project_list(entries, complement);
 }
