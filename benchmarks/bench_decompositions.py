@@ -1,6 +1,8 @@
 """svd, mode_svd and lora_gram against the obvious plain-PyTorch route (issue #3 targets):
 - svd of 512 x 64 x 64 and 500 x 4096 x 16 (float32) vs torch.linalg.svd of the same batch;
-- mode_svd(rank=32) of a 500 x 16 x 4096 LoRA-A stack vs the full SVD of its unfolding;
+- mode_svd(rank=32) of a 500 x 16 x 4096 LoRA-A stack vs the full SVD of its unfolding and vs the
+  Gram route, on a decaying spectrum (auto keeps its certified sketch) and a noise floor (auto
+  falls back to the Gram route);
 - lora_gram for M = 200, r = 16, m = n = 1024 vs forming every ΔW and their Gram (and the centred
   variant vs forming, centring and the Gram)."""
 import torch
@@ -12,6 +14,15 @@ SIZES = {
     "quick": {"svd": [(128, 64, 64), (100, 1024, 16)], "mode": (100, 16, 1024, 16), "lora": (50, 512, 16, 512)},
     "full": {"svd": [(512, 64, 64), (500, 4096, 16)], "mode": (500, 16, 4096, 32), "lora": (200, 1024, 16, 1024)},
 }
+
+
+def lora_like_stack(M, r, n, gen, dtype, directions=64, decay=0.85, noise=1e-4):
+    """M factors [r, n] sharing `directions` input directions with geometrically decaying weight,
+    plus a small noise floor: the spectrum a LoRA-A zoo shows (unlike a Gaussian stack's flat one)."""
+    basis = torch.linalg.qr(torch.randn(n, directions, generator=gen, dtype=torch.float64))[0]
+    weights = decay ** torch.arange(directions, dtype=torch.float64)
+    coeffs = torch.randn(M, r, directions, generator=gen, dtype=torch.float64) * weights
+    return (coeffs @ basis.T + noise * torch.randn(M, r, n, generator=gen, dtype=torch.float64)).to(dtype)
 
 
 def cases(device: str, size: str = "quick", dtypes=(torch.float32,)):
@@ -27,11 +38,18 @@ def cases(device: str, size: str = "quick", dtypes=(torch.float32,)):
                            ours=lambda A=A, m=method: unisub.svd(A, -1, m),
                            baselines={"torch.linalg.svd": lambda A=A: torch.linalg.svd(A, full_matrices=False)})
         M, r_dim, n, rank = sizes["mode"]
-        X = torch.randn(M, r_dim, n, generator=gen, dtype=dtype).to(device)
-        yield Case(op=f"mode_svd[rank={rank}]", shape=f"{(M, r_dim, n)} dim=2 c", dtype=dtype, device=device,
-                   ours=lambda X=X, k=rank: unisub.mode_svd(X, 2, rank=k, center=True),
-                   baselines={"svd of unfolding": lambda X=X: torch.linalg.svd(
-                       (X - X.mean(0)).movedim(2, 0).reshape(X.shape[2], -1), full_matrices=False)})
+        # auto keeps its sketch only where the residuals certify it (issue #15): a LoRA-like stack
+        # whose spectrum falls away after the kept rank keeps it; a Gaussian stack (a flat noise
+        # floor) falls back to the exact Gram route, so that case is measured against `gram` too.
+        for spectrum, X in (("decaying", lora_like_stack(M, r_dim, n, gen, dtype)),
+                            ("noise floor", torch.randn(M, r_dim, n, generator=gen, dtype=dtype))):
+            X = X.to(device)
+            yield Case(op=f"mode_svd[rank={rank}]", shape=f"{(M, r_dim, n)} dim=2 c, {spectrum}", dtype=dtype,
+                       device=device, ours=lambda X=X, k=rank: unisub.mode_svd(X, 2, rank=k, center=True),
+                       baselines={"svd of unfolding": lambda X=X: torch.linalg.svd(
+                           (X - X.mean(0)).movedim(2, 0).reshape(X.shape[2], -1), full_matrices=False),
+                                  "mode_svd gram": lambda X=X, k=rank: unisub.mode_svd(
+                                      X, 2, rank=k, center=True, method="gram")})
         M, m, r, n = sizes["lora"]
         B = torch.randn(M, m, r, generator=gen, dtype=dtype).to(device)
         A = torch.randn(M, r, n, generator=gen, dtype=dtype).to(device)

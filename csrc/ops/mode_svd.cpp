@@ -7,7 +7,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
+#include <optional>
 #include <numeric>
 
 #include "ops/checks.h"
@@ -25,15 +27,24 @@ constexpr int64_t kAutoSketchMinRows = 512;
 // Peak extra memory of one block of the sketch products.
 constexpr int64_t kSketchBlockBytes = 64LL << 20;
 
-// X_c,(dim) seen as X3[outer, d, inner] minus mean3[o % period, r or 0, i] (see Unfolding).
+// X_c,(dim) seen as X3[outer, d, inner] minus mean3[o % period, r or 0, i] (see Unfolding). X3
+// keeps X's dtype; each block is converted and centred before it is multiplied, so a large
+// common offset cancels in the subtraction, not in the products.
 struct CentredUnfolding {
-  at::Tensor X3, mean3;  // mean3 undefined when not centred; both in the compute dtype
+  at::Tensor X3, mean3;  // mean3: float64, undefined when not centred
   Unfolding u;
-  int64_t models_per_period() const { return u.outer / u.period; }
 
   int64_t block_outer() const {
-    const int64_t per = std::max<int64_t>(1, u.rows * u.inner * X3.element_size());
+    const int64_t per = std::max<int64_t>(1, u.rows * u.inner * 8);
     return std::max<int64_t>(1, kSketchBlockBytes / per);
+  }
+
+  at::Tensor block(int64_t o0, int64_t n, at::ScalarType dtype) const {
+    auto b = X3.narrow(0, o0, n).to(dtype);
+    if (!mean3.defined()) return b;
+    const auto which = at::arange(o0, o0 + n, at::TensorOptions().dtype(at::kLong).device(X3.device()))
+                           .remainder(u.period);
+    return b - mean3.index_select(0, which).to(dtype);
   }
 
   // X_c,(dim) · Ω for Ω [outer, inner, s]  →  [d, s]
@@ -42,15 +53,7 @@ struct CentredUnfolding {
     const int64_t blk = block_outer();
     for (int64_t o0 = 0; o0 < u.outer; o0 += blk) {
       const int64_t n = std::min(blk, u.outer - o0);
-      Y.add_(at::einsum("odi,ois->ds", {X3.narrow(0, o0, n), omega.narrow(0, o0, n)}));
-    }
-    if (mean3.defined()) {
-      const auto per_period = omega.reshape({models_per_period(), u.period, u.inner, omega.size(2)}).sum(0);
-      if (u.mean_per_row) {
-        Y.sub_(at::einsum("pdi,pis->ds", {mean3, per_period}));
-      } else {  // mode 0: every row (model) loses the same mean
-        Y.sub_(at::matmul(mean3.reshape({1, u.inner}), per_period.reshape({u.inner, -1})));
-      }
+      Y.add_(at::einsum("odi,ois->ds", {block(o0, n, omega.scalar_type()), omega.narrow(0, o0, n)}));
     }
     return Y;
   }
@@ -61,15 +64,7 @@ struct CentredUnfolding {
     const int64_t blk = block_outer();
     for (int64_t o0 = 0; o0 < u.outer; o0 += blk) {
       const int64_t n = std::min(blk, u.outer - o0);
-      Z.narrow(0, o0, n).copy_(at::einsum("odi,ds->ois", {X3.narrow(0, o0, n), Q}));
-    }
-    if (mean3.defined()) {
-      if (u.mean_per_row) {
-        const auto correction = at::einsum("pdi,ds->pis", {mean3, Q});  // [period, inner, s]
-        Z.view({models_per_period(), u.period, u.inner, Q.size(1)}).sub_(correction.unsqueeze(0));
-      } else {
-        Z.sub_(at::outer(mean3.reshape({u.inner}), Q.sum(0)).unsqueeze(0));
-      }
+      Z.narrow(0, o0, n).copy_(at::einsum("odi,ds->ois", {block(o0, n, Q.scalar_type()), Q}));
     }
     return Z;
   }
@@ -77,12 +72,20 @@ struct CentredUnfolding {
 
 at::Tensor orthonormal_basis(const at::Tensor& Y) { return std::get<0>(at::linalg_qr(Y)); }
 
-std::tuple<at::Tensor, at::Tensor> sketched_leading(const CentredUnfolding& cu, int64_t k) {
-  const int64_t width = cu.u.columns(), s = std::min(k + kSketchOversample, std::min(cu.u.rows, width));
+int64_t sketch_width(const CentredUnfolding& cu, int64_t k) {
+  return std::min(k + kSketchOversample, std::min(cu.u.rows, cu.u.columns()));
+}
+
+at::Tensor gaussian_start(const CentredUnfolding& cu, int64_t s, at::ScalarType dtype) {
   auto gen = at::detail::createCPUGenerator(kSketchSeed);
-  auto omega = at::randn({cu.u.outer, cu.u.inner, s}, gen, at::TensorOptions().dtype(at::kDouble))
-                   .to(cu.X3.options());
-  auto Q = orthonormal_basis(cu.times(omega));
+  return at::randn({cu.u.outer, cu.u.inner, s}, gen, at::TensorOptions().dtype(at::kDouble))
+      .to(cu.X3.options().dtype(dtype));
+}
+
+// method="randomized": a fixed number of power iterations, approximate (docs/decompositions.md).
+std::tuple<at::Tensor, at::Tensor> sketched_leading(const CentredUnfolding& cu, int64_t k, at::ScalarType dtype) {
+  const int64_t width = cu.u.columns(), s = sketch_width(cu, k);
+  auto Q = orthonormal_basis(cu.times(gaussian_start(cu, s, dtype)));
   for (int it = 0; it < kSketchPowerIterations; ++it) {  // re-orthonormalised every half step
     const auto Z = orthonormal_basis(cu.transposed_times(Q).reshape({width, -1}));
     Q = orthonormal_basis(cu.times(Z.reshape({cu.u.outer, cu.u.inner, -1})));
@@ -90,6 +93,49 @@ std::tuple<at::Tensor, at::Tensor> sketched_leading(const CentredUnfolding& cu, 
   // X_cᵀQ = Uz Sz Vzᵀ  ⇒  X_c ≈ Q Vz Sz Uzᵀ.
   auto [Uz, Sz, Vzh] = at::linalg_svd(cu.transposed_times(Q).reshape({width, -1}), /*full_matrices=*/false);
   return {at::matmul(Q, Vzh.mT()).narrow(1, 0, k), Sz.narrow(0, 0, k)};
+}
+
+// method="auto": subspace iteration on H = X_c X_cᵀ in float64 with a Rayleigh–Ritz step, kept
+// only with an a-posteriori certificate. For a unit Ritz vector q with value θ and residual
+// ρ = ‖Hq − θq‖, some eigenvalue of H lies within ρ of θ; each of the k kept pairs must have
+// ρ ≤ kCertifiedRelativeError·θ, or ρ within the Gram route's own resolution (ε·max(d, columns)·λ₁).
+// A spectrum whose tail does not fall away from the kept values (a flat noise floor, a cluster
+// at the cut) never meets it within the budget, and the caller takes the exact Gram route.
+// The budget keeps a failed attempt below about half the cost of that Gram.
+constexpr double kCertifiedRelativeError = 1e-10;
+
+std::optional<std::tuple<at::Tensor, at::Tensor>> certified_leading(const CentredUnfolding& cu, int64_t k) {
+  const int64_t d = cu.u.rows, width = cu.u.columns(), s = sketch_width(cu, k);
+  // Each pass over X costs d·width·s multiply-adds; the Gram costs d²·width / 2.
+  const int64_t budget = std::max<int64_t>(2, (d / (4 * s) - 1) / 2);
+  const double eps = std::numeric_limits<double>::epsilon();
+  auto Q = orthonormal_basis(cu.times(gaussian_start(cu, s, at::kDouble)));
+  double last_worst = std::numeric_limits<double>::infinity();
+  for (int64_t it = 1; it <= budget; ++it) {
+    const auto Y = cu.times(cu.transposed_times(Q));  // H Q
+    auto T = at::matmul(Q.mT(), Y);
+    auto [theta, W] = at::linalg_eigh((T + T.mT()) * 0.5);
+    theta = theta.flip(0);
+    W = W.flip(1);
+    const auto ritz = at::matmul(Q, W);
+    const auto rho = at::linalg_vector_norm(at::matmul(Y, W) - ritz * theta.unsqueeze(0), 2, {0});
+    const auto lambda1 = theta.narrow(0, 0, 1).clamp_min(0);
+    const auto resolution = lambda1 * (eps * static_cast<double>(std::max(d, width)));
+    const auto allowed = at::maximum(theta.narrow(0, 0, k).clamp_min(0) * kCertifiedRelativeError, resolution);
+    const double worst = (rho.narrow(0, 0, k) / allowed).max().item<double>();
+    if (worst <= 1.0) {
+      auto lambda = theta.narrow(0, 0, k);
+      lambda = at::where(lambda > resolution, lambda, at::zeros_like(lambda));  // as the Gram route does
+      return std::tuple{ritz.narrow(1, 0, k), lambda.sqrt()};
+    }
+    // Residuals shrink geometrically while the tail falls away; stop early when the rate seen
+    // cannot reach the target within the budget.
+    const double rate = worst / last_worst;
+    if (it >= 2 && (!(rate < 1.0) || worst * std::pow(rate, static_cast<double>(budget - it)) > 1.0)) break;
+    last_worst = worst;
+    Q = orthonormal_basis(Y);
+  }
+  return std::nullopt;
 }
 
 double centred_energy(const at::Tensor& X, const std::optional<at::Tensor>& mean) {
@@ -137,18 +183,24 @@ std::tuple<at::Tensor, at::Tensor> mode_svd_impl(const at::Tensor& X, int64_t di
   check_finite(X, op, "X");
   const auto out_dtype = result_dtype(X);
 
-  const bool sketch = method == SvdMethod::Randomized ||
-                      (method == SvdMethod::Auto && rank > 0 && u.rows >= kAutoSketchMinRows &&
-                       rank + kSketchOversample <= u.rows / 4);
+  // auto sketches only when the Gram would be large and few components are wanted, and keeps
+  // the sketch only when certified_leading can vouch for it.
+  const bool try_sketch = method == SvdMethod::Randomized ||
+                          (method == SvdMethod::Auto && rank > 0 && u.rows >= kAutoSketchMinRows &&
+                           rank + kSketchOversample <= u.rows / 4);
   at::Tensor U, S;
-  if (sketch) {
-    CentredUnfolding cu{X.reshape({u.outer, u.rows, u.inner}).to(out_dtype), at::Tensor(), u};
-    std::optional<at::Tensor> mean;
+  std::optional<std::tuple<at::Tensor, at::Tensor>> sketched;
+  std::optional<at::Tensor> mean;
+  if (try_sketch) {
+    CentredUnfolding cu{X.reshape({u.outer, u.rows, u.inner}), at::Tensor(), u};
     if (center) {
       mean = model_mean_for_pack(X, u, kernels);
-      cu.mean3 = mean->to(out_dtype);
+      cu.mean3 = *mean;
     }
-    std::tie(U, S) = sketched_leading(cu, rank);
+    sketched = method == SvdMethod::Randomized ? sketched_leading(cu, rank, out_dtype) : certified_leading(cu, rank);
+  }
+  if (sketched) {
+    std::tie(U, S) = *sketched;
     U = U.to(at::kDouble);
     S = S.to(at::kDouble);
     if (energy > 0) {

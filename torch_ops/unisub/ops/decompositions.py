@@ -86,8 +86,10 @@ def mode_svd(X: torch.Tensor, dim: int, rank: int = -1, energy: float = 0.0, cen
     ``rank=-1`` keeps ``min(d_dim, prod(other dims))``; ``energy`` τ in (0, 1] keeps the smallest r
     whose cumulative explained variance (relative to the whole centred energy ‖X_c‖²) reaches τ,
     capped by ``rank``. ``method``: ``"gram"`` (float64 Gram + eigh), ``"randomized"`` (a sketch
-    that never forms the unfolding or its Gram; needs ``rank``), ``"auto"`` (the sketch when
-    ``rank + 10 <= d_dim / 4`` and ``d_dim >= 512``, else the Gram).
+    that never forms the unfolding or its Gram; needs ``rank``; approximate on flat spectra),
+    ``"auto"`` (as exact as ``"gram"``: where ``rank + 10 <= d_dim / 4`` and ``d_dim >= 512`` a
+    float64 sketch kept only when its residuals certify the kept values to 1e-10 relative, else
+    the Gram; see docs/decompositions.md).
     """
     return _ops.mode_svd(X, dim, rank, energy, center, method)
 
