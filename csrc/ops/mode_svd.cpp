@@ -105,7 +105,11 @@ std::tuple<at::Tensor, at::Tensor> sketched_leading(const CentredUnfolding& cu, 
 constexpr double kCertifiedRelativeError = 1e-10;
 
 std::optional<std::tuple<at::Tensor, at::Tensor>> certified_leading(const CentredUnfolding& cu, int64_t k) {
-  const int64_t d = cu.u.rows, width = cu.u.columns(), s = sketch_width(cu, k);
+  // Half again as many columns as kept: residuals shrink by about (λ_{s+1}/λ_j) per iteration, and
+  // on a LoRA-like 500 × 16 × 4096 stack at k = 32 this certifies in 4 iterations instead of 7
+  // with k + 10 columns, 30 % fewer multiply-adds in all.
+  const int64_t d = cu.u.rows, width = cu.u.columns();
+  const int64_t s = std::min(std::max(k + kSketchOversample, k + k / 2), std::min(d, width));
   // Each pass over X costs d·width·s multiply-adds; the Gram costs d²·width / 2.
   const int64_t budget = std::max<int64_t>(2, (d / (4 * s) - 1) / 2);
   const double eps = std::numeric_limits<double>::epsilon();
