@@ -27,6 +27,16 @@ ZOO = ["a_r4", "b_r8_rslora_f16", "c_r2_patterns_bf16", "d_r4_alpha32"]
 HELD_OUT = "e_r3_new"
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    """One thread per test (import it into a test module: autouse there). Every tensor here is
+    small; on a busy 2-core machine two threads made LAPACK calls and MiniLM steps 10-30x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def require():
     """(peft, transformers, model path), or skip with the reason."""
     try:

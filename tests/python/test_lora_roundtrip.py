@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import lora_zoo
+from lora_zoo import single_thread  # noqa: F401  (autouse)
 from unisub.lora import LoraZoo, compress, export
 
 EPS32 = torch.finfo(torch.float32).eps

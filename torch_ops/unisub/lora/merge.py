@@ -39,9 +39,9 @@ METHODS = ("mean", "task_arithmetic", "ties", "dare", "dare_ties", "subspace")
 
 def dare_mask(shape, drop: float, seed: int, index: int, module: str) -> torch.Tensor:
     """The keep mask of adapter ``index`` in ``module``: entries of ``torch.rand`` (float64, a
-    generator seeded with ``seed * 2**32 + crc32(module)`` then advanced ``index`` draws of the
+    generator seeded with ``crc32(f"{seed}/{module}")``, then advanced ``index`` draws of the
     shape) at or above ``drop``."""
-    g = torch.Generator().manual_seed((int(seed) % 2 ** 31) * 2 ** 32 + zlib.crc32(module.encode()))
+    g = torch.Generator().manual_seed(zlib.crc32(f"{int(seed)}/{module}".encode()))
     for _ in range(index):
         torch.rand(shape, generator=g, dtype=torch.float64)
     return torch.rand(shape, generator=g, dtype=torch.float64) >= drop
