@@ -4,6 +4,7 @@ rank/alpha patterns and float16 / bfloat16 / float32 files. Built once per test 
 a temporary folder); ``require()`` skips a test with the reason when peft, transformers or the
 model are missing."""
 import atexit
+import contextlib
 import copy
 import functools
 import os
@@ -27,14 +28,23 @@ ZOO = ["a_r4", "b_r8_rslora_f16", "c_r2_patterns_bf16", "d_r4_alpha32"]
 HELD_OUT = "e_r3_new"
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One thread per test (import it into a test module: autouse there). Every tensor here is
-    small; on a busy 2-core machine two threads made LAPACK calls and MiniLM steps 10-30x slower."""
+@contextlib.contextmanager
+def one_thread():
+    """Every tensor here is small; on a busy 2-core machine two threads made LAPACK calls and
+    MiniLM steps 10-30x slower."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """One thread per test (import it into a test module: autouse there)."""
+    with one_thread():
+        yield
 
 
 def require():
@@ -97,27 +107,15 @@ def zoo_folder() -> Path:
     require()
     root = Path(tempfile.mkdtemp(prefix="unisub-lora-zoo-"))
     atexit.register(shutil.rmtree, root, True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny batches: on a busy 2-core machine two threads made each step 30x slower
-    try:
+    with one_thread():
         for name in SPECS:
             _train(name, root / name)
-    finally:
-        torch.set_num_threads(threads)
     return root
 
 
 def zoo_paths(names=ZOO):
     root = zoo_folder()
     return [root / n for n in names]
-
-
-def peft_delta(folder, module: str) -> torch.Tensor:
-    """ΔW of ``module`` as PEFT itself applies it: merged weight minus base weight (float64)."""
-    from peft import PeftModel
-
-    model = PeftModel.from_pretrained(copy.deepcopy(base_model()), str(folder)).merge_and_unload()
-    return (model.get_submodule(module).weight.double() - base_model().get_submodule(module).weight.double())
 
 
 def peft_deltas(folder, modules):
@@ -127,4 +125,5 @@ def peft_deltas(folder, modules):
     model = PeftModel.from_pretrained(copy.deepcopy(base_model()), str(folder), torch_dtype=torch.float32)
     model = model.merge_and_unload()
     base = base_model()
-    return {m: model.get_submodule(m).weight.double() - base.get_submodule(m).weight.double() for m in modules}
+    with torch.no_grad():
+        return {m: model.get_submodule(m).weight.double() - base.get_submodule(m).weight.double() for m in modules}

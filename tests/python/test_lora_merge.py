@@ -22,7 +22,8 @@ def rel(a, b):
 @pytest.fixture(scope="module")
 def refs():
     lora_zoo.require()
-    return [reference_deltas(p) for p in lora_zoo.zoo_paths()]
+    with lora_zoo.one_thread():
+        return [reference_deltas(p) for p in lora_zoo.zoo_paths()]
 
 
 def ties_reference(deltas, density):

@@ -54,6 +54,8 @@ def add_lora(sub) -> None:
     p.add_argument("--rank", type=int, help="subspace: components per mode")
     p.add_argument("--energy", type=float, default=0.9, help="subspace: energy threshold (default 0.9)")
     p.add_argument("--out-rank", type=int, help="rank of the written adapter (default Σ r_i)")
+    p.add_argument("--modules", nargs="+", metavar="PATTERN",
+                   help="merge only these modules (globs on the module name, or 're:REGEX')")
     p.add_argument("--dtype", default="float32")
     p.set_defaults(run=_merge)
 
@@ -155,7 +157,7 @@ def _merge(args) -> int:
     try:
         rep = merge(args.adapters, args.out, method=args.method, scale=args.scale, weights=args.weights,
                     density=args.density, drop=args.drop, seed=args.seed, rank=args.rank, energy=args.energy,
-                    out_rank=args.out_rank, dtype=args.dtype)
+                    out_rank=args.out_rank, dtype=args.dtype, modules=args.modules)
     except _errors() as e:
         return _fail("merge", e)
     print(f"{args.method} of {len(rep['adapters'])} adapters written to {rep['folder']}; worst truncation error "
