@@ -21,7 +21,7 @@ def thin(B: torch.Tensor, A: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, 
 
 def gram_factors(B: torch.Tensor, A: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(X_out [m, ρ], X_in [n, ρ])`` with ``X_out X_outᵀ = ΔW ΔWᵀ`` and ``X_in X_inᵀ = ΔWᵀ ΔW``
-    for ΔW = B·A: the thin matrices whose Grams are ΔW's mode Grams (fed to ``gram_update_``)."""
+    for ΔW = B·A: the thin matrices whose Grams are ΔW's mode Grams (what ``compress.GramFactor`` streams)."""
     B, A = B.double(), A.double()
     _, Ra = torch.linalg.qr(A.T)  # A Aᵀ = Raᵀ Ra
     _, Rb = torch.linalg.qr(B)  # Bᵀ B = Rbᵀ Rb
