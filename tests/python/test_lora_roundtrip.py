@@ -152,3 +152,32 @@ def test_export_in_half_precision_and_truncated(tmp_path):
     rep = export(zoo, 1, tmp_path / "b1", dtype="float32", rank=1)
     sd = load_file(tmp_path / "b1" / "adapter_model.safetensors")
     assert sd[key].shape[1] == 1 and rep["truncation_error"] > 0
+
+
+def test_zoos_that_cannot_share_a_subspace_are_refused(tmp_path):
+    """Different modules, DoRA, non-finite factors: errors that name the adapter, not garbage."""
+    import shutil
+
+    from unisub.io import CheckpointError, load_file, save_file
+
+    src = lora_zoo.zoo_folder() / "a_r4"
+    fewer = tmp_path / "fewer"
+    shutil.copytree(src, fewer)
+    sd = load_file(fewer / "adapter_model.safetensors")
+    save_file({k: v for k, v in sd.items() if ".layer.0.attention.self.query." not in k}, fewer / "adapter_model.safetensors")
+    with pytest.raises(CheckpointError, match="LoRA modules differ"):
+        compress([src, fewer])
+    dora = tmp_path / "dora"
+    shutil.copytree(src, dora)
+    cfg = json.loads((dora / "adapter_config.json").read_text())
+    (dora / "adapter_config.json").write_text(json.dumps({**cfg, "use_dora": True}))
+    with pytest.raises(CheckpointError, match="DoRA"):
+        compress([src, dora])
+    bad = tmp_path / "nan"
+    shutil.copytree(src, bad)
+    key = next(k for k in sd if k.endswith("lora_B.weight"))
+    save_file({**sd, key: torch.full_like(sd[key], float("nan"))}, bad / "adapter_model.safetensors")
+    with pytest.raises(CheckpointError, match="NaN"):
+        compress([src, bad])
+    with pytest.raises(ValueError, match="same adapter"):
+        compress([src, src])
