@@ -98,6 +98,13 @@ def test_reported_errors_are_the_true_ones(refs, kw):
         tot = sum(float(torch.linalg.norm(refs[name][mod]) ** 2) for mod in zoo.modules)
         assert abs(errors[i]["relative_error"] - math.sqrt(res / tot)) <= 1e-9
         assert 0 < errors[i]["relative_error"] < 1
+    M = zoo.count
+    mean_dense = {mod: sum(mb.reconstruct(i) for i in range(M)) / M for mod, mb in zoo.modules.items()}
+    share = M * sum(float(mean_dense[mod].pow(2).sum()) for mod in zoo.modules) / sum(
+        float(mb.reconstruct(i).pow(2).sum()) for mb in zoo.modules.values() for i in range(M))
+    assert zoo.mean_share() == pytest.approx(share, rel=1e-9)
+    B, A = zoo.mean_factors(mod)
+    assert torch.allclose(B @ A, mean_dense[mod], atol=1e-15)
     st = zoo.storage()
     assert st["original_bytes"] == sum(t.numel() * t.element_size() for p in lora_zoo.zoo_paths()
                                        for t in _load(p).values())

@@ -80,6 +80,7 @@ def _print_report(zoo, file=sys.stdout):
     print(f"{zoo.count} adapters, {len(zoo.modules)} modules; {st['compressed_bytes']} bytes "
           f"(zoo as stored: {st['original_bytes']}; ratio {st['ratio']:.2f})"
           + (f"; absorb state {st['state_bytes']} bytes" if st["state_bytes"] else ""), file=file)
+    print(f"the mean's share of the reconstructed energy: {zoo.mean_share():.3f} (1/M = {1 / zoo.count:.3f})", file=file)
     ranks = sorted({mb.ranks for mb in zoo.modules.values()})
     print(f"ranks (out, in) per module: {', '.join(map(str, ranks[:8]))}{' ...' if len(ranks) > 8 else ''}", file=file)
     bounds = set(zoo.options.get("residual_bounds", []))

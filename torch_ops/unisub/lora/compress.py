@@ -15,7 +15,7 @@ Uncentred on purpose: ΔW is already a difference (to the base), every reconstru
 is then of rank ≤ min(k_out, k_in) and exports as a genuine LoRA of that rank (a centred model
 would add a dense or separately truncated mean), and the Grams are sums of positive
 semi-definite terms, so absorbing an adapter later updates them exactly. The mean ΔW's factors are
-U C̄ Vᵀ with C̄ the mean coefficient.
+U C̄ Vᵀ with C̄ the mean coefficient (``LoraZoo.mean_factors``; its energy share: ``mean_share``).
 
 Memory: one module at a time — its Gram factors (8·d·min(2d, Σ r_i) bytes per side) and that
 module's factors of every adapter — plus the compressed result.

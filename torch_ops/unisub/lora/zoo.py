@@ -93,6 +93,19 @@ class LoraZoo:
                         "worst_module": worst[1], "worst_module_error": worst[0]})
         return out
 
+    def mean_factors(self, module: str) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(B, A)`` with B @ A the mean reconstructed ΔW of ``module``: (U C̄, Vᵀ), C̄ the mean core."""
+        mb = self.modules[module]
+        return mb.U.double() @ mb.coefficients.double().mean(0), mb.V.double().T
+
+    def mean_share(self) -> float:
+        """The shared mean's part of the zoo's reconstructed energy, M Σ‖C̄‖² / Σ_i Σ‖C_i‖² over
+        all modules (1: every adapter is the same; ~1/M: no common part). The paper's critics found
+        much of the "universality" of model zoos in the mean: reported apart."""
+        num = sum(self.count * float(mb.coefficients.double().mean(0).pow(2).sum()) for mb in self.modules.values())
+        den = sum(float(mb.coefficients.double().pow(2).sum()) for mb in self.modules.values())
+        return num / den if den > 0 else 0.0
+
     def nbytes(self, state: bool = False) -> int:
         """Bytes of the compressed zoo (bases, coefficients, extras; the absorb state only with
         ``state=True``)."""
@@ -110,6 +123,7 @@ class LoraZoo:
 
     def report(self) -> Dict:
         return {"adapters": self.count, "modules": len(self.modules), "storage": self.storage(),
+                "mean_share": self.mean_share(),
                 "ranks": {mod: list(mb.ranks) for mod, mb in self.modules.items()}, "errors": self.errors(),
                 "options": self.options}
 
