@@ -97,7 +97,7 @@ def absorb(zoo: LoraZoo, adapter: AdapterSource, name: Optional[str] = None,
                   {k: ts + [ck.get_unscaled(k)] for k, ts in zoo.extras.items()},
                   zoo.source_dtypes + [ck.slots[next(iter(specs.values())).a_key][0]],
                   zoo.source_nbytes + [stored_nbytes(ck)], options)
-    report = dict(new.errors()[-1])
+    report = new.error(-1)
     report["updated_bases"] = bool(update_bases)
     report["ranks"] = {mod: list(mb.ranks) for mod, mb in modules.items()}
     return new, report

@@ -46,7 +46,7 @@ def export(zoo: LoraZoo, which, folder, dtype: Union[None, str, torch.dtype] = N
     extras = {k: ts[i] for k, ts in zoo.extras.items()}
     specs = {mod: mb.spec for mod, mb in zoo.modules.items()}
     write_adapter(folder, factors, specs, zoo.peft_config, dt, extras)
-    err = zoo.errors()[i]
+    err = zoo.error(i)
     norm2 = sum(float(mb.norm2[i]) for mb in zoo.modules.values())
     err["truncation_error"] = (sum(tails.values()) / norm2) ** 0.5 if norm2 > 0 else 0.0
     err["folder"] = str(Path(folder))

@@ -80,18 +80,24 @@ class LoraZoo:
             raise IndexError(f"adapter index {which!r} out of range for a zoo of {self.count}")
         return which % self.count
 
+    def error(self, which) -> Dict:
+        """Adapter ``which``'s relative reconstruction error √(Σ residual² / Σ ‖ΔW‖²) over all
+        modules, and its worst module's relative error."""
+        i = self.index(which)
+        res = nrm = 0.0
+        worst, worst_mod = -1.0, ""
+        for mod, mb in self.modules.items():
+            r2, n2 = float(mb.residual2[i]), float(mb.norm2[i])
+            res, nrm = res + r2, nrm + n2
+            e = (r2 / n2) ** 0.5 if n2 > 0 else 0.0
+            if e > worst:
+                worst, worst_mod = e, mod
+        return {"name": self.names[i], "relative_error": (res / nrm) ** 0.5 if nrm > 0 else 0.0,
+                "worst_module": worst_mod, "worst_module_error": worst}
+
     def errors(self) -> List[Dict]:
-        """Per adapter: relative reconstruction error √(Σ residual² / Σ ‖ΔW‖²) over all modules,
-        and the worst module's relative error."""
-        out = []
-        for i, name in enumerate(self.names):
-            res = sum(float(mb.residual2[i]) for mb in self.modules.values())
-            nrm = sum(float(mb.norm2[i]) for mb in self.modules.values())
-            worst = max(((float(mb.residual2[i]) / float(mb.norm2[i])) ** 0.5 if float(mb.norm2[i]) > 0 else 0.0, mod)
-                        for mod, mb in self.modules.items())
-            out.append({"name": name, "relative_error": (res / nrm) ** 0.5 if nrm > 0 else 0.0,
-                        "worst_module": worst[1], "worst_module_error": worst[0]})
-        return out
+        """:meth:`error` of every adapter."""
+        return [self.error(i) for i in range(self.count)]
 
     def mean_factors(self, module: str) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(B, A)`` with B @ A the mean reconstructed ΔW of ``module``: (U C̄, Vᵀ), C̄ the mean core."""
