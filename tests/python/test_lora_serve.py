@@ -61,14 +61,16 @@ def test_layer_compiles_and_switches_task_without_recompiling(zoo):
     layer = base.get_submodule(mod)
     x = torch.randn(2, 5, layer.base.in_features)
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
-    for t in (0, 1):
-        served.set_task(t)
-        mb = zoo.modules[mod]
-        ref = layer.base(x).double() + x.double() @ mb.reconstruct(t).T
-        assert rel(compiled(x).double(), ref) <= 1e-5
-        if t == 0:
-            torch.compiler.set_stance("fail_on_recompile")
-    torch.compiler.set_stance("default")
+    try:
+        for t in (0, 1, None):  # None: the zero core (the base layer alone)
+            served.set_task(t)
+            mb = zoo.modules[mod]
+            ref = layer.base(x).double() + (0 if t is None else x.double() @ mb.reconstruct(t).T)
+            assert rel(compiled(x).double(), ref) <= 1e-5
+            if t == 0:
+                torch.compiler.set_stance("fail_on_recompile")  # switching tasks must not recompile
+    finally:
+        torch.compiler.set_stance("default")
 
 
 def test_train_a_new_task_in_the_subspace_and_save_it(zoo, tmp_path):
