@@ -59,3 +59,25 @@ def test_residual_is_exact_even_when_tiny(gen):
     r2, _, _ = residual2(Bx, Ax, U2, V2)
     ref = torch.linalg.norm(D - U2 @ U2.T @ D @ V2 @ V2.T) ** 2
     assert ref > 0 and abs(r2 - float(ref)) <= 1e-6 * float(ref)
+
+
+def test_gram_factor_streams_past_its_width(gen):
+    """GramFactor recompresses once it is wider than 2d and switches to the Gram's eigensolver past
+    d columns: the same spectrum and eigenvectors as the dense float64 Gram, at every stage."""
+    from unisub.lora.compress import GramFactor, basis
+
+    d = 12
+    g, G = GramFactor(d), torch.zeros(d, d, dtype=torch.float64)
+    for step in range(9):  # 9 x 4 columns: tall, then wide, then recompressed past 24
+        X = torch.randn(d, 4, generator=gen, dtype=torch.float64) * (step + 1)
+        g.add(X)
+        G += X @ X.T
+        assert g.F.shape[1] <= 2 * d
+        evals, evecs = g.eig()
+        ref = torch.linalg.eigvalsh(G).flip(0)
+        k = min(evals.numel(), d)
+        assert torch.allclose(evals[:k], ref[:k], rtol=0, atol=TOL * float(ref[0]))
+        assert torch.allclose(evecs @ torch.diag(evals) @ evecs.T, G, rtol=0, atol=TOL * float(ref[0]))
+    U, ev, (Q, lam) = basis(g, rank=3, energy=None)
+    assert U.shape == (d, 3) and torch.allclose(U.T @ U, torch.eye(3, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(GramFactor(d, (Q, lam)).F @ GramFactor(d, (Q, lam)).F.T, G, atol=TOL * float(ev[0]))

@@ -7,7 +7,7 @@ Per module, ΔW_i = s_i B_i A_i (the scaling PEFT applies, read by ``unisub.io.P
    (n × r) factor (``lowrank.gram_factors``), never forming a ΔW; when F grows past 2d columns
    it is replaced by its SVD's U·S (d columns, the same Gram to rounding);
 2. U, V: the Grams' leading eigenvectors = F's left singular vectors (``unisub.svd``: no d × d
-   eigensolver while Σ r_i < d), ``rank`` components or the fewest reaching ``energy``
+   eigensolver while Σ r_i ≤ d; past that the d × d Gram's), ``rank`` components or the fewest reaching ``energy``
    (``unisub.subspace.choose_rank``), never more than the Gram's numerical rank;
 3. C_i = Uᵀ ΔW_i V and each adapter's residual ‖ΔW_i − U C_i Vᵀ‖², exactly, from the factors.
 
@@ -24,6 +24,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
+from ..accumulator import sorted_eigh
 from ..ops import svd
 from ..subspace import choose_rank
 from .adapters import AdapterSource, adapter_names, open_adapters, plan_modules, read_delta, stored_nbytes
@@ -55,14 +56,19 @@ class GramFactor:
     def add(self, X: torch.Tensor) -> "GramFactor":
         self.F = torch.cat([self.F, X.double()], 1)
         if self.F.shape[1] > 2 * self.d:  # keep memory at O(d²): the same Gram through d columns
-            U, S, _ = svd(self.F)
-            self.F = U * S
+            evals, evecs = self.eig()
+            self.F = evecs * evals.sqrt()
         return self
 
     def eig(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Eigenvalues (descending, σ² of F) and eigenvectors (the sign rule of ``svd``)."""
+        """Eigenvalues (descending, clamped at 0) and eigenvectors (the sign rule of ``svd``): the
+        SVD of F while it is tall (no squaring of its condition), the d × d Gram's eigensolver
+        once F is wider than tall (2-3x faster there; eigenvalues below ~ε λ_max are rounding
+        either way and are dropped by ``numerical_rank``)."""
         if self.F.shape[1] == 0:
             return torch.zeros(1, dtype=torch.float64), torch.eye(self.d, 1, dtype=torch.float64)
+        if self.F.shape[1] > self.d:
+            return sorted_eigh(self.F @ self.F.T)
         U, S, _ = svd(self.F)
         return S * S, U
 
