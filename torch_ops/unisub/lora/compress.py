@@ -62,12 +62,12 @@ class GramFactor:
 
     def eig(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """Eigenvalues (descending, clamped at 0) and eigenvectors (the sign rule of ``svd``): the
-        SVD of F while it is tall (no squaring of its condition), the d × d Gram's eigensolver
-        once F is wider than tall (2-3x faster there; eigenvalues below ~ε λ_max are rounding
-        either way and are dropped by ``numerical_rank``)."""
+        SVD of F while it is thin (under d/2 columns: cheaper, and no squaring of its condition),
+        the d × d Gram's eigensolver past that (2-3x faster there; eigenvalues below ~ε λ_max are
+        rounding either way and are dropped by ``numerical_rank``)."""
         if self.F.shape[1] == 0:
             return torch.zeros(1, dtype=torch.float64), torch.eye(self.d, 1, dtype=torch.float64)
-        if self.F.shape[1] > self.d:
+        if 2 * self.F.shape[1] >= self.d:
             return sorted_eigh(self.F @ self.F.T)
         U, S, _ = svd(self.F)
         return S * S, U
