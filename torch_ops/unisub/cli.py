@@ -18,6 +18,9 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_run_demo)
     _add_analyze(sub)
     _add_inspect(sub)
+    from .lora.cli import add_lora  # unisub lora compress | export | absorb | merge | inspect
+
+    add_lora(sub)
     return parser
 
 
