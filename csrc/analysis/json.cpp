@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
 #include <unordered_set>
 
 namespace unisub::analysis::json {
@@ -82,7 +83,8 @@ class Parser {
 
   void object(Value& v, int depth) {
     v.type = Value::Type::Object;
-    std::unordered_set<std::string> seen;
+    std::unordered_set<std::string_view> seen;  // views into `s_` (keys without escapes) or `escaped`
+    std::deque<std::string> escaped;  // stable addresses for the views
     ++i_;
     skip_ws();
     if (i_ < s_.size() && s_[i_] == '}') return void(++i_);
@@ -91,7 +93,19 @@ class Parser {
       const size_t at = i_;
       if (i_ >= s_.size() || s_[i_] != '"') fail(i_ >= s_.size() ? "unexpected end of text" : "expected a string key", i_);
       std::string key = string();
-      if (!seen.insert(key).second) fail("duplicate key \"" + key + "\"", at);
+      // small objects (tensor entries): a linear scan; large ones (the header itself): a hash set
+      bool dup = false;
+      if (v.members.size() < 16) {
+        for (const auto& m : v.members) dup = dup || m.key == key;
+      } else {
+        if (seen.empty())
+          for (const auto& m : v.members) escaped.push_back(m.key);
+        if (seen.empty())
+          for (const auto& k : escaped) seen.insert(k);
+        escaped.push_back(key);
+        dup = !seen.insert(escaped.back()).second;
+      }
+      if (dup) fail("duplicate key \"" + key + "\"", at);
       skip_ws();
       if (i_ >= s_.size() || s_[i_] != ':') fail("expected ':'", i_);
       ++i_;
@@ -209,8 +223,15 @@ class Parser {
         i_ += n;
         continue;
       }
-      if (c != '\\') {
-        out += static_cast<char>(c), ++i_;
+      if (c != '\\') {  // a run of plain ASCII characters, appended at once
+        size_t j = i_ + 1;
+        while (j < s_.size()) {
+          const unsigned char d = s_[j];
+          if (d == '"' || d == '\\' || d < 0x20 || d >= 0x80) break;
+          ++j;
+        }
+        out.append(s_.substr(i_, j - i_));
+        i_ = j;
         continue;
       }
       const size_t at = i_;
