@@ -108,12 +108,12 @@ def test_bad_input_clear_error_and_no_output(zoo, tmp_path):
     victim = sorted(bad.iterdir())[1]
     victim.write_bytes(victim.read_bytes()[:-100])
     run = subprocess.run([tool(), str(bad), "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 1
+    assert run.returncode == 2  # bad input: 2, as from `unisub analyze`
     assert f"{victim}: slot" in run.stderr and "past the end" in run.stderr
     assert not (tmp_path / "o").exists()
     run = subprocess.run([tool(), str(tmp_path / "empty_missing"), "--out", str(tmp_path / "o")],
                          capture_output=True, text=True, timeout=120)
-    assert run.returncode == 1 and "no such file or folder" in run.stderr
+    assert run.returncode == 2 and "no such file or folder" in run.stderr
     run = subprocess.run([tool(), str(zoo), "--energy", "2", "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert run.returncode == 2 and "--energy must lie in (0, 1], got 2" in run.stderr
 
@@ -216,22 +216,22 @@ def test_adapter_factors_are_renamed_and_scaled_as_in_python(tmp_path, gen):
 
 def test_lora_delta_errors(zoo, tmp_path, gen):
     run = _run_tool(zoo, "--out", tmp_path / "o", "--modes", "delta")
-    assert run.returncode == 1 and "needs PEFT adapter folders" in run.stderr, run.stderr
+    assert run.returncode == 2 and "needs PEFT adapter folders" in run.stderr, run.stderr
     ads = _adapters(tmp_path, gen, M=4)
     run = _run_tool(ads, "--out", tmp_path / "o", "--modes", "out", "delta")  # factor ranks differ across adapters
-    assert run.returncode == 1 and "shape differs" in run.stderr, run.stderr
+    assert run.returncode == 2 and "shape differs" in run.stderr, run.stderr
     run = _run_tool(ads, "--out", tmp_path / "o", "--modes", "delta", "--slots", "*embed*")
-    assert run.returncode == 1 and "no tensor to analyse matches" in run.stderr, run.stderr
+    assert run.returncode == 2 and "no tensor to analyse matches" in run.stderr, run.stderr
     cfg = ads / "adapter01" / "adapter_config.json"
     cfg.write_text(json.dumps({"r": 6, "lora_alpha": 16, "use_rslora": True, "use_dora": True}))
     run = _run_tool(ads, "--out", tmp_path / "o", "--modes", "delta")
-    assert run.returncode == 1 and "adapter01: a DoRA adapter (use_dora)" in run.stderr, run.stderr
+    assert run.returncode == 2 and "adapter01: a DoRA adapter (use_dora)" in run.stderr, run.stderr
     cfg.write_text(json.dumps({"r": 5, "lora_alpha": 16}))  # the stored factors have rank 6
     run = _run_tool(ads, "--out", tmp_path / "o", "--modes", "delta")
-    assert run.returncode == 1 and "adapter_config.json gives rank 5 for module" in run.stderr, run.stderr
+    assert run.returncode == 2 and "adapter_config.json gives rank 5 for module" in run.stderr, run.stderr
     cfg.write_text("{not json")
     run = _run_tool(ads, "--out", tmp_path / "o", "--modes", "delta")
-    assert run.returncode == 1 and f"{cfg}: cannot read adapter config" in run.stderr, run.stderr
+    assert run.returncode == 2 and f"{cfg}: cannot read adapter config" in run.stderr, run.stderr
     assert not (tmp_path / "o").exists()
     run = _run_tool(ads, "--out", tmp_path / "o", "--modes", "bogus")
     assert run.returncode == 2 and "--modes takes out, in and/or delta" in run.stderr
@@ -300,7 +300,7 @@ def test_non_finite_weight_names_the_file_and_slot(zoo, tmp_path):
     tensors[key][1, 1] = float("nan")
     save_file(tensors, victim)
     run = _run_tool(bad, "--out", tmp_path / "o")
-    assert run.returncode == 1 and f"{victim}: slot '{key}': holds NaN or infinity" in run.stderr, run.stderr
+    assert run.returncode == 2 and f"{victim}: slot '{key}': holds NaN or infinity" in run.stderr, run.stderr
 
 
 def test_model_folders_and_shards_match_python(zoo, tmp_path):
@@ -337,4 +337,4 @@ def test_model_folders_and_shards_match_python(zoo, tmp_path):
     # an index naming a shard that is not there is an error, not a silently smaller model
     (runs / "m3" / "model-00002-of-00002.safetensors").unlink()
     run = _run_tool(runs, "--out", tmp_path / "cpp2")
-    assert run.returncode == 1 and "named by the index is missing" in run.stderr, run.stderr
+    assert run.returncode == 2 and "index.json: names shard(s) that are not in the folder" in run.stderr, run.stderr

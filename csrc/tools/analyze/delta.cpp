@@ -68,7 +68,7 @@ void require_adapters(const std::vector<Model>& models) {
     if (!model.adapter)
       throw CheckpointError(fmt::format("{}: --modes delta analyses LoRA deltas ΔW = s·B·A and needs PEFT adapter "
                                         "folders (adapter_config.json gives s); this is not one", model.name));
-    if (model.dora)
+    if (model.dora())
       throw CheckpointError(fmt::format("{}: a DoRA adapter (use_dora): its weight change is a rescaled direction, "
                                         "not s·B·A, so --modes delta would misreport it; analyse its factors with "
                                         "--modes out in", model.name));
@@ -108,8 +108,8 @@ nlohmann::json analyze_delta(const DeltaModule& plan, const std::vector<Model>& 
   std::vector<double> scalings;
   std::vector<int64_t> ranks;
   for (const auto& model : models) {
-    As.push_back(model.get_unscaled(plan.a_key).reshape({-1, n}));
-    Bs.push_back(model.get_unscaled(plan.b_key).reshape({m, -1}));
+    As.push_back(read_finite_unscaled(model, plan.a_key).reshape({-1, n}));
+    Bs.push_back(read_finite_unscaled(model, plan.b_key).reshape({m, -1}));
     scalings.push_back(model.scaling(plan.b_key, scale));
     ranks.push_back(As.back().size(0));
   }

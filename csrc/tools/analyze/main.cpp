@@ -3,6 +3,8 @@
 //   unisub-analyze PATH... --out DIR [--slots PATTERN...] [--modes out in delta] [--energy 0.9]
 //                  [--rank R] [--batch-size 8] [--no-lora-scaling] [--eigen-weights K] [--resume]
 //   unisub-analyze --check-headers FILE...     (validate headers only: one line per file)
+//   unisub-analyze --check PATH...             (read every tensor of each model as analysed: "ok PATH" and a
+//                                               line per tensor with its FNV-1a hash, or "error MESSAGE")
 //
 // PATHs are .safetensors files, PEFT adapter folders, model folders (their *.safetensors files are
 // one model's shards), or folders of these. Patterns are globs on the tensor name or 're:REGEX'.
@@ -11,7 +13,8 @@
 // DIR/subspaces/<slot>.safetensors and DIR/report.json in the formats of `unisub analyze` (the
 // Python report adds the null spectra and plots), and prints a table. Each finished slot's entry
 // is also kept in DIR/slots/, so `--resume` after an interruption redoes only the slot that was
-// in progress.
+// in progress. Files are read by libunisub's reader, the one `unisub analyze` uses. Exit status:
+// 0 done, 2 bad input or usage (a clear message naming the file, nothing written), 1 otherwise.
 #include <fmt/core.h>
 #include <fnmatch.h>
 #include <torch/torch.h>
@@ -24,6 +27,7 @@
 #include <regex>
 
 #include "accumulator.h"
+#include "analysis/reader.h"
 #include "delta.h"
 #include "models.h"
 #include "report.h"
@@ -41,7 +45,7 @@ struct Options {
   std::string out;
   double energy = 0.9;
   int64_t rank = -1, batch_size = 8, eigen_weights = 0;
-  bool check_headers = false, scale = true, resume = false;
+  bool check_headers = false, check = false, scale = true, resume = false;
 };
 
 [[noreturn]] void usage_error(const std::string& msg) { throw std::invalid_argument(msg); }
@@ -63,6 +67,7 @@ Options parse_args(int argc, char** argv) {
     else if (a == "--slots") list = &o.slots;
     else if (a == "--modes") o.modes.clear(), list = &o.modes;
     else if (a == "--check-headers") o.check_headers = true, list = &o.paths;
+    else if (a == "--check") o.check = true, list = &o.paths;
     else if (a == "--no-lora-scaling") o.scale = false, list = &o.paths;
     else if (a == "--resume") o.resume = true, list = &o.paths;
     else if (a.rfind("--", 0) == 0) usage_error(fmt::format("unknown option '{}'", a));
@@ -72,7 +77,7 @@ Options parse_args(int argc, char** argv) {
     if (m != "out" && m != "in" && m != "delta") usage_error(fmt::format("--modes takes out, in and/or delta, got '{}'", m));
   if (o.modes.empty()) usage_error("--modes needs at least one of out, in, delta");
   if (o.paths.empty()) usage_error("no PATH given");
-  if (!o.check_headers && o.out.empty()) usage_error("--out DIR is required");
+  if (!o.check_headers && !o.check && o.out.empty()) usage_error("--out DIR is required");
   if (!(o.energy > 0 && o.energy <= 1)) usage_error(fmt::format("--energy must lie in (0, 1], got {}", o.energy));
   if (o.batch_size < 1) usage_error(fmt::format("--batch-size must be >= 1, got {}", o.batch_size));
   if (o.eigen_weights < 0) usage_error(fmt::format("--eigen-weights must be >= 0, got {}", o.eigen_weights));
@@ -117,10 +122,42 @@ int check_headers(const std::vector<std::string>& files) {
   int status = 0;
   for (const auto& f : files) {
     try {
-      auto h = read_header(f);
-      for (const auto& [k, t] : h.tensors) read_tensor(h, k);
+      auto h = unisub::analysis::read_safetensors_header(f);
+      for (const auto& [k, t] : h.tensors) unisub::analysis::read_safetensors_tensor(h, k);
       fmt::print("ok {}\n", f);
-    } catch (const CheckpointError& e) {
+    } catch (const unisub::analysis::ReadError& e) {
+      fmt::print("error {}\n", e.what());
+      status = 1;
+    }
+  }
+  return status;
+}
+
+uint64_t fnv1a(const torch::Tensor& t) {
+  const auto c = t.contiguous();
+  const auto* p = static_cast<const unsigned char*>(c.data_ptr());
+  uint64_t h = 14695981039346656037ull;
+  for (size_t i = 0, n = c.numel() * c.element_size(); i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+
+// Each PATH opened as one model and every tensor read as the analysis reads it (lora_B scaled
+// unless --no-lora-scaling): "ok PATH" then "  HASH DTYPE SHAPE NAME" per tensor (shape and name as
+// JSON), or "error MESSAGE". Exit status 1 when any is bad. The fuzz tests compare this with Python.
+int check_models(const std::vector<std::string>& paths, bool scale) {
+  int status = 0;
+  for (const auto& p : paths) {
+    try {
+      const auto model = open_model(p);
+      std::vector<std::string> lines;
+      for (const auto& k : model.keys()) {
+        const auto t = model.get(k, scale);
+        lines.push_back(fmt::format("  {:016x} {} {} {}", fnv1a(t), model.info(k).dtype, json(t.sizes().vec()).dump(),
+                                    json(k).dump()));
+      }
+      fmt::print("ok {}\n", p);
+      for (const auto& l : lines) fmt::print("{}\n", l);
+    } catch (const unisub::analysis::ReadError& e) {
       fmt::print("error {}\n", e.what());
       status = 1;
     }
@@ -206,7 +243,7 @@ int run(const Options& o) {
     for (int64_t b0 = 0; b0 < M; b0 += o.batch_size) {
       std::vector<torch::Tensor> part[2];
       for (int64_t i = b0; i < std::min(M, b0 + o.batch_size); ++i)
-        part[i % 2].push_back(models[i].get(key, o.scale).reshape({m, n}));
+        part[i % 2].push_back(read_finite(models[i], key, o.scale).reshape({m, n}));
       for (int h = 0; h < 2; ++h)
         if (!part[h].empty()) halves[h].update(torch::stack(part[h]));
       ++done;
@@ -289,10 +326,17 @@ int main(int argc, char** argv) {
   try {
     auto o = parse_args(argc, argv);
     if (o.check_headers) return check_headers(o.paths);
+    if (o.check) return check_models(o.paths, o.scale);
     return run(o);
   } catch (const std::invalid_argument& e) {
     fmt::print(stderr, "unisub-analyze: error: {}\nusage: unisub-analyze PATH... --out DIR [--slots P...] [--modes out in delta] "
                        "[--energy T] [--rank R] [--batch-size B] [--no-lora-scaling] [--eigen-weights K] [--resume]\n", e.what());
+    return 2;
+  } catch (const unisub::analysis::ReadError& e) {  // bad input, found by the reader
+    fmt::print(stderr, "\nunisub-analyze: error: {}\n", e.what());
+    return 2;
+  } catch (const CheckpointError& e) {  // bad input, found by the tool (models that do not fit together)
+    fmt::print(stderr, "\nunisub-analyze: error: {}\n", e.what());
     return 2;
   } catch (const std::exception& e) {
     fmt::print(stderr, "\nunisub-analyze: error: {}\n", e.what());

@@ -1,36 +1,20 @@
-// A strict safetensors reader and an atomic writer, with errors that name the file and the slot.
-// The rules match unisub/io/safetensors.py (the fuzz test checks both accept the same headers).
+// unisub-analyze's output side: subspace files in safetensors and atomic text files. Reading is
+// libunisub's (csrc/analysis/reader.h).
 #pragma once
 #include <torch/torch.h>
 
-#include <cstdint>
-#include <map>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace unisub_tool {
 
+// Bad input found by the tool itself (slots missing across models, ...); the reader's own
+// refusals are unisub::analysis::ReadError. Both make the tool exit with status 2.
 struct CheckpointError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
-
-struct TensorInfo {
-  std::string dtype;
-  std::vector<int64_t> shape;
-  uint64_t begin = 0, end = 0;  // absolute byte offsets in the file
-};
-
-struct Header {
-  std::string path;
-  uint64_t file_size = 0;
-  std::map<std::string, TensorInfo> tensors;
-};
-
-Header read_header(const std::string& path);
-
-// Maps the file, copies one tensor out and unmaps it (memory stays at one slot).
-torch::Tensor read_tensor(const Header& header, const std::string& key);
 
 bool analysable(const std::string& dtype);
 

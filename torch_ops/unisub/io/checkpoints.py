@@ -1,17 +1,21 @@
 """Checkpoints as read-one-slot-at-a-time objects: safetensors files (sharded or not), PEFT
-adapter folders and ``.pt`` / ``.bin`` state dicts, behind one small interface."""
+adapter folders and ``.pt`` / ``.bin`` state dicts, behind one small interface.
+
+The reading rules of safetensors files, Hugging Face model folders (shards by their index) and
+PEFT adapters (config, names, scaling) are libunisub's (csrc/analysis/), reached through
+``torch.classes.unisub.Checkpoint`` / ``AdapterConfig``: the C++ tool unisub-analyze runs the same
+code. ``.pt`` / ``.bin`` files are read here, with ``torch.load``."""
 
 import abc
 import json
-import math
 import re
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 import torch
 
-from .errors import CheckpointError
-from .safetensors import NAMES, SafetensorsFile, read_header
+from .errors import CheckpointError, reader_call
+from .safetensors import NAMES, shapes_from_layout
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".bin", ".pth")
 
@@ -31,25 +35,43 @@ class Checkpoint(abc.ABC):
         return self.name
 
 
-class SafetensorsCheckpoint(Checkpoint):
-    def __init__(self, files: List[Path], name=None):
-        self.name = str(name or files[0])
-        self._where, self.slots = {}, {}
-        for path in files:
-            f = SafetensorsFile(path)
-            for key, info in f.header.tensors.items():
-                if key in self._where:
-                    raise CheckpointError(path, f"tensor also present in shard '{self._where[key].path}'", slot=key)
-                self._where[key] = f
-                self.slots[key] = (info.dtype, info.shape)
+class _LibraryCheckpoint(Checkpoint):
+    """A model the C++ reader opened (``kind`` "files", "folder" or "adapter")."""
+
+    def __init__(self, kind, paths, name):
+        self._ck = reader_call(torch.classes.unisub.Checkpoint, kind, [str(p) for p in paths], str(name))
+        self.name = self._ck.name()
+        keys = self._ck.keys()
+        shapes = shapes_from_layout(len(keys), self._ck.layout())
+        self.slots = {k: (dt, shape) for k, dt, (shape, _) in zip(keys, self._ck.dtypes(), shapes)}
+        self._files = dict(zip(keys, self._ck.files()))
+
+    def _get(self, key, scale):
+        if key not in self.slots:
+            raise CheckpointError(self.name, "no such tensor in this checkpoint", slot=key)
+        return reader_call(self._ck.get, key, scale)
 
     def get(self, key):
-        if key not in self._where:
-            raise CheckpointError(self.name, "no such tensor in this checkpoint", slot=key)
-        return self._where[key].get(key)
+        return self._get(key, False)
 
     def file_of(self, key):
-        return str(self._where[key].path) if key in self._where else self.name
+        return self._files.get(key, self.name)
+
+
+class SafetensorsCheckpoint(_LibraryCheckpoint):
+    """One model in one or more safetensors files (each tensor in one of them only)."""
+
+    def __init__(self, files: List[Path], name=None):
+        super().__init__("files", files, name or files[0])
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> "SafetensorsCheckpoint":
+        """A Hugging Face model folder: the shards its ``*.safetensors.index.json`` names (each must
+        be there, inside the folder, and hold the tensors the index assigns to it), or all its
+        ``*.safetensors`` files where there is no index."""
+        self = cls.__new__(cls)
+        _LibraryCheckpoint.__init__(self, "folder", [folder], folder)
+        return self
 
 
 class TorchCheckpoint(Checkpoint):
@@ -91,98 +113,55 @@ class TorchCheckpoint(Checkpoint):
         return sd[key].clone()
 
 
-def _pattern_key(patterns, module, where):
-    """PEFT's rule: the first key (file order) that matches the module name on a dot boundary."""
-    for key in patterns:
-        try:
-            if re.match(rf"(.*\.)?({key})$", module):
-                return key
-        except re.error as e:
-            raise CheckpointError(where, f"pattern {key!r} is not a valid regular expression ({e})") from None
-    return None
-
-
-def _config_value(where, key, value, rank):
-    """``value`` (of ``key`` in adapter_config.json) checked: a positive integer rank, or a finite
-    real alpha; anything else would give a scaling of NaN, infinity or a TypeError deep inside."""
-    ok = type(value) in (int, float) and math.isfinite(value)
-    if rank:
-        ok = ok and value > 0 and value == int(value)
-    if not ok:
-        raise CheckpointError(where, f"{key} must be {'a positive integer' if rank else 'a finite number'}, "
-                                     f"got {value!r}")
-    return value
-
-
 class PeftAdapter(Checkpoint):
     """A PEFT LoRA folder. Tensor names lose the ``base_model.model.`` prefix. With ``scale``,
     every ``lora_B`` (and ``lora_embedding_B``) is multiplied by its module's scaling
     (lora_alpha / r, or lora_alpha / sqrt(r) for rsLoRA, with rank_pattern / alpha_pattern
-    overrides), so B·A is the ΔW the adapter adds: adapters trained with different alphas become
-    comparable, which per-factor analysis without the scaling silently gets wrong."""
+    overrides matched as PEFT matches them), so B·A is the ΔW the adapter adds: adapters trained
+    with different alphas become comparable, which per-factor analysis without the scaling
+    silently gets wrong. The rules are libunisub's (csrc/analysis/peft.cpp)."""
 
     PREFIX = "base_model.model."
 
     def __init__(self, folder: Path, scale: bool = True):
         self.name = str(folder)
-        self.folder = folder
-        cfg_path = folder / "adapter_config.json"
-        try:
-            self.config = json.loads(cfg_path.read_text())
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(cfg_path, f"cannot read adapter config: {e}") from e
-        if not isinstance(self.config, dict):
-            raise CheckpointError(cfg_path, f"adapter config must be a JSON object, got {type(self.config).__name__}")
-        for key in ("rank_pattern", "alpha_pattern"):
-            if not isinstance(self.config.get(key) or {}, dict):
-                raise CheckpointError(cfg_path, f"{key} must map module patterns to values, "
-                                                f"got {type(self.config[key]).__name__}")
-        st, pt = folder / "adapter_model.safetensors", folder / "adapter_model.bin"
-        if st.exists():
-            self.inner = SafetensorsCheckpoint([st])
-        elif pt.exists():
-            self.inner = TorchCheckpoint(pt)
-        else:
-            raise CheckpointError(folder, "PEFT folder has adapter_config.json but neither "
-                                          "adapter_model.safetensors nor adapter_model.bin")
+        self.folder = Path(folder)
         self.scale = scale
-        self._raw = {self._rename(k): k for k in self.inner.slots}
-        self.slots = {self._rename(k): v for k, v in self.inner.slots.items()}
-        self.scalings = {}
-        for key, (_, shape) in self.slots.items():
-            if ".lora_B" in key or ".lora_embedding_B" in key:
-                self.scalings[key] = self._scaling(key, shape)
-
-    def _rename(self, key):
-        return key[len(self.PREFIX):] if key.startswith(self.PREFIX) else key
-
-    def _scaling(self, key, shape):
-        module = re.split(r"\.lora_(?:embedding_)?B", key)[0]
-        cfg = self.config
-        where = self.folder / "adapter_config.json"
-        rank_key = _pattern_key(cfg.get("rank_pattern") or {}, module, where)
-        alpha_key = _pattern_key(cfg.get("alpha_pattern") or {}, module, where)
-        r = _config_value(where, f"rank_pattern[{rank_key!r}]" if rank_key else "r",
-                          cfg["rank_pattern"][rank_key] if rank_key else cfg.get("r", 8), rank=True)
-        alpha = _config_value(where, f"alpha_pattern[{alpha_key!r}]" if alpha_key else "lora_alpha",
-                              cfg["alpha_pattern"][alpha_key] if alpha_key else cfg.get("lora_alpha", 8), rank=False)
-        actual_r = shape[1]  # lora_B [out, r] and PEFT's lora_embedding_B [embedding_dim, r] alike
-        if len(shape) >= 2 and actual_r != r:
-            raise CheckpointError(self.folder, f"adapter_config.json gives rank {r} for module "
-                                               f"'{module}' but lora_B has shape {list(shape)}", slot=key)
-        return alpha / math.sqrt(r) if cfg.get("use_rslora", False) else alpha / r
+        st, pt = self.folder / "adapter_model.safetensors", self.folder / "adapter_model.bin"
+        if st.exists() or not pt.exists():
+            self.inner = _LibraryCheckpoint("adapter", [self.folder], self.folder)
+            text = self.inner._ck.config_text()
+            self.scalings = dict(self.inner._ck.scalings())
+            self.slots = dict(self.inner.slots)
+            self._raw = None
+        else:  # adapter_model.bin: torch.load reads the tensors, the library the config's rules
+            cfg = reader_call(torch.classes.unisub.AdapterConfig, str(self.folder))
+            text = cfg.text()
+            self.inner = TorchCheckpoint(pt)
+            raw_keys = list(self.inner.slots)
+            names = reader_call(cfg.names, raw_keys, str(pt))
+            self._raw = dict(zip(names, raw_keys))
+            self.slots = {n: self.inner.slots[k] for n, k in self._raw.items()}
+            layout = [x for n in names for x in (len(self.slots[n][1]), *self.slots[n][1])]
+            self.scalings = dict(reader_call(cfg.scalings, names, layout, str(pt)))
+        self.config = json.loads(text)  # already validated (strict JSON, typed) by the library
 
     def get(self, key):
+        if self._raw is None:
+            if key not in self.slots:
+                raise CheckpointError(self.name, "no such tensor in this adapter", slot=key)
+            return self.inner._get(key, self.scale)
         t = self.get_unscaled(key)
-        if self.scale and key in self.scalings:
-            t = t.to(torch.float64 if t.dtype == torch.float64 else torch.float32) * self.scalings[key]
+        if self.scale and key in self.scalings:  # as the library does: in float64, rounded once
+            scaled = t.to(torch.float64) * self.scalings[key]
+            t = scaled if t.dtype == torch.float64 else scaled.to(torch.float32)
         return t
 
     def get_unscaled(self, key) -> torch.Tensor:
         """The tensor as stored (no scaling, stored dtype)."""
-        if key not in self._raw:
+        if key not in self.slots:
             raise CheckpointError(self.name, "no such tensor in this adapter", slot=key)
-        return self.inner.get(self._raw[key])
+        return self.inner.get(key if self._raw is None else self._raw[key])
 
     def scaling(self, b_key) -> float:
         """s of ΔW = s·B·A for the module of ``b_key`` (1.0 when built with ``scale=False``)."""
@@ -194,7 +173,7 @@ class PeftAdapter(Checkpoint):
         return lora_pairs(self.slots)
 
     def file_of(self, key):
-        return self.inner.file_of(self._raw.get(key, key))
+        return self.inner.file_of(key if self._raw is None else self._raw.get(key, key))
 
 
 _LORA_A = re.compile(r"^(?P<module>.+)\.lora_(?P<emb>embedding_)?A(?P<suffix>\.weight)?$")
@@ -219,12 +198,8 @@ def open_checkpoint(path: Path, scale_lora: bool = True) -> Checkpoint:
     if path.is_dir():
         if (path / "adapter_config.json").exists():
             return PeftAdapter(path, scale=scale_lora)
-        indexes = sorted(path.glob("*.safetensors.index.json"))
-        if indexes:
-            return _indexed_checkpoint(path, indexes[0])
-        shards = sorted(path.glob("*.safetensors"))
-        if shards:
-            return SafetensorsCheckpoint(shards, name=path)
+        if any(path.glob("*.safetensors.index.json")) or any(path.glob("*.safetensors")):
+            return SafetensorsCheckpoint.from_folder(path)
         for name in ("pytorch_model.bin", "model.pt", "model.bin"):
             if (path / name).exists():
                 return TorchCheckpoint(path / name)
@@ -234,30 +209,6 @@ def open_checkpoint(path: Path, scale_lora: bool = True) -> Checkpoint:
     if path.suffix in WEIGHT_SUFFIXES:
         return TorchCheckpoint(path)
     raise CheckpointError(path, f"unknown checkpoint type (expected a folder or one of {WEIGHT_SUFFIXES})")
-
-
-def _indexed_checkpoint(folder: Path, index: Path) -> SafetensorsCheckpoint:
-    """A sharded model as its ``*.safetensors.index.json`` describes it: every shard it names
-    must be there and hold the tensors it assigns to it (a missing shard would otherwise drop its
-    tensors from the analysis without a word)."""
-    try:
-        weight_map = json.loads(index.read_text()).get("weight_map")
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
-        raise CheckpointError(index, f"cannot read the shard index: {e}") from e
-    if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
-        raise CheckpointError(index, "the shard index needs a non-empty 'weight_map' of tensor name -> shard file")
-    names = sorted(set(weight_map.values()))
-    missing = [n for n in names if not (folder / n).is_file()]
-    if missing:
-        raise CheckpointError(index, f"names shard(s) that are not in the folder: {', '.join(missing[:3])}")
-    ck = SafetensorsCheckpoint([folder / n for n in names], name=folder)
-    for key, shard in weight_map.items():
-        if key not in ck.slots:
-            raise CheckpointError(folder / shard, "the shard index places this tensor here, but the file does "
-                                                  "not hold it", slot=key)
-        if Path(ck.file_of(key)).name != shard:
-            raise CheckpointError(index, f"places this tensor in '{shard}', but it is in '{ck.file_of(key)}'", slot=key)
-    return ck
 
 
 def _is_model_folder(path: Path) -> bool:

@@ -1,4 +1,5 @@
 """The one error type of the readers, so callers (and the CLI) can tell bad input from bugs."""
+import re
 
 
 class CheckpointError(ValueError):
@@ -10,3 +11,25 @@ class CheckpointError(ValueError):
         super().__init__(f"{where}: {message}")
         self.path = str(path)
         self.slot = slot
+
+
+# libunisub's reader (csrc/analysis/reader_bindings.cpp) raises ValueError with its message and,
+# on a line of its own, the path, slot and message hex-encoded.
+_READER_ERROR = re.compile("\n\x1e([0-9a-f]*)\x1f([0-9a-f]*)\x1f([0-9a-f]*)")
+
+
+def _unhex(s):
+    return bytes.fromhex(s).decode("utf-8", "surrogateescape")
+
+
+def reader_call(fn, *args):
+    """``fn(*args)`` for a method of torch.classes.unisub.*: the reader's refusals come out as
+    CheckpointError (same text, path and slot as the C++ tool prints)."""
+    try:
+        return fn(*args)
+    except ValueError as e:
+        m = _READER_ERROR.search(str(e))
+        if m is None:
+            raise
+        path, slot, message = map(_unhex, m.groups())
+        raise CheckpointError(path, message, slot=slot or None) from None

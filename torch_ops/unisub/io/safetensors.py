@@ -1,25 +1,25 @@
-"""A safetensors reader and writer of our own.
+"""safetensors files: the reader is libunisub's (csrc/analysis/safetensors.cpp, reached through
+``torch.classes.unisub.SafetensorsFile``), the same code the C++ tool unisub-analyze runs, so both
+front ends accept and refuse the same bytes; the writer is here.
 
 Why not the ``safetensors`` package: we need errors that name the file, the slot and the
-offending value (its messages are "invalid header"-style), strict validation of every header field
-before any analysis starts (a fuzz test feeds mutated headers), and reading one slot through a
-memory map that is closed straight after, so hundreds of checkpoints never pile up in resident
-memory. The format is small: an 8-byte little-endian header length N, N bytes of JSON, then the
-data; each tensor entry gives ``dtype``, ``shape`` and ``data_offsets`` [begin, end) into the data.
+offending value (its messages are "invalid header"-style) and strict validation of every header
+field before any analysis starts. The format is small: an 8-byte little-endian header length N, N
+bytes of JSON, then the data; each tensor entry gives ``dtype``, ``shape`` and ``data_offsets``
+[begin, end) into the data, and the tensors must cover the data exactly (docs/analysis.md,
+"Reading rules"). A tensor is read straight from the file into its own memory.
 """
 import json
-import math
-import mmap
 import struct
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import torch
 
 from .atomic import atomic_path
-from .errors import CheckpointError
+from .errors import CheckpointError, reader_call
 
 DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -28,12 +28,9 @@ DTYPES = {
     "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
 NAMES = {v: k for k, v in DTYPES.items()}
-ITEMSIZE = {k: torch.empty((), dtype=v).element_size() for k, v in DTYPES.items()}
-# Larger headers are a corrupt length field, not a model (real ones are a few MB at most).
-MAX_HEADER_BYTES = 100 << 20
 
 if sys.byteorder != "little":  # pragma: no cover - every platform torch ships for is little-endian
-    raise ImportError("unisub's safetensors reader assumes a little-endian host")
+    raise ImportError("unisub's safetensors writer assumes a little-endian host")
 
 
 @dataclass(frozen=True)
@@ -54,83 +51,35 @@ class Header:
     file_size: int
     tensors: Dict[str, TensorInfo]
     metadata: Dict[str, str]
+    _reader: object = field(default=None, repr=False, compare=False)
+
+
+def shapes_from_layout(n, layout, extra=0):
+    """Decodes the flat int list the C++ reader returns shapes in (per tensor: the number of
+    dimensions, the dimensions, then ``extra`` more values)."""
+    out, i = [], 0
+    for _ in range(n):
+        d = layout[i]
+        out.append((tuple(layout[i + 1:i + 1 + d]), tuple(layout[i + 1 + d:i + 1 + d + extra])))
+        i += 1 + d + extra
+    return out
 
 
 def read_header(path) -> Header:
     """Parse and validate the header of ``path``; every inconsistency is a CheckpointError."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, 2)
-            f.seek(0)
-            if size < 8:
-                raise CheckpointError(path, f"truncated: {size} bytes, a safetensors file has at least 8")
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > min(size - 8, MAX_HEADER_BYTES):
-                raise CheckpointError(path, f"header length field says {n} bytes but the file has "
-                                            f"{size - 8} after it (truncated or not safetensors)")
-            raw = f.read(n)
-    except OSError as e:
-        raise CheckpointError(path, f"cannot read: {e.strerror or e}") from e
-    return parse_header(path, raw, size)
-
-
-def parse_header(path, raw: bytes, file_size: int) -> Header:
-    try:
-        obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(path, f"header is not valid UTF-8 JSON: {e}") from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(path, f"header must be a JSON object, got {type(obj).__name__}")
-    data_start = 8 + len(raw)
-    data_len = file_size - data_start
-    metadata = obj.pop("__metadata__", None)
-    metadata = {} if metadata is None else metadata
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise CheckpointError(path, "__metadata__ must map strings to strings")
-    tensors = {}
-    for key, entry in obj.items():
-        tensors[key] = _parse_entry(path, key, entry, data_start, data_len)
-    spans = sorted((t.begin, t.end, k) for k, t in tensors.items() if t.end > t.begin)
-    for (b0, e0, k0), (b1, e1, k1) in zip(spans, spans[1:]):
-        if b1 < e0:
-            raise CheckpointError(path, f"data_offsets overlap those of '{k0}' "
-                                        f"([{b0 - data_start}, {e0 - data_start}))", slot=k1)
-    return Header(str(path), file_size, tensors, dict(metadata))
-
-
-def _parse_entry(path, key, entry, data_start, data_len) -> TensorInfo:
-    def fail(msg):
-        raise CheckpointError(path, msg, slot=key)
-
-    if not isinstance(entry, dict):
-        fail(f"header entry must be an object, got {type(entry).__name__}")
-    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if not isinstance(dtype, str) or dtype not in DTYPES:
-        fail(f"unknown dtype {dtype!r} (known: {', '.join(DTYPES)})")
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        fail(f"shape must be a list of non-negative integers, got {shape!r}")
-    if (not isinstance(offsets, list) or len(offsets) != 2
-            or not all(type(o) is int for o in offsets)):
-        fail(f"data_offsets must be two integers, got {offsets!r}")
-    begin, end = offsets
-    if not 0 <= begin <= end:
-        fail(f"data_offsets {offsets} must satisfy 0 <= begin <= end")
-    if end > data_len:
-        fail(f"data_offsets end {end} lies past the end of the data ({data_len} bytes; "
-             f"file truncated or header lies)")
-    expected = math.prod(shape) * ITEMSIZE[dtype]
-    if end - begin != expected:
-        fail(f"data_offsets span {end - begin} bytes but shape {shape} of {dtype} needs {expected}")
-    return TensorInfo(dtype, tuple(shape), data_start + begin, data_start + end)
+    reader = reader_call(torch.classes.unisub.SafetensorsFile, str(path))
+    keys = reader.keys()
+    tensors = {k: TensorInfo(dt, shape, begin, end)
+               for k, dt, (shape, (begin, end)) in zip(keys, reader.dtypes(), shapes_from_layout(len(keys), reader.layout(), 2))}
+    return Header(str(path), reader.file_size(), tensors, dict(reader.metadata()), reader)
 
 
 class SafetensorsFile:
-    """One checkpoint file; ``get(key)`` maps the file, copies that slot out and unmaps it."""
+    """One checkpoint file; ``get(key)`` reads that slot from disk now."""
 
     def __init__(self, path, header: Optional[Header] = None):
         self.path = Path(path)
-        self.header = header or read_header(self.path)
+        self.header = header if header is not None and header._reader is not None else read_header(self.path)
 
     def keys(self):
         return list(self.header.tensors)
@@ -142,21 +91,8 @@ class SafetensorsFile:
             raise CheckpointError(self.path, "no such tensor in this file", slot=key) from None
 
     def get(self, key) -> torch.Tensor:
-        info = self.info(key)
-        out = torch.empty(info.end - info.begin, dtype=torch.uint8)
-        if info.end > info.begin:
-            try:
-                with open(self.path, "rb") as f:
-                    size = f.seek(0, 2)
-                    if size != self.header.file_size:
-                        raise CheckpointError(self.path, f"file changed size since its header was read "
-                                                         f"({self.header.file_size} -> {size} bytes)", slot=key)
-                    # ACCESS_COPY: a private mapping is writable, which torch.frombuffer wants.
-                    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) as mm:
-                        out.copy_(torch.frombuffer(mm, dtype=torch.uint8, count=out.numel(), offset=info.begin))
-            except OSError as e:
-                raise CheckpointError(self.path, f"cannot read: {e.strerror or e}", slot=key) from e
-        return out.view(info.torch_dtype).reshape(info.shape)
+        self.info(key)
+        return reader_call(self.header._reader.get, key)
 
 
 def save_file(tensors: Dict[str, torch.Tensor], path, metadata: Optional[Dict[str, str]] = None):
