@@ -5,7 +5,7 @@
   uncertified `randomized` sketch; plus the accuracy of each route's kept values against the
   float64 SVD.
 
-python benchmarks/mode_svd_auto.py [--size quick|full] [--repeats 3]"""
+python benchmarks/mode_svd_auto.py [--size quick|full] [--repeats 3] [--spectra decaying 'noise floor']"""
 import argparse
 import sys
 from pathlib import Path
@@ -24,12 +24,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", default="full", choices=list(SIZES))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--spectra", nargs="+", default=["decaying", "noise floor"], choices=["decaying", "noise floor"])
     args = parser.parse_args()
     M, r, n, k = SIZES[args.size]
     gen = torch.Generator().manual_seed(0)
     print(f"device: {device_name('cpu')}; torch {torch.__version__}; X {M} x {r} x {n} float32, dim 2, rank {k}, centred")
-    for spectrum, X in (("decaying", lora_like_stack(M, r, n, gen, torch.float32)),
-                        ("noise floor", torch.randn(M, r, n, generator=gen))):
+    stacks = {"decaying": lambda: lora_like_stack(M, r, n, gen, torch.float32),
+              "noise floor": lambda: torch.randn(M, r, n, generator=gen)}
+    for spectrum in args.spectra:
+        X = stacks[spectrum]()
         unfolded = (X.double() - X.double().mean(0)).movedim(2, 0).reshape(n, -1)
         S_ref = torch.linalg.svdvals(unfolded)[:k]
         routes = {m: (lambda m=m: unisub.mode_svd(X, 2, rank=k, center=True, method=m)) for m in ("auto", "gram", "randomized")}
