@@ -47,23 +47,24 @@ std::string format_double(double value) {
   while (digits.size() > 1 && digits.back() == '0') digits.pop_back();
   const int exp = std::atoi(s.c_str() + e + 1);
   const int n = static_cast<int>(digits.size());
-  std::string out;
+  // (appended piece by piece: GCC 12 warns, wrongly, about `"0." + std::string(...)`)
+  std::string out = sign;
   if (exp >= -4 && exp < 16) {  // Python's repr: positional notation in this range
     if (exp + 1 >= n) {
-      out = digits + std::string(exp + 1 - n, '0') + ".0";
+      out.append(digits).append(static_cast<size_t>(exp + 1 - n), '0').append(".0");
     } else if (exp < 0) {
-      out = "0." + std::string(-exp - 1, '0') + digits;
+      out.append("0.").append(static_cast<size_t>(-exp - 1), '0').append(digits);
     } else {
-      out = digits.substr(0, exp + 1) + "." + digits.substr(exp + 1);
+      out.append(digits, 0, static_cast<size_t>(exp + 1)).append(".").append(digits, static_cast<size_t>(exp + 1));
     }
   } else {
-    out = digits.substr(0, 1);
-    if (n > 1) out += "." + digits.substr(1);
+    out.append(digits, 0, 1);
+    if (n > 1) out.append(".").append(digits, 1);
     char ebuf[16];
     std::snprintf(ebuf, sizeof ebuf, "e%c%02d", exp < 0 ? '-' : '+', std::abs(exp));
-    out += ebuf;
+    out.append(ebuf);
   }
-  return sign + out;
+  return out;
 }
 
 namespace {

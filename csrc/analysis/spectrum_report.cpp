@@ -22,9 +22,11 @@ std::vector<double> doubles(const at::Tensor& t) {
   return {p, p + c.numel()};
 }
 
+// v[from:to] summed left to right
 double sum(const std::vector<double>& v, size_t from = 0, size_t to = SIZE_MAX) {
+  const double* end = v.data() + std::min(to, v.size());
   double s = 0.0;
-  for (size_t i = from; i < std::min(to, v.size()); ++i) s += v[i];
+  for (const double* p = v.data() + std::min(from, v.size()); p < end; ++p) s += *p;
   return s;
 }
 
