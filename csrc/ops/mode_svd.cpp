@@ -16,6 +16,7 @@
 #include "ops/decompositions.h"
 #include "ops/matrix_checks.h"
 #include "ops/svd.h"
+#include "unisub/analysis.h"
 #include "unisub/decompositions.h"
 
 namespace unisub::detail {
@@ -156,11 +157,9 @@ double centred_energy(const at::Tensor& X, const std::optional<at::Tensor>& mean
 }
 
 int64_t components_for_energy(const at::Tensor& lambda, double total, double energy) {
-  if (!(total > 0)) return 1;  // a zero stack: every basis explains nothing; keep one direction
-  const auto cum = lambda.cumsum(0) / total;
-  // A cumulative sum reaching τ within rounding counts as reaching it (τ = 1 on an exact spectrum).
-  const int64_t below = (cum < energy - 1e-12).sum().item<int64_t>();
-  return std::min<int64_t>(below + 1, lambda.size(0));
+  // The analysis job's one rule (unisub/analysis.h): reaching τ within 8·d·ε counts as reaching it;
+  // a zero stack keeps one direction.
+  return unisub::analysis::rank_for_energy(lambda, energy, total);
 }
 
 }  // namespace

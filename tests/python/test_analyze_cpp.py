@@ -11,6 +11,7 @@ import torch
 import unisub
 from conftest import build_dir
 from fixtures.digits_zoo import build_zoo
+from test_analysis_core import _close, _same_shape
 from test_io_safetensors import fuzz_cases
 from unisub.io import CheckpointError, read_header
 
@@ -44,6 +45,10 @@ def test_matches_python_to_rounding(zoo, tmp_path):
     assert sorted(cpp["slots"]) == sorted(py.slots)
     for key, rep in py.report["slots"].items():
         other = cpp["slots"][key]
+        # one implementation (libunisub) behind both: the same fields, null spectra included, the
+        # same integers (ranks, dims, null shapes, counts), the same numbers to rounding
+        _same_shape(rep, other, key)
+        _close(rep, other, key)
         assert other["shape"] == rep["shape"] and other["models"] == rep["models"] == 9
         assert math.isclose(other["energy"]["mean_share"], rep["energy"]["mean_share"], rel_tol=1e-12)
         assert math.isclose(other["compression"]["ratio"], rep["compression"]["ratio"], rel_tol=1e-12)
@@ -148,6 +153,8 @@ def test_lora_deltas_match_python(tmp_path, gen):
     assert sorted(cpp["slots"]) == sorted(py.slots) == sorted(cpp["options"]["delta_slots"])
     for key, rep in py.report["slots"].items():
         other = cpp["slots"][key]
+        _same_shape(rep, other, key)
+        _close(rep, other, key)
         for field in ("kind", "shape", "models", "factors", "lora_ranks"):
             assert other[field] == rep[field], field
         torch.testing.assert_close(torch.tensor(other["scalings"]), torch.tensor(rep["scalings"]), rtol=1e-15, atol=0)

@@ -22,12 +22,7 @@ MODE_DIMS = {"out": 1, "in": 2}
 def sorted_eigh(G: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Eigenvalues of a Gram, descending and clamped at 0 (negatives are rounding), and its
     eigenvectors with the sign rule of ``svd`` (each column's largest-magnitude entry positive)."""
-    evals, evecs = torch.linalg.eigh(G)
-    evals, evecs = evals.flip(0).clamp_min(0), evecs.flip(1)
-    idx = evecs.abs().argmax(0)
-    signs = torch.sign(evecs.gather(0, idx[None]))
-    signs[signs == 0] = 1
-    return evals, evecs * signs
+    return torch.ops.unisub.sorted_eigh(G)  # libunisub's, the one unisub-analyze uses
 
 
 def double_center(K: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ all-reduced per slot. State is saved as it goes, so ``resume=True`` continues an
 """
 import hashlib
 import json
+import math
 import os
 import re
 import time
@@ -21,7 +22,7 @@ import torch
 from .accumulator import LoraDeltaAccumulator, SubspaceAccumulator, Workspace
 from .io import (CheckpointError, PeftAdapter, discover, ensure_writable_dir, lora_pairs, matrix_shape, select,
                  write_json)
-from .io.atomic import atomic_path
+from .io.atomic import atomic_path, write_bytes
 from .metrics import ERROR_RANKS, TAUS, delta_report, slot_report
 from .subspace import DeltaSubspace, Subspace, load_any
 
@@ -229,7 +230,7 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
         reports[key] = rep
         if rank_id == 0 and out is not None:
             sub.save(out / "subspaces" / f"{safe_name(key)}.safetensors")
-            write_json(slot_file, rep)
+            write_strict_json(slot_file, rep)
         elif out is None:
             subspaces[key] = sub
         if state_dir is not None:
@@ -310,12 +311,29 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
     report = {"format": "unisub.report/1", "models": M, "sources": [ck.name for ck in checkpoints],
               "options": options, "skipped": skipped, "slots": reports, "summary": summarize(reports)}
     if rank_id == 0 and out is not None:
-        write_json(out / REPORT, report)
+        write_strict_json(out / REPORT, report)
         if plots:
             from .plots import plot_report
 
             plot_report(report, out / "plots", progress=progress)
     return AnalysisResult(report, out, subspaces)
+
+
+def strict_json(obj):
+    """``obj`` with every non-finite float replaced by None: RFC 8259 JSON has no NaN or Infinity,
+    and a number that is undefined (the eigengap ratio of a frozen slot) is ``null``."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
+def write_strict_json(path, obj):
+    """Written atomically as strict JSON (``allow_nan=False`` after mapping non-finite to null)."""
+    write_bytes(path, (json.dumps(strict_json(obj), indent=1, allow_nan=False) + "\n").encode())
 
 
 def summarize(reports: Dict) -> Dict:

@@ -23,13 +23,9 @@ def choose_rank(eigenvalues: torch.Tensor, rank: Optional[int] = None, energy: O
 
 
 def rank_for_energy(eigenvalues: torch.Tensor, tau: float) -> int:
-    total = eigenvalues.sum()
-    if total <= 0:
-        return 1
-    cum = eigenvalues.cumsum(0) / total
-    # A relative slack of a few ε: cum of exactly τ-shaped spectra must not miss by rounding.
-    hit = (cum >= tau * (1 - 8 * torch.finfo(cum.dtype).eps)).nonzero()
-    return int(hit[0]) + 1 if hit.numel() else eigenvalues.numel()
+    """The smallest r whose cumulative explained variance reaches ``tau`` within rounding (8·d·ε):
+    libunisub's one rule, the one ``mode_svd(energy=tau)`` and ``unisub-analyze`` use."""
+    return int(torch.ops.unisub.rank_for_energy(eigenvalues, float(tau)))
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 #include <fmt/core.h>
 
-#include "report.h"
+#include "unisub/analysis.h"
 #include "unisub/gram.h"
 
 namespace unisub_tool {
@@ -43,7 +43,7 @@ void Accumulator::merge(const Accumulator& o) {
 }
 
 std::pair<torch::Tensor, torch::Tensor> Accumulator::eigh(const std::string& mode) const {
-  return sorted_eigh(grams.at(mode));
+  return unisub::analysis::sorted_eigh(grams.at(mode));
 }
 
 }  // namespace unisub_tool

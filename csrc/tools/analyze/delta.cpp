@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "report.h"
+#include "unisub/analysis.h"
 #include "unisub/decompositions.h"
 
 namespace unisub_tool {
@@ -13,35 +14,6 @@ namespace {
 torch::Tensor double_center(const torch::Tensor& K) {
   auto row = K.mean(1, /*keepdim=*/true);
   return K - (row + row.t()) + K.mean();
-}
-
-struct HalfBasis {
-  torch::Tensor C, V, sigma;
-};
-
-// For the models `idx`: their centring matrix, and the leading eigenvectors and σ of their centred
-// Gram, keeping at most r components with σ² > 1e-12 σ₁².
-HalfBasis half_basis(const torch::Tensor& K, const torch::Tensor& idx, int64_t r) {
-  const int64_t n = idx.numel();
-  auto C = torch::eye(n, K.options()) - 1.0 / static_cast<double>(n);
-  auto [ev, V] = sorted_eigh(C.mm(K.index_select(0, idx).index_select(1, idx)).mm(C));
-  const double top = ev[0].item<double>();
-  const int64_t k = top > 0 ? std::min<int64_t>(r, (ev > top * 1e-12).sum().item<int64_t>()) : 0;
-  return {C, V.slice(1, 0, k), ev.slice(0, 0, k).sqrt()};
-}
-
-// Principal angles between the rank-r eigen-weight spans of the even and the odd models, from K
-// alone (metrics.delta_split_half): E_h = D_hᵀ V_h Σ_h⁻¹, so E_aᵀ E_b = Σ_a⁻¹ V_aᵀ C_a K_ab C_b V_b Σ_b⁻¹.
-nlohmann::json split_half(const torch::Tensor& K, int64_t r) {
-  const int64_t M = K.size(0);
-  if (M < 4) return nullptr;
-  auto even = torch::arange(0, M, 2, torch::kLong), odd = torch::arange(1, M, 2, torch::kLong);
-  auto a = half_basis(K, even, r), b = half_basis(K, odd, r);
-  if (a.V.size(1) == 0 || b.V.size(1) == 0) return nullptr;
-  auto cross = a.C.mm(K.index_select(0, even).index_select(1, odd)).mm(b.C);
-  auto cos = torch::linalg_svdvals((a.V / a.sigma).t().mm(cross).mm(b.V / b.sigma)).clamp(0, 1);
-  auto theta = std::get<0>(torch::arccos(cos).sort());
-  return split_half_report(theta, even.numel(), odd.numel());
 }
 
 // The mean ΔW and the top k unit-norm eigen-weights E_k = Σ_i v_ik (ΔW_i − mean) / σ_k as dense
@@ -102,7 +74,8 @@ DeltaModule plan_delta(const std::string& module, const std::string& a_key, cons
 }
 
 nlohmann::json analyze_delta(const DeltaModule& plan, const std::vector<Model>& models, int64_t rank, double energy,
-                             bool scale, int64_t eigen_weights, const std::string& subspace_path) {
+                             bool scale, int64_t eigen_weights, int64_t null_seed,
+                             const std::string& subspace_path) {
   const int64_t M = static_cast<int64_t>(models.size()), m = plan.m, n = plan.n;
   std::vector<torch::Tensor> Bs, As;
   std::vector<double> scalings;
@@ -123,9 +96,9 @@ nlohmann::json analyze_delta(const DeltaModule& plan, const std::vector<Model>& 
   }
   Bs.clear(), As.clear();
   const auto K = unisub::lora_gram(B, A, /*center=*/false);
-  auto [ev, V] = sorted_eigh(double_center(K));
+  auto [ev, V] = unisub::analysis::sorted_eigh(double_center(K));
   int64_t r = rank > 0 ? std::min(rank, M) : M;
-  r = std::min(r, rank_for_energy(ev, energy));
+  r = std::min(r, unisub::analysis::rank_for_energy(ev, energy));
   std::vector<std::pair<std::string, torch::Tensor>> tensors{
       {"eigenvalues", ev}, {"eigenvectors", V.slice(1, 0, r).contiguous()}, {"gram", K},
       {"scalings", torch::tensor(scalings, opts)}};
@@ -136,31 +109,13 @@ nlohmann::json analyze_delta(const DeltaModule& plan, const std::vector<Model>& 
   }
   B = torch::Tensor(), A = torch::Tensor();
 
-  const double uncentred = K.trace().item<double>(), mean_energy = K.sum().item<double>() / M;
-  const double centred = ev.sum().item<double>();
-  auto rep = spectrum_report(ev, r, M - 1, static_cast<double>(m) * static_cast<double>(n), uncentred);
-  rep["split_half"] = split_half(K, r);
-  auto scores = V.slice(1, 0, r) * ev.slice(0, 0, r).sqrt();
-  rep["scores"] = nlohmann::json::array();
-  for (int64_t i = 0; i < M; ++i) rep["scores"].push_back(to_vec(scores[i]));
-  const int64_t stored = (1 + r) * m * n + M * r;
-  int64_t factor_numbers = 0;
-  for (auto ri : ranks) factor_numbers += ri * (m + n);
-
   const auto slot = plan.module + ".delta";
   std::vector<std::string> names;
   std::vector<int64_t> ids;
   for (int64_t i = 0; i < M; ++i) names.push_back(models[i].name), ids.push_back(i);
-  nlohmann::json entry = {
-      {"slot", slot}, {"kind", "lora_delta"}, {"shape", {m, n}}, {"models", M},
-      {"factors", {plan.a_key, plan.b_key}}, {"lora_ranks", ranks}, {"scalings", scalings},
-      {"energy", {{"total", uncentred}, {"mean", mean_energy}, {"centred", centred},
-                  {"mean_share", uncentred > 0 ? mean_energy / uncentred : 0.0},
-                  {"centred_share", uncentred > 0 ? centred / uncentred : 0.0}}},
-      {"compression", {{"original_numbers", M * m * n}, {"stored_numbers", stored},
-                       {"ratio", static_cast<double>(M * m * n) / static_cast<double>(stored)},
-                       {"lora_factor_numbers", factor_numbers}}},
-      {"modes", {{"delta", rep}}}};
+  auto entry = parse_entry(unisub::analysis::delta_report(
+      slot, K, ev, V.slice(1, 0, r), ids, m, n, /*center=*/true, ranks, torch::tensor(scalings, opts),
+      std::vector<std::string>{plan.a_key, plan.b_key}, null_seed));
   nlohmann::json meta = {
       {"slot", slot}, {"shape", {m, n}}, {"count", M}, {"center", true}, {"modes", {"delta"}}, {"ranks", ranks},
       {"ids", ids},

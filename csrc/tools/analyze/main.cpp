@@ -10,8 +10,8 @@
 // one model's shards), or folders of these. Patterns are globs on the tensor name or 're:REGEX'.
 // `--modes delta` analyses the LoRA deltas ΔW = s·B·A of adapters along the model axis (slot
 // '<module>.delta'). Writes
-// DIR/subspaces/<slot>.safetensors and DIR/report.json in the formats of `unisub analyze` (the
-// Python report adds the null spectra and plots), and prints a table. Each finished slot's entry
+// DIR/subspaces/<slot>.safetensors and DIR/report.json in the formats of `unisub analyze` (each slot's
+// entry is computed by libunisub, as there; the Python front end adds a summary and plots), and prints a table. Each finished slot's entry
 // is also kept in DIR/slots/, so `--resume` after an interruption redoes only the slot that was
 // in progress. Files are read by libunisub's reader, the one `unisub analyze` uses. Exit status:
 // 0 done, 2 bad input or usage (a clear message naming the file, nothing written), 1 otherwise.
@@ -33,6 +33,7 @@
 #include "report.h"
 #include "run_state.h"
 #include "safetensors.h"
+#include "unisub/analysis.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -95,26 +96,6 @@ bool matches(const std::string& key, const std::vector<std::string>& patterns) {
     }
   }
   return false;
-}
-
-json mode_report(const std::string& mode, const Accumulator& total, const Accumulator* halves, int64_t r_cap,
-                 double energy, double uncentred, torch::Tensor& basis, torch::Tensor& evals_out) {
-  auto [ev, U] = total.eigh(mode);
-  const int64_t d = ev.numel();
-  int64_t r = r_cap > 0 ? std::min(r_cap, d) : d;
-  r = std::min(r, rank_for_energy(ev, energy));
-  basis = U.slice(1, 0, r).contiguous();
-  evals_out = ev;
-  const int64_t other = mode == "out" ? total.n : total.m;
-  json rep = spectrum_report(ev, r, d, static_cast<double>(other) * static_cast<double>(total.count - 1), uncentred);
-  if (halves) {
-    auto Ua = halves[0].eigh(mode).second.slice(1, 0, r), Ub = halves[1].eigh(mode).second.slice(1, 0, r);
-    auto theta = principal_angles(Ua, Ub);
-    rep["split_half"] = split_half_report(theta, halves[0].count, halves[1].count);
-  } else {
-    rep["split_half"] = nullptr;
-  }
-  return rep;
 }
 
 // One line per file; exit status 1 when any file is bad, so that scripts can tell.
@@ -232,7 +213,8 @@ int run(const Options& o) {
   const auto t0 = std::chrono::steady_clock::now();
   const int64_t nbatches = (M + o.batch_size - 1) / o.batch_size;
   int64_t done = 0;
-  for (const auto& key : slots) {
+  for (int64_t slot_index = 0; slot_index < static_cast<int64_t>(slots.size()); ++slot_index) {
+    const auto& key = slots[slot_index];
     if (state.finished(key)) {
       report["slots"][key] = state.load(key);
       done += nbatches, ++resumed;
@@ -255,30 +237,23 @@ int run(const Options& o) {
     total.merge(halves[0]);
     total.merge(halves[1]);
     const bool split = std::min(halves[0].count, halves[1].count) >= 2;
-    const double centred = total.grams.at(modes[0]).trace().item<double>();
-    const double mean_energy = static_cast<double>(M) * total.mean.pow(2).sum().item<double>();
-    const double uncentred = centred + mean_energy;
-    json slot_rep;
-    slot_rep["slot"] = key;
-    slot_rep["shape"] = {m, n};
-    slot_rep["models"] = M;
-    slot_rep["energy"] = {{"total", uncentred}, {"mean", mean_energy}, {"centred", centred},
-                          {"mean_share", uncentred > 0 ? mean_energy / uncentred : 0.0},
-                          {"centred_share", uncentred > 0 ? centred / uncentred : 0.0}};
     std::vector<std::pair<std::string, torch::Tensor>> tensors{{"mean", total.mean}};
-    std::map<std::string, int64_t> ranks;
+    std::vector<torch::Tensor> spectra, half_grams;
+    std::vector<int64_t> ranks;
     for (const auto& mo : modes) {
-      torch::Tensor basis, evals;
-      slot_rep["modes"][mo] = mode_report(mo, total, split ? halves : nullptr, o.rank, o.energy, uncentred, basis, evals);
-      ranks[mo] = basis.size(1);
-      tensors.emplace_back("basis." + mo, basis);
-      tensors.emplace_back("eigenvalues." + mo, evals);
+      auto [ev, U] = total.eigh(mo);
+      const int64_t d = ev.numel();
+      const int64_t r = std::min(o.rank > 0 ? std::min(o.rank, d) : d, unisub::analysis::rank_for_energy(ev, o.energy));
+      tensors.emplace_back("basis." + mo, U.slice(1, 0, r).contiguous());
+      tensors.emplace_back("eigenvalues." + mo, ev);
+      spectra.push_back(ev);
+      ranks.push_back(r);
+      if (split) half_grams.push_back(halves[0].grams.at(mo)), half_grams.push_back(halves[1].grams.at(mo));
     }
-    const int64_t r_out = ranks.count("out") ? ranks["out"] : m, r_in = ranks.count("in") ? ranks["in"] : n;
-    int64_t stored = m * n + M * r_out * r_in;
-    for (const auto& [mo, r] : ranks) stored += (mo == "out" ? m : n) * r;
-    slot_rep["compression"] = {{"original_numbers", M * m * n}, {"stored_numbers", stored},
-                               {"ratio", static_cast<double>(M * m * n) / static_cast<double>(stored)}};
+    // the Gaussian null's seed is the slot's index, as in `unisub analyze`
+    const json slot_rep = parse_entry(unisub::analysis::slot_report(
+        key, total.mean, M, /*center=*/true, modes, spectra, ranks, half_grams,
+        split ? std::vector<int64_t>{halves[0].count, halves[1].count} : std::vector<int64_t>{}, slot_index));
     json meta = {{"slot", key}, {"count", M}, {"center", true}, {"modes", modes},
                  {"metadata", {{"source_files", {first.file_of(key)}}, {"original_shape", first.info(key).shape}}},
                  {"format", "unisub.subspace/1"}};
@@ -286,7 +261,8 @@ int run(const Options& o) {
     state.save(key, slot_rep);
     report["slots"][key] = slot_rep;
   }
-  for (const auto& d : deltas) {
+  for (size_t di = 0; di < deltas.size(); ++di) {
+    const auto& d = deltas[di];
     const auto slot = d.module + ".delta";
     if (state.finished(slot)) {
       report["slots"][slot] = state.load(slot);
@@ -294,7 +270,8 @@ int run(const Options& o) {
       continue;
     }
     fmt::print(stderr, "\ranalyse LoRA deltas of {} ({} models)   ", d.module, M);
-    report["slots"][slot] = analyze_delta(d, models, o.rank, o.energy, o.scale, o.eigen_weights, state.subspace_path(slot));
+    report["slots"][slot] = analyze_delta(d, models, o.rank, o.energy, o.scale, o.eigen_weights,
+                                          static_cast<int64_t>(slots.size() + di), state.subspace_path(slot));
     state.save(slot, report["slots"][slot]);
   }
   fmt::print(stderr, "\n");

@@ -1,0 +1,275 @@
+// Each slot's report entry, computed once for both front ends: the spectrum fields of a mode (EVR,
+// ranks for the report's τs, reconstruction errors, eigengap, nulls), split-half stability, the
+// mean's share of the energy and the compression counts. Sums run left to right in float64.
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+#include <limits>
+
+#include "analysis/json_writer.h"
+#include "unisub/analysis.h"
+#include "unisub/metrics.h"
+
+namespace unisub::analysis {
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+std::vector<double> doubles(const at::Tensor& t) {
+  const auto c = t.detach().to(at::kCPU, at::kDouble).contiguous();
+  const double* p = c.data_ptr<double>();
+  return {p, p + c.numel()};
+}
+
+// v[from:to] summed left to right
+double sum(const std::vector<double>& v, size_t from = 0, size_t to = SIZE_MAX) {
+  const double* end = v.data() + std::min(to, v.size());
+  double s = 0.0;
+  for (const double* p = v.data() + std::min(from, v.size()); p < end; ++p) s += *p;
+  return s;
+}
+
+at::Tensor cpu64(const at::Tensor& t) { return t.detach().to(at::kCPU, at::kDouble).contiguous(); }
+
+Json spectrum(const std::vector<double>& ev, int64_t r, int64_t p, int64_t N, double uncentred, int64_t seed,
+              int64_t pad, const ReportOptions& o) {
+  const int64_t d = static_cast<int64_t>(ev.size());
+  TORCH_CHECK(d > 0, "unisub.spectrum_report: empty spectrum");
+  TORCH_CHECK(r >= 1 && r <= d, "unisub.spectrum_report: rank must lie in [1, ", d, "], got ", r);
+  TORCH_CHECK(pad >= 0, "unisub.spectrum_report: null_pad must be >= 0, got ", pad);
+  const double total = sum(ev);
+  std::vector<double> sv(d), evr(d), cum(d);
+  double partial = 0.0;
+  for (int64_t j = 0; j < d; ++j) {
+    partial += ev[j];
+    sv[j] = std::sqrt(ev[j]);
+    evr[j] = total > 0 ? ev[j] / total : 0.0;
+    cum[j] = total > 0 ? partial / total : 0.0;
+  }
+  Json rep = Json::object();
+  rep["dim"] = d;
+  rep["rank"] = r;
+  rep["singular_values"] = sv;
+  rep["explained_variance_ratio"] = evr;
+  rep["cumulative_explained_variance"] = cum;
+  // (members are built apart and then moved in: a reference into an object dies when it grows)
+  Json at_tau = Json::object();
+  for (double t : o.taus) at_tau[format_double(t)] = rank_for_energy(ev, t);
+  rep["rank_at_tau"] = std::move(at_tau);
+  // relative Frobenius error of the centred stack kept to rank k along this mode, and of the whole
+  // stack rebuilt as mean + rank-k part (what compression gives back)
+  Json err = Json::object(), err_mean = Json::object();
+  for (int64_t k : o.error_ranks) {
+    if (k < 1 || k > d) continue;
+    err[std::to_string(k)] = total > 0 ? std::sqrt(std::max(0.0, 1 - cum[k - 1])) : 0.0;
+    err_mean[std::to_string(k)] = uncentred > 0 ? std::sqrt(std::max(0.0, sum(ev, k)) / uncentred) : 0.0;
+  }
+  rep["reconstruction_error"] = std::move(err);
+  rep["reconstruction_error_with_mean"] = std::move(err_mean);
+  Json gap = Json::object();
+  gap["at_rank"] = r;
+  gap["abs"] = r < d ? ev[r - 1] - ev[r] : ev[r - 1];
+  gap["sigma_ratio"] = r < d && ev[r] > 0 ? std::sqrt(ev[r - 1]) / std::sqrt(ev[r]) : kInf;  // undefined: null
+  rep["eigengap"] = std::move(gap);
+  const double edge = mp_upper_edge(p, N, total);
+  auto mp = doubles(marchenko_pastur_null(p, N, total));
+  auto gauss = doubles(gaussian_null(p, N, total, seed));
+  mp.resize(mp.size() + pad, 0.0);
+  gauss.resize(gauss.size() + pad, 0.0);
+  int64_t above = 0;
+  if (total > 0)
+    for (double x : ev) above += x > edge;
+  Json null = Json::object();
+  null["shape"] = std::vector<int64_t>{p, N};
+  null["mp_upper_edge"] = edge;
+  null["components_above_mp_edge"] = above;
+  null["marchenko_pastur_eigenvalues"] = mp;
+  null["gaussian_stack_eigenvalues"] = gauss;
+  null["marchenko_pastur_cumulative_at_rank"] = total > 0 ? sum(mp, 0, r) / total : 0.0;
+  null["gaussian_stack_cumulative_at_rank"] = total > 0 ? sum(gauss, 0, r) / total : 0.0;
+  rep["null"] = std::move(null);
+  return rep;
+}
+
+// The "split_half" entry from the principal angles θ (ascending, radians) between the halves' spans.
+Json split_half_entry(const at::Tensor& theta, int64_t models_a, int64_t models_b) {
+  Json rep = Json::object();
+  rep["models"] = std::vector<int64_t>{models_a, models_b};
+  rep["principal_angles_deg"] = doubles(at::rad2deg(theta));
+  rep["max_sin"] = theta.numel() ? theta.max().sin().item<double>() : 0.0;
+  rep["mean_cos2"] = theta.numel() ? theta.cos().pow(2).mean().item<double>() : 1.0;
+  return rep;
+}
+
+Json energy_entry(double uncentred, double mean_energy, double centred) {
+  Json e = Json::object();
+  e["total"] = uncentred;
+  e["mean"] = mean_energy;
+  e["centred"] = centred;
+  e["mean_share"] = uncentred > 0 ? mean_energy / uncentred : 0.0;
+  e["centred_share"] = uncentred > 0 ? centred / uncentred : 0.0;
+  return e;
+}
+
+struct HalfBasis {
+  at::Tensor C, V, sigma;
+};
+
+// For the models `idx`: their centring matrix C, and the leading eigenvectors V and σ of their
+// (centred) Gram, keeping at most r components with σ² > 1e-12 σ₁².
+HalfBasis half_basis(const at::Tensor& K, const at::Tensor& idx, int64_t r, bool center) {
+  const int64_t n = idx.numel();
+  auto C = at::eye(n, K.options()) - (center ? 1.0 / static_cast<double>(n) : 0.0);
+  auto [ev, V] = sorted_eigh(C.mm(K.index_select(0, idx).index_select(1, idx)).mm(C));
+  const double top = ev[0].item<double>();
+  const int64_t k = top > 0 ? std::min<int64_t>(r, (ev > top * 1e-12).sum().item<int64_t>()) : 0;
+  return {C, V.narrow(1, 0, k), ev.narrow(0, 0, k).sqrt()};
+}
+
+// Principal angles between the rank-r eigen-weight spans (in R^{m×n}) of the models with even and
+// with odd ids, from the uncentred K alone: E_h = D_hᵀ V_h Σ_h⁻¹, so
+// E_aᵀ E_b = Σ_a⁻¹ V_aᵀ (C_a K_ab C_b) V_b Σ_b⁻¹, whose singular values are the cosines
+// (Gram route: angles below ~1e-8 rad are not resolved).
+Json delta_split_half(const at::Tensor& K, const std::vector<int64_t>& ids, int64_t r, bool center) {
+  std::vector<int64_t> part[2];
+  for (size_t i = 0; i < ids.size(); ++i) part[((ids[i] % 2) + 2) % 2].push_back(static_cast<int64_t>(i));
+  if (std::min(part[0].size(), part[1].size()) < 2) return nullptr;
+  const auto opts = at::TensorOptions().dtype(at::kLong);
+  const auto ia = at::tensor(part[0], opts), ib = at::tensor(part[1], opts);
+  const auto a = half_basis(K, ia, r, center), b = half_basis(K, ib, r, center);
+  if (a.V.size(1) == 0 || b.V.size(1) == 0) return nullptr;
+  const auto cross = a.C.mm(K.index_select(0, ia).index_select(1, ib)).mm(b.C);
+  const auto cos = at::linalg_svdvals((a.V / a.sigma).t().mm(cross).mm(b.V / b.sigma)).clamp(0, 1);
+  const auto theta = std::get<0>(at::arccos(cos).sort());
+  return split_half_entry(theta, ia.numel(), ib.numel());
+}
+
+}  // namespace
+
+std::string spectrum_report(const at::Tensor& ev, int64_t r, int64_t p, int64_t N, double uncentred,
+                            int64_t null_seed, int64_t null_pad, const ReportOptions& options) {
+  TORCH_CHECK(ev.dim() == 1, "unisub.spectrum_report: ev must be 1-D, got shape ", ev.sizes());
+  return spectrum(doubles(ev), r, p, N, uncentred, null_seed, null_pad, options).dump();
+}
+
+std::string slot_report(const std::string& slot, const at::Tensor& mean_in, int64_t models, bool center,
+                        const std::vector<std::string>& modes, const std::vector<at::Tensor>& eigenvalues,
+                        const std::vector<int64_t>& ranks, const std::vector<at::Tensor>& half_grams,
+                        const std::vector<int64_t>& half_counts, int64_t null_seed, const ReportOptions& options) {
+  constexpr const char* op = "unisub.slot_report";
+  TORCH_CHECK(mean_in.dim() == 2, op, ": mean must be an m x n matrix, got shape ", mean_in.sizes());
+  TORCH_CHECK(!modes.empty() && eigenvalues.size() == modes.size() && ranks.size() == modes.size(), op,
+              ": need one spectrum and one rank per mode, got ", modes.size(), " modes, ", eigenvalues.size(),
+              " spectra, ", ranks.size(), " ranks");
+  TORCH_CHECK(half_grams.empty() || (half_grams.size() == 2 * modes.size() && half_counts.size() == 2), op,
+              ": half_grams must be empty or two Grams per mode (with two half_counts)");
+  TORCH_CHECK(models >= 1, op, ": models must be >= 1, got ", models);
+  const auto mean = cpu64(mean_in);
+  const int64_t m = mean.size(0), n = mean.size(1), M = models;
+  std::vector<std::vector<double>> evs;
+  for (size_t i = 0; i < modes.size(); ++i) {
+    TORCH_CHECK(modes[i] == "out" || modes[i] == "in", op, ": modes are 'out' or 'in', got '", modes[i], "'");
+    evs.push_back(doubles(eigenvalues[i]));
+    TORCH_CHECK(static_cast<int64_t>(evs.back().size()) == (modes[i] == "out" ? m : n), op, ": the '", modes[i],
+                "' spectrum has ", evs.back().size(), " eigenvalues for a ", m, " x ", n, " slot");
+  }
+  const double centred = sum(evs[0]);
+  const double mean_energy = center ? static_cast<double>(M) * mean.square().sum().item<double>() : 0.0;
+  const double uncentred = centred + mean_energy;
+
+  Json mode_reps = Json::object();
+  int64_t r_out = m, r_in = n, basis_numbers = 0;
+  for (size_t i = 0; i < modes.size(); ++i) {
+    const bool out = modes[i] == "out";
+    const int64_t d = out ? m : n, other = out ? n : m, r = ranks[i];
+    const int64_t N = other * (center ? M - 1 : M);
+    Json rep = spectrum(evs[i], r, d, N, uncentred, null_seed, 0, options);
+    if (!half_grams.empty()) {
+      const auto Ua = sorted_eigh(cpu64(half_grams[2 * i])).second.narrow(1, 0, r);
+      const auto Ub = sorted_eigh(cpu64(half_grams[2 * i + 1])).second.narrow(1, 0, r);
+      rep["split_half"] = split_half_entry(unisub::principal_angles(Ua, Ub, /*check_basis=*/false), half_counts[0],
+                                           half_counts[1]);
+    } else {
+      rep["split_half"] = nullptr;
+    }
+    mode_reps[modes[i]] = std::move(rep);
+    (out ? r_out : r_in) = r;
+    basis_numbers += d * r;
+  }
+  const int64_t original = M * m * n, stored = m * n + basis_numbers + M * r_out * r_in;
+  Json entry = Json::object();
+  entry["slot"] = slot;
+  entry["shape"] = std::vector<int64_t>{m, n};
+  entry["models"] = M;
+  entry["energy"] = energy_entry(uncentred, mean_energy, centred);
+  Json comp = Json::object();
+  comp["original_numbers"] = original;
+  comp["stored_numbers"] = stored;
+  comp["ratio"] = static_cast<double>(original) / static_cast<double>(stored);
+  entry["compression"] = std::move(comp);
+  entry["modes"] = std::move(mode_reps);
+  return entry.dump();
+}
+
+std::string delta_report(const std::string& slot, const at::Tensor& K_in, const at::Tensor& ev_in,
+                         const at::Tensor& V_in, const std::vector<int64_t>& ids, int64_t m, int64_t n, bool center,
+                         const std::vector<int64_t>& lora_ranks, const at::Tensor& scalings,
+                         const std::optional<std::vector<std::string>>& factors, int64_t null_seed,
+                         const ReportOptions& options) {
+  constexpr const char* op = "unisub.delta_report";
+  const auto K = cpu64(K_in), V = cpu64(V_in);
+  TORCH_CHECK(K.dim() == 2 && K.size(0) == K.size(1) && K.size(0) >= 1, op, ": gram must be M x M, got shape ",
+              K.sizes());
+  const int64_t M = K.size(0);
+  const auto ev = doubles(ev_in);
+  TORCH_CHECK(static_cast<int64_t>(ev.size()) == M, op, ": eigenvalues must have M = ", M, " entries, got ",
+              ev.size());
+  TORCH_CHECK(V.dim() == 2 && V.size(0) == M && V.size(1) >= 1, op, ": eigenvectors must be M x r, got shape ",
+              V.sizes());
+  TORCH_CHECK(static_cast<int64_t>(ids.size()) == M, op, ": ids must have M = ", M, " entries, got ", ids.size());
+  const int64_t r = V.size(1);
+  const double uncentred = K.trace().item<double>();
+  const double mean_energy = center ? K.sum().item<double>() / static_cast<double>(M) : 0.0;  // M·‖mean ΔW‖²
+  const double centred = sum(ev);
+  // The null: i.i.d. Gaussian m × n deltas of the same total variance, whose centred M × M Gram is
+  // Wishart with M − 1 degrees of freedom (plus the zero eigenvalue centring leaves).
+  const int64_t p = center ? M - 1 : M;
+  Json rep = spectrum(ev, r, p, m * n, uncentred, null_seed, M - p, options);
+  rep["split_half"] = delta_split_half(K, ids, r, center);
+  std::vector<double> sigma(ev.begin(), ev.begin() + r);
+  for (auto& s : sigma) s = std::sqrt(s);
+  Json scores = Json::array();
+  const auto Va = V.accessor<double, 2>();
+  for (int64_t i = 0; i < M; ++i) {
+    std::vector<double> row(r);
+    for (int64_t k = 0; k < r; ++k) row[k] = Va[i][k] * sigma[k];
+    scores.push_back(row);
+  }
+  rep["scores"] = std::move(scores);
+  int64_t factor_numbers = 0;
+  for (auto k : lora_ranks) factor_numbers += k * (m + n);
+  const int64_t original = M * m * n, stored = (1 + r) * m * n + M * r;
+  Json entry = Json::object();
+  entry["slot"] = slot;
+  entry["kind"] = "lora_delta";
+  entry["shape"] = std::vector<int64_t>{m, n};
+  entry["models"] = M;
+  entry["factors"] = factors ? Json(*factors) : Json();
+  entry["lora_ranks"] = lora_ranks;
+  entry["scalings"] = doubles(scalings);
+  entry["energy"] = energy_entry(uncentred, mean_energy, centred);
+  // dense ΔW stack against mean + r eigen-weights + M·r scores; the LoRA factors for scale
+  Json comp = Json::object();
+  comp["original_numbers"] = original;
+  comp["stored_numbers"] = stored;
+  comp["ratio"] = static_cast<double>(original) / static_cast<double>(stored);
+  comp["lora_factor_numbers"] = factor_numbers;
+  entry["compression"] = std::move(comp);
+  Json mode_reps = Json::object();
+  mode_reps["delta"] = std::move(rep);
+  entry["modes"] = std::move(mode_reps);
+  return entry.dump();
+}
+
+}  // namespace unisub::analysis
