@@ -50,11 +50,10 @@ std::vector<c10::IValue> as_arguments(const c10::IValue& loaded) {
   return {loaded};
 }
 
-// One line for the user: no C++ backtrace (what() carries one), and of a TorchScript interpreter
-// error ("The following operation failed ... Traceback of TorchScript ...") its last line, which
-// names the failing op and the reason.
-std::string one_line(const c10::Error& e) {
-  const std::string text = e.what_without_backtrace();
+// One line for the user: no C++ backtrace (c10::Error's what() carries one), and of a TorchScript
+// interpreter error ("The following operation failed ... Traceback of TorchScript ...", not a
+// c10::Error) its last line, which names the failing op and the reason.
+std::string one_line(const std::string& text) {
   std::vector<std::string> lines;
   std::size_t start = 0;
   while (start <= text.size()) {
@@ -94,10 +93,10 @@ int main(int argc, char** argv) {
     const c10::IValue result = (*fn)(as_arguments(inputs));
     write_file_atomically(argv[3], torch::pickle_save(result));
   } catch (const c10::Error& e) {
-    fmt::print(stderr, "unisub-run-script: {}\n", one_line(e));
+    fmt::print(stderr, "unisub-run-script: {}\n", one_line(e.what_without_backtrace()));
     return 1;
   } catch (const std::exception& e) {
-    fmt::print(stderr, "unisub-run-script: {}\n", e.what());
+    fmt::print(stderr, "unisub-run-script: {}\n", one_line(e.what()));
     return 1;
   }
   return 0;
