@@ -8,6 +8,7 @@
 #include <torch/script.h>
 #include <torch/serialize.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <iterator>
@@ -49,6 +50,25 @@ std::vector<c10::IValue> as_arguments(const c10::IValue& loaded) {
   return {loaded};
 }
 
+// One line for the user: no C++ backtrace (c10::Error's what() carries one), and of a TorchScript
+// interpreter error ("The following operation failed ... Traceback of TorchScript ...", not a
+// c10::Error) its last line, which names the failing op and the reason.
+std::string one_line(const std::string& text) {
+  std::vector<std::string> lines;
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    const std::size_t end = std::min(text.find('\n', start), text.size());
+    std::string line = text.substr(start, end - start);
+    line.erase(0, line.find_first_not_of(" \t\r"));
+    line.erase(line.find_last_not_of(" \t\r") + 1);
+    if (!line.empty()) lines.push_back(line);
+    start = end + 1;
+  }
+  if (lines.empty()) return "unknown error";
+  const bool interpreter = text.find("TorchScript interpreter") != std::string::npos;
+  return interpreter ? lines.back() : lines.front();
+}
+
 int usage() {
   fmt::print(stderr, "usage: unisub-run-script MODULE.pt INPUTS.pt OUTPUTS.pt [--method NAME]\n");
   return 2;
@@ -72,8 +92,11 @@ int main(int argc, char** argv) {
     torch::NoGradGuard no_grad;
     const c10::IValue result = (*fn)(as_arguments(inputs));
     write_file_atomically(argv[3], torch::pickle_save(result));
+  } catch (const c10::Error& e) {
+    fmt::print(stderr, "unisub-run-script: {}\n", one_line(e.what_without_backtrace()));
+    return 1;
   } catch (const std::exception& e) {
-    fmt::print(stderr, "unisub-run-script: {}\n", e.what());
+    fmt::print(stderr, "unisub-run-script: {}\n", one_line(e.what()));
     return 1;
   }
   return 0;

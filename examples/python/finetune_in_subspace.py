@@ -16,6 +16,7 @@
     python examples/python/finetune_in_subspace.py [--zoo 12] [--rank 8] [--steps 300]
 """
 import argparse
+import time
 
 import torch
 
@@ -26,6 +27,12 @@ from unisub.optim import SubspaceAdamW, basis_bytes, state_bytes
 from unisub.tracker import ConvergenceTracker
 
 LAYERS = ["0.weight", "2.weight", "4.weight"]
+_START = time.perf_counter()
+
+
+def stage(text):
+    """A progress line with the time since the start (each stage takes seconds to a minute)."""
+    print(f"[{time.perf_counter() - _START:6.1f} s] {text}", flush=True)
 
 
 def make_mlp():
@@ -55,6 +62,7 @@ def build_zoo(base, train, count, steps, seed):
         model.load_state_dict(base.state_dict())
         fit(model, torch.optim.AdamW(model.parameters(), lr=3e-3), train[0], relabel(train[1], perm), steps, gen)
         zoo.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        stage(f"  zoo model {t + 1}/{count} fine-tuned")
     return zoo
 
 
@@ -129,9 +137,12 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     train, test = demo_zoo.digits(args.seed)
     base = make_mlp()
+    stage("pre-training the base model (600 steps)")
     fit(base, torch.optim.AdamW(base.parameters(), lr=3e-3), *train, 600, torch.Generator().manual_seed(args.seed))
     print(f"base model: test accuracy {accuracy(base, *test):.3f} on the digits")
+    stage(f"building the zoo: {args.zoo} fine-tunes of the base, {args.steps} steps each")
     zoo = build_zoo(base, train, args.zoo, args.steps, args.seed)
+    stage(f"fitting rank-{args.rank} subspaces of layers {', '.join(LAYERS)}")
     subspaces = fit_subspaces(zoo, args.rank)
     for name, s in subspaces.items():
         evr = s.explained_variance_ratio("out")[:args.rank].sum()
@@ -139,8 +150,10 @@ def main(argv=None):
     perm = torch.randperm(10, generator=torch.Generator().manual_seed(args.seed + 7))
     task_train, task_test = (train[0], relabel(train[1], perm)), (test[0], relabel(test[1], perm))
     print(f"held-out task: digits relabelled by {perm.tolist()}; base accuracy {accuracy(base, *task_test):.3f}")
-    rows = [run(m, base, subspaces, task_train, task_test, args.steps, args.seed + 1, 3e-3)
-            for m in ("full", "projected", "complement", "coefficients", "SubspaceAdamW")]
+    rows = []
+    for m in ("full", "projected", "complement", "coefficients", "SubspaceAdamW"):
+        stage(f"fine-tuning on the held-out task: {m} ({args.steps} steps)")
+        rows.append(run(m, base, subspaces, task_train, task_test, args.steps, args.seed + 1, 3e-3))
     print(f"{'method':<15}{'accuracy':>10}{'trainable':>11}{'opt state':>12}{'ms/step':>9}{'update in S':>13}{'angle':>8}")
     for r in rows:
         print(f"{r['method']:<15}{r['accuracy']:>10.3f}{r['trainable']:>11,}{r['state']:>12,}{r['ms']:>9.2f}"

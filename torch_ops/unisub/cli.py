@@ -1,32 +1,70 @@
-"""The ``unisub`` command line."""
+"""The ``unisub`` command line (the console command is ``_unisub_cli.unisub``, which answers
+``--version`` without loading torch and hands everything else to :func:`main`).
+
+A new command is one ``_add_<name>(sub)`` function that calls :func:`_command` (which gives its
+``--help`` an example and lists that example in ``unisub --help``), added to ``_COMMANDS``.
+"""
 import argparse
 import sys
+import textwrap
 
 from . import __version__
 
+_DESCRIPTION = (
+    "unisub: universal weight subspaces of many models of one architecture. For each layer slot (a "
+    "state-dict key) it stacks the models' weights, finds the low-dimensional subspace they share, "
+    "compares its spectrum with a random-matrix null, and saves it for training, merging and compression.\n"
+    "\n"
+    "Python API: `import unisub`. C++ tools: `unisub-analyze` (the analysis job without Python) and "
+    "`unisub-run-script` (TorchScript programs that call the ops).")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps each line of a description or epilog on its own, and keeps lines indented by two
+    spaces (the examples) exactly as written."""
+
+    def _fill_text(self, text, width, indent):
+        return "\n".join(indent + line if line.startswith("  ") or not line.strip()
+                         else textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent)
+                         for line in text.splitlines())
+
+
+def _command(sub, name: str, help: str, example: str, **kwargs) -> argparse.ArgumentParser:
+    """A subcommand whose --help ends with a worked example, also listed by `unisub --help`."""
+    p = sub.add_parser(name, help=help, epilog=f"example:\n  {example}",
+                       formatter_class=_HelpFormatter, **kwargs)
+    p.example = example
+    return p
+
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unisub", description=__doc__)
+    parser = argparse.ArgumentParser(prog="unisub", description=_DESCRIPTION,
+                                     formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"unisub {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="train a zoo of MLPs on scikit-learn's digits and test the universal-subspace "
-                                       "claims on it: spectra vs null, reconstruction, training, merging, compression")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in _COMMANDS:
+        add(sub)
+    parser.epilog = ("examples (`unisub COMMAND --help` for each command's options):\n"
+                     + "\n".join(f"  {p.example}" for p in sub.choices.values()))
+    return parser
+
+
+def _add_demo(sub):
+    demo = _command(sub, "demo", help="train a zoo of MLPs on scikit-learn's digits and test the universal-subspace "
+                                      "claims on it: spectra vs null, reconstruction, training, merging, compression",
+                    example="unisub demo --quick --out unisub-demo   # about a minute; the full run trains "
+                            "a larger zoo (minutes, cached)")
     demo.add_argument("--out", default="unisub-demo", help="report folder (default ./unisub-demo)")
     demo.add_argument("--quick", action="store_true", help="a smaller zoo and shorter runs (about a minute)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--cache", default=None, help="zoo cache folder (default ~/.cache/unisub/demo, or $UNISUB_CACHE/demo)")
     demo.set_defaults(run=_run_demo)
-    _add_analyze(sub)
-    _add_inspect(sub)
-    from .lora.cli import add_lora  # unisub lora compress | export | absorb | merge | inspect
-
-    add_lora(sub)
-    return parser
 
 
 def _add_analyze(sub):
-    p = sub.add_parser("analyze", help="per-slot universal subspaces of many checkpoints",
-                       description="Stream checkpoints (safetensors files or folders, PEFT adapter folders, "
+    p = _command(sub, "analyze", help="per-slot universal subspaces of many checkpoints",
+                 example="unisub analyze runs/*/model.safetensors --out out   # then: unisub inspect out",
+                 description="Stream checkpoints (safetensors files or folders, PEFT adapter folders, "
                                    ".pt/.bin state dicts, or folders of any of these) into per-slot universal "
                                    "subspaces. Under torchrun the checkpoints are sharded over processes.")
     p.add_argument("paths", nargs="+", metavar="PATH")
@@ -58,7 +96,8 @@ def _add_analyze(sub):
 
 
 def _add_inspect(sub):
-    p = sub.add_parser("inspect", help="print a saved analysis (a --out folder or a subspace file)")
+    p = _command(sub, "inspect", help="print a saved analysis (a --out folder or a subspace file)",
+                 example="unisub inspect out --slot layers.0.q_proj.weight")
     p.add_argument("path", metavar="DIR")
     p.add_argument("--slot", help="print the spectrum of this slot")
     p.set_defaults(run=_run_inspect)
@@ -162,8 +201,24 @@ def _run_inspect(args) -> int:
 def _run_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(out=args.out, quick=args.quick, seed=args.seed, cache=args.cache)
+    # flushed: the progress lines must show as they come when the output is a pipe or a CI log
+    run_demo(out=args.out, quick=args.quick, seed=args.seed, cache=args.cache,
+             log=lambda *a: print(*a, flush=True))
     return 0
+
+
+def _add_lora(sub):
+    from .lora import cli as lora_cli  # compress | export | absorb | merge | inspect
+
+    lora = _command(sub, "lora", help="PEFT LoRA zoos: compress into one shared subspace, export adapters back, "
+                                      "absorb new ones, merge (mean, task arithmetic, TIES, DARE, subspace)",
+                    example="unisub lora compress adapters/ --out zoo.safetensors --energy 0.99 && "
+                            "unisub lora export zoo.safetensors 0 --out task0-adapter",
+                    description=lora_cli.__doc__)
+    lora_cli.add_lora_commands(lora)
+
+
+_COMMANDS = [_add_demo, _add_analyze, _add_inspect, _add_lora]
 
 
 def main(argv=None) -> int:

@@ -299,6 +299,13 @@ class ConvergenceTracker:
             csv = True
         csv_path = self._resolve(base, csv, CSV_NAME, "csv")
         tb_path = self._resolve(base, tensorboard, None, "tensorboard")
+        SummaryWriter = None
+        if tb_path is not None:  # before any file is created: a missing package leaves nothing behind
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ImportError("ConvergenceTracker(tensorboard=...) needs the tensorboard package: "
+                                  "pip install tensorboard (or pip install 'unisub[tensorboard]')") from e
         if csv_path is not None:
             csv_path.parent.mkdir(parents=True, exist_ok=True)
             header = ["step", *self.keys]
@@ -316,8 +323,6 @@ class ConvergenceTracker:
                 self._csv.writerow(header)
                 self._csv_file.flush()
         if tb_path is not None:
-            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
-
             self._tb = SummaryWriter(log_dir=str(tb_path))
 
     @staticmethod

@@ -173,7 +173,13 @@ def build_zoo(config: ZooConfig, cache: Path = None, log=print) -> Zoo:
     jobs += [(p, t, False) for p, t in zip(zoo.scratch, sc_tasks)]
     todo = [j for j in jobs if not j[0].exists()]
     log(f"zoo: training {len(todo)} models ({c.finetune_steps} fine-tuning / {c.scratch_steps} from-scratch steps each)")
+    every = max(1, len(todo) // 10)  # about ten progress lines, each with an estimate of the rest
+    loop_start = time.perf_counter()
     for i, (path, task, from_base) in enumerate(todo):
+        if i and i % every == 0:
+            elapsed = time.perf_counter() - loop_start
+            log(f"zoo: {i}/{len(todo)} models trained in {elapsed:.0f} s, about "
+                f"{elapsed / i * (len(todo) - i):.0f} s to go")
         torch.manual_seed(c.seed * 100_003 + task * 7 + (0 if from_base else 1))
         model = make_mlp(c.hidden)
         if from_base:

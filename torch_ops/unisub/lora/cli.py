@@ -4,11 +4,8 @@ import json
 import sys
 
 
-def add_lora(sub) -> None:
-    """Register ``unisub lora ...`` on the main parser's subcommands."""
-    lora = sub.add_parser("lora", help="PEFT LoRA zoos: compress into one shared subspace, export adapters back, "
-                                       "absorb new ones, merge (mean, task arithmetic, TIES, DARE, subspace)",
-                          description=__doc__)
+def add_lora_commands(lora) -> None:
+    """``unisub lora ...``: PEFT LoRA zoos through one shared subspace (docs/lora.md)."""
     cmds = lora.add_subparsers(dest="lora_command", required=True)
 
     p = cmds.add_parser("compress", help="PEFT adapter folders -> one zoo file (shared bases + coefficients)")
