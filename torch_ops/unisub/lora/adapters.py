@@ -123,12 +123,12 @@ def read_delta(adapter: PeftAdapter, spec: ModuleSpec) -> Tuple[torch.Tensor, to
 
 def stored_nbytes(adapter: PeftAdapter) -> int:
     """Bytes of the adapter's tensors as stored."""
-    from ..io.safetensors import ITEMSIZE
+    from ..io.safetensors import DTYPES
 
     total = 0
     for dtype, shape in adapter.slots.values():
         n = 1
         for d in shape:
             n *= d
-        total += n * ITEMSIZE.get(dtype, 4)
+        total += n * (DTYPES[dtype].itemsize if dtype in DTYPES else 4)
     return total
