@@ -72,7 +72,8 @@ def _errors():
     return (CheckpointError, PermissionError, FileNotFoundError, ValueError, KeyError, IndexError)
 
 
-def _print_report(zoo, file=sys.stdout):
+def _print_report(zoo, file=None):
+    file = file or sys.stdout  # looked up per call: a default bound at import outlives a redirected stdout
     st = zoo.storage()
     print(f"{zoo.count} adapters, {len(zoo.modules)} modules; {st['compressed_bytes']} bytes "
           f"(zoo as stored: {st['original_bytes']}; ratio {st['ratio']:.2f})"
