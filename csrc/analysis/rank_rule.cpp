@@ -5,6 +5,7 @@
 
 #include <limits>
 
+#include "ops/svd.h"
 #include "unisub/analysis.h"
 
 namespace unisub::analysis {
@@ -47,10 +48,9 @@ std::pair<at::Tensor, at::Tensor> sorted_eigh(const at::Tensor& G) {
   evals = evals.flip(0).clamp_min(0);
   evecs = evecs.flip(1);
   if (evecs.numel() == 0) return {evals, evecs};
-  const auto idx = evecs.abs().argmax(0);
-  auto signs = at::sign(evecs.gather(0, idx.unsqueeze(0)));
-  signs.masked_fill_(signs == 0, 1);
-  return {evals, evecs * signs};
+  at::Tensor none;
+  detail::apply_sign_rule(evecs, none);  // svd's sign rule, the one implementation of it
+  return {evals, evecs};
 }
 
 }  // namespace unisub::analysis
