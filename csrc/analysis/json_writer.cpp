@@ -100,6 +100,7 @@ void Json::write(std::string& out) const {
     case Kind::Int: out += std::to_string(int_); break;
     case Kind::Double: out += format_double(double_); break;
     case Kind::String: write_string(out, string_); break;
+    case Kind::Raw: out += string_; break;
     case Kind::Array: {
       out += '[';
       for (size_t i = 0; i < items_.size(); ++i) {

@@ -13,7 +13,7 @@ namespace unisub::analysis {
 
 class Json {
  public:
-  enum class Kind { Null, Bool, Int, Double, String, Array, Object };
+  enum class Kind { Null, Bool, Int, Double, String, Array, Object, Raw };
 
   Json() = default;
   Json(std::nullptr_t) {}
@@ -30,6 +30,8 @@ class Json {
 
   static Json array() { Json j; j.kind_ = Kind::Array; return j; }
   static Json object() { Json j; j.kind_ = Kind::Object; return j; }
+  // JSON text written as it is (the caller has checked it parses: e.g. metadata a user passed).
+  static Json raw(std::string text) { Json j; j.kind_ = Kind::Raw; j.string_ = std::move(text); return j; }
 
   // Objects: the member `key`, appended (as null) when absent. A null value becomes an object.
   Json& operator[](const std::string& key);

@@ -13,28 +13,11 @@
 #include <torch/custom_class.h>
 #include <torch/library.h>
 
+#include "analysis/binding_errors.h"
 #include "analysis/reader.h"
 
 namespace unisub::analysis {
 namespace {
-
-std::string hex(const std::string& s) {
-  static const char* digits = "0123456789abcdef";
-  std::string out;
-  out.reserve(2 * s.size());
-  for (unsigned char c : s) out += digits[c >> 4], out += digits[c & 15];
-  return out;
-}
-
-template <class F>
-auto guarded(F&& f) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const ReadError& e) {
-    throw c10::ValueError({__func__, __FILE__, static_cast<uint32_t>(__LINE__)},
-                          std::string(e.what()) + "\n\x1e" + hex(e.path) + "\x1f" + hex(e.slot) + "\x1f" + hex(e.message));
-  }
-}
 
 void append_shape(std::vector<int64_t>& out, const std::vector<int64_t>& shape) {
   out.push_back(static_cast<int64_t>(shape.size()));
