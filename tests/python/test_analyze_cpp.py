@@ -265,9 +265,9 @@ def test_resume_redoes_only_unfinished_slots(zoo, tmp_path):
     assert json.loads((out / "report.json").read_text()) == straight
     # another run's state, or none, is refused before anything is written
     run = _run_tool(zoo, "--energy", "0.8", "--batch-size", "4", "--out", out, "--resume")
-    assert run.returncode == 1 and "is from a different run" in run.stderr
+    assert run.returncode == 2 and "is from a different run" in run.stderr, "a usage error, as in `unisub analyze`"
     run = _run_tool(*args, "--out", tmp_path / "fresh", "--resume")
-    assert run.returncode == 1 and "no saved state" in run.stderr and not (tmp_path / "fresh").exists()
+    assert run.returncode == 2 and "no saved state" in run.stderr and not (tmp_path / "fresh").exists()
     # without --resume, old entries are forgotten and everything is recomputed
     run = _run_tool(*args, "--out", out)
     assert run.returncode == 0 and "resumed" not in run.stderr

@@ -7,11 +7,9 @@ seconds, not after hours). Models are split into two halves by their index parit
 stability) and, under ``torch.distributed``, sharded over ranks by index; accumulators are
 all-reduced per slot. State is saved as it goes, so ``resume=True`` continues an interrupted run.
 """
-import hashlib
 import json
 import math
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +17,11 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from .accumulator import LoraDeltaAccumulator, SubspaceAccumulator, Workspace
-from .io import (CheckpointError, PeftAdapter, discover, ensure_writable_dir, lora_pairs, matrix_shape, select,
-                 write_json)
-from .io.atomic import atomic_path, write_bytes
-from .metrics import ERROR_RANKS, TAUS, delta_report, slot_report
+from .accumulator import LoraDeltaAccumulator, SubspaceAccumulator, _check_rank_energy, finalize_mode_slot
+from .io import CheckpointError, PeftAdapter, discover, lora_pairs, matrix_shape, select
+from .io.atomic import write_bytes
+from .io.errors import writer_call
+from .metrics import ERROR_RANKS, TAUS
 from .subspace import DeltaSubspace, Subspace, load_any
 
 MODES = ("out", "in", "delta")
@@ -48,11 +46,13 @@ class AnalysisResult:
             return self._subspaces[slot]
         if self.out is None:
             raise KeyError(slot)
-        return load_any(self.out / "subspaces" / f"{safe_name(slot)}.safetensors")
+        return load_any(self.out / "subspaces" / f"{slot_file_stem(slot)}.safetensors")
 
 
-def safe_name(slot: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", slot)
+def slot_file_stem(slot: str) -> str:
+    """The file name (without suffix) of a slot's files: the slot name when it is plain and short,
+    else a safe form with a hash of the name (docs/format.md); libunisub's rule."""
+    return torch.ops.unisub.slot_file_stem(slot)
 
 
 def _dist():
@@ -142,14 +142,10 @@ def _check_finite(ck, key, t):
         raise CheckpointError(ck.file_of(key), "holds NaN or infinity; the analysis needs finite weights", slot=key)
 
 
-def _fingerprint(checkpoints, options) -> str:
-    items = [(ck.name, [os.path.getsize(p) for p in _files(ck)]) for ck in checkpoints]
-    return hashlib.sha256(json.dumps([items, options], sort_keys=True).encode()).hexdigest()
-
-
-def _files(ck):
+def _source_bytes(ck) -> int:
+    """The bytes of a checkpoint's files: with the names, what tells resume the inputs are the same."""
     names = {ck.file_of(k) for k in ck.slots} or {ck.name}
-    return sorted(p for p in names if os.path.isfile(p))
+    return sum(os.path.getsize(p) for p in names if os.path.isfile(p))
 
 
 def _read(ck, key, shape):
@@ -175,10 +171,16 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
     its top k eigen-weights as dense m × n matrices). With only "delta", the factors are not
     analysed one by one (and may differ in rank between adapters).
 
-    ``out``: folder for subspaces (``subspaces/<slot>.safetensors``), ``report.json``, plots and
-    resume state; without it nothing is written and subspaces stay in memory.
-    ``checkpoint_every``: seconds between saves of the in-progress slot's state (0: every batch).
-    ``on_batch(slot, batch_index)`` is called after each batch (progress hooks, tests)."""
+    Models are ordered by their path (docs/format.md), whatever the order of ``sources``.
+    ``out``: the output folder (docs/format.md: subspace files, report.json, plots, resume state;
+    a second run on the same folder at once is refused); without it nothing is written and
+    subspaces stay in memory. ``checkpoint_every``: seconds between saves of the in-progress
+    slot's state (0: every batch). ``on_batch(slot, batch_index)`` is called after each batch
+    (progress hooks, tests).
+
+    The accumulators, each slot's finalisation and report entry, the file formats and the
+    folder's rules are libunisub's (csrc/analysis/), the code ``unisub-analyze`` runs: for the same
+    inputs both write the same files."""
     if batch_size < 1:
         raise ValueError(f"analyze: batch_size must be >= 1, got {batch_size}")
     if not all(0 < t <= 1 for t in taus):
@@ -190,133 +192,149 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
         raise ValueError(f"analyze: modes must be distinct values from {list(MODES)}, got {modes}")
     if eigen_weights < 0:
         raise ValueError(f"analyze: eigen_weights must be >= 0, got {eigen_weights}")
+    _check_rank_energy(rank, energy)
     factor_modes = [m for m in modes if m != "delta"]
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     rank_id, world = _dist()
     device = torch.device(device or "cpu")
     patterns = list(slots) if slots else None
-    out = Path(out) if out is not None else None
-    if out is not None and rank_id == 0:
-        ensure_writable_dir(out)
-        for sub in ("subspaces", "slots", "state"):
-            ensure_writable_dir(out / sub)
 
+    # Every header (and adapter config) first: bad input fails now, before any output exists.
     checkpoints = discover(sources, scale_lora=scale_lora)
     chosen, skipped = _plan(checkpoints, patterns, include_1d, check=bool(factor_modes))
     deltas = _plan_deltas(checkpoints, chosen) if "delta" in modes else {}
     if not factor_modes:
         chosen = []
     M = len(checkpoints)
-    options = {"slots": chosen, "modes": list(modes), "energy": energy, "rank": rank, "center": center,
-               "batch_size": batch_size, "world": world, "scale_lora": scale_lora, "include_1d": include_1d,
-               "taus": list(taus), "error_ranks": list(error_ranks)}
-    if deltas:
-        options["delta_slots"] = [mod + DELTA_SUFFIX for mod in deltas]
-        options["eigen_weights"] = eigen_weights
-    fp = _fingerprint(checkpoints, options)
-    state_dir = out / "state" if out is not None else None
-    if state_dir is not None:
-        _prepare_state(state_dir, fp, resume, rank_id, world)
+    names = [ck.name for ck in checkpoints]
+    options = torch.ops.unisub.analysis_options_json(
+        chosen, modes, None if energy is None else float(energy), rank, center, batch_size, world, scale_lora,
+        include_1d, [float(t) for t in taus], [int(k) for k in error_ranks], [mod + DELTA_SUFFIX for mod in deltas],
+        int(eigen_weights) if deltas else 0)
+    folder = None
+    if out is not None:
+        out = Path(out)
+        run = torch.ops.unisub.analysis_run_json(names, [_source_bytes(ck) for ck in checkpoints], options)
+        if rank_id != 0:
+            _barrier()  # the first process prepares the folder
+        folder = writer_call(torch.classes.unisub.OutputFolder, str(out), run, resume, rank_id == 0)
+        if rank_id == 0 and world > 1:
+            _barrier()
+    try:
+        reports, subspaces = _run(checkpoints, chosen, deltas, factor_modes, folder, rank_id, world, device, center,
+                                  rank, energy, batch_size, taus, error_ranks, eigen_weights, progress, group,
+                                  checkpoint_every, on_batch, out is None)
+        text = torch.ops.unisub.analysis_report_json("unisub analyze", names, options, list(skipped),
+                                                     list(skipped.values()), list(reports), list(reports.values()))
+        if rank_id == 0 and folder is not None:
+            writer_call(folder.write_report, text)
+    finally:
+        if folder is not None:
+            folder.close()
+    report = json.loads(text)
+    if rank_id == 0 and out is not None and plots:
+        from .plots import plot_report
 
+        plot_report(report, out / "plots", progress=progress)
+    return AnalysisResult(report, out, subspaces)
+
+
+def _run(checkpoints, chosen, deltas, factor_modes, folder, rank_id, world, device, center, rank, energy, batch_size,
+         taus, error_ranks, eigen_weights, progress, group, checkpoint_every, on_batch, keep):
+    """Every slot, batch by batch: the entries (slot -> JSON text) and, when ``keep``, the
+    subspaces in memory."""
+    M = len(checkpoints)
     mine = [i for i in range(M) if i % world == rank_id]
     batches = [mine[j:j + batch_size] for j in range(0, len(mine), batch_size)]
     bar = _progress((len(chosen) + len(deltas)) * len(batches), progress and rank_id == 0, "analyse")
     reports, subspaces = {}, {}
-    workspace = None  # update buffers, reused by every batch and by later slots of the same shape
 
-    def _store(key, sub, rep, slot_file):
-        """A finished slot: report kept; subspace and report written (rank 0) or kept in memory."""
-        reports[key] = rep
-        if rank_id == 0 and out is not None:
-            sub.save(out / "subspaces" / f"{safe_name(key)}.safetensors")
-            write_strict_json(slot_file, rep)
-        elif out is None:
-            subspaces[key] = sub
-        if state_dir is not None:
-            (state_dir / f"partial.rank{rank_id}.pt").unlink(missing_ok=True)
+    def finished(key):
+        if folder is None or not folder.finished(key):
+            return False
+        reports[key] = folder.load_entry(key)
+        bar.update(len(batches))
+        return True
 
-    for si, key in enumerate(chosen):
-        slot_file = out / "slots" / f"{safe_name(key)}.json" if out is not None else None
-        if resume and slot_file is not None and slot_file.exists():
-            reports[key] = json.loads(slot_file.read_text())
-            bar.update(len(batches))
-            continue
-        shape = matrix_shape(checkpoints[0].slots[key][1])
-        halves = [SubspaceAccumulator(shape, factor_modes, center, device) for _ in range(2)]
-        if workspace is None or not workspace.fits(halves[0]):
-            workspace = None  # the old one is freed before the new one is allocated
-            workspace = Workspace(shape, factor_modes, center, device)
-        start = _load_partial(state_dir, key, halves, rank_id) if resume and state_dir is not None else 0
+    def store(key, result, kind):
+        entry, tensors, meta = result
+        reports[key] = entry
+        if folder is not None:
+            if rank_id == 0:
+                names = list(tensors)
+                writer_call(folder.save_slot, key, entry, names, [tensors[k] for k in names], meta)
+            folder.drop_partial(rank_id)
+        elif keep:
+            subspaces[key] = kind.from_result(result)
+
+    def batches_from(start, key, save):
         bar.update(start)
         last_save = time.monotonic()
         for bi in range(start, len(batches)):
-            batch = batches[bi]
+            yield bi, batches[bi]
+            bar.update(1)
+            if folder is not None and (time.monotonic() - last_save >= checkpoint_every or bi + 1 == len(batches)):
+                save(bi + 1)
+                last_save = time.monotonic()
+            if on_batch is not None:
+                on_batch(key, bi)
+
+    for si, key in enumerate(chosen):
+        if finished(key):
+            continue
+        shape = matrix_shape(checkpoints[0].slots[key][1])
+        halves = [SubspaceAccumulator(shape, factor_modes, center, device) for _ in range(2)]
+        start = folder.load_partial_modes(key, halves[0]._impl, halves[1]._impl, rank_id) if folder is not None else 0
+
+        def save(next_batch):
+            writer_call(folder.save_partial_modes, key, next_batch, halves[0]._impl, halves[1]._impl, rank_id)
+
+        for _, batch in batches_from(start, key, save):
             mats = {i: _read(checkpoints[i], key, shape) for i in batch}
             for h in (0, 1):
                 part = [mats[i] for i in batch if i % 2 == h]
                 if part:
-                    halves[h].update(part, workspace)
-                    _release_memory()
+                    halves[h].update(part)
             del mats, part
-            bar.update(1)
-            if state_dir is not None and (time.monotonic() - last_save >= checkpoint_every or bi + 1 == len(batches)):
-                _save_partial(state_dir, key, halves, bi + 1, rank_id)
-                last_save = time.monotonic()
-            if on_batch is not None:
-                on_batch(key, bi)
+            _release_memory()
         if world > 1:
             for h in halves:
                 h.all_reduce(group)
-        total = halves[0].merged(halves[1])
         meta = {"source_files": [checkpoints[0].file_of(key)], "original_shape": list(checkpoints[0].slots[key][1])}
-        sub = total.finalize(rank=rank, energy=energy, slot=key, metadata=meta)
+        result = finalize_mode_slot(halves[0], halves[1], key, rank, energy, si, meta, taus, error_ranks)
+        del halves
+        store(key, result, Subspace)
         _release_memory()
-        split = halves if min(h.count for h in halves) >= 2 else None
-        rep = slot_report(sub, total, split, taus, error_ranks, null_seed=si)
-        del total, halves, split
-        _release_memory()
-        _store(key, sub, rep, slot_file)
     for di, (mod, (a_key, b_key, shape)) in enumerate(deltas.items()):
         key = mod + DELTA_SUFFIX
-        slot_file = out / "slots" / f"{safe_name(key)}.json" if out is not None else None
-        if resume and slot_file is not None and slot_file.exists():
-            reports[key] = json.loads(slot_file.read_text())
-            bar.update(len(batches))
+        if finished(key):
             continue
         acc = LoraDeltaAccumulator(shape, center, device)
-        start = _load_partial(state_dir, key, [acc], rank_id) if resume and state_dir is not None else 0
-        bar.update(start)
-        last_save = time.monotonic()
-        for bi in range(start, len(batches)):
-            for i in batches[bi]:
+        start = folder.load_partial_delta(key, acc._impl, rank_id) if folder is not None else 0
+
+        def save(next_batch):
+            writer_call(folder.save_partial_delta, key, next_batch, acc._impl, rank_id)
+
+        for _, batch in batches_from(start, key, save):
+            for i in batch:
                 B, A, s = _read_factors(checkpoints[i], a_key, b_key)
                 acc.add(B, A, s, id=i)
-            bar.update(1)
-            if state_dir is not None and (time.monotonic() - last_save >= checkpoint_every or bi + 1 == len(batches)):
-                _save_partial(state_dir, key, [acc], bi + 1, rank_id)
-                last_save = time.monotonic()
-            if on_batch is not None:
-                on_batch(key, bi)
         if world > 1:
             acc.all_reduce(group)
         meta = {"factors": [a_key, b_key], "source_files": [checkpoints[0].file_of(b_key)],
                 "models": [checkpoints[i].name for i in sorted(acc.ids)]}
-        sub = acc.finalize(rank=rank, energy=energy, slot=key, metadata=meta, eigen_weights=eigen_weights)
+        result = acc.finalize_slot(key, rank, energy, eigen_weights, len(chosen) + di, meta, taus, error_ranks)
         del acc
-        rep = delta_report(sub, taus, error_ranks, null_seed=len(chosen) + di)
-        _store(key, sub, rep, slot_file)
+        store(key, result, DeltaSubspace)
     bar.close()
+    return reports, subspaces
 
-    report = {"format": "unisub.report/1", "models": M, "sources": [ck.name for ck in checkpoints],
-              "options": options, "skipped": skipped, "slots": reports, "summary": summarize(reports)}
-    if rank_id == 0 and out is not None:
-        write_strict_json(out / REPORT, report)
-        if plots:
-            from .plots import plot_report
 
-            plot_report(report, out / "plots", progress=progress)
-    return AnalysisResult(report, out, subspaces)
+def _barrier():
+    import torch.distributed as dist
+
+    dist.barrier()
 
 
 def strict_json(obj):
@@ -333,68 +351,7 @@ def strict_json(obj):
 
 def write_strict_json(path, obj):
     """Written atomically as strict JSON (``allow_nan=False`` after mapping non-finite to null)."""
-    write_bytes(path, (json.dumps(strict_json(obj), indent=1, allow_nan=False) + "\n").encode())
-
-
-def summarize(reports: Dict) -> Dict:
-    """Averages over slots, per mode."""
-    summary = {}
-    modes = sorted({m for r in reports.values() for m in r["modes"]})
-    for m in modes:
-        rs = [r["modes"][m] for r in reports.values() if m in r["modes"]]
-        if not rs:
-            continue
-        def avg(f):
-            return sum(f(x) for x in rs) / len(rs)
-        summary[m] = {
-            "slots": len(rs),
-            "mean_rank": avg(lambda x: x["rank"]),
-            "mean_rank_fraction": avg(lambda x: x["rank"] / x["dim"]),
-            "mean_components_above_mp_edge": avg(lambda x: x["null"]["components_above_mp_edge"]),
-            "mean_split_half_max_sin": (sum(x["split_half"]["max_sin"] for x in rs if x["split_half"])
-                                        / max(1, sum(1 for x in rs if x["split_half"]))),
-        }
-    if reports:
-        summary["mean_energy_share_of_mean"] = sum(r["energy"]["mean_share"] for r in reports.values()) / len(reports)
-        summary["mean_compression_ratio"] = sum(r["compression"]["ratio"] for r in reports.values()) / len(reports)
-    return summary
-
-
-def _prepare_state(state_dir: Path, fp: str, resume: bool, rank_id: int, world: int):
-    marker = state_dir / "fingerprint.json"
-    if resume:
-        if not marker.exists():
-            raise FileNotFoundError(f"--resume: no saved state in '{state_dir}' (start without --resume)")
-        saved = json.loads(marker.read_text())["fingerprint"]
-        if saved != fp:
-            raise ValueError(f"--resume: the state in '{state_dir}' is from a different run (other checkpoints, "
-                             f"slots, options or number of processes); start without --resume")
-        return
-    if rank_id == 0:
-        for p in list(state_dir.glob("partial.rank*.pt")) + list((state_dir.parent / "slots").glob("*.json")):
-            p.unlink()
-        write_json(marker, {"fingerprint": fp})
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def _save_partial(state_dir, key, halves, next_batch, rank_id):
-    with atomic_path(state_dir / f"partial.rank{rank_id}.pt") as tmp:
-        torch.save({"slot": key, "next_batch": next_batch, "halves": [h.state_dict() for h in halves]}, tmp)
-
-
-def _load_partial(state_dir, key, halves, rank_id) -> int:
-    path = state_dir / f"partial.rank{rank_id}.pt"
-    if not path.exists():
-        return 0
-    state = torch.load(path, weights_only=True)
-    if state["slot"] != key:
-        return 0
-    for h, s in zip(halves, state["halves"]):
-        h.load_state_dict(s)
-    return int(state["next_batch"])
+    write_bytes(path, (json.dumps(strict_json(obj), indent=1, allow_nan=False, ensure_ascii=False) + "\n").encode())
 
 
 _LIBC = None

@@ -121,7 +121,7 @@ def _init_distributed(device):
 
 def _run_analyze(args) -> int:
     from .analysis import analyze
-    from .io import CheckpointError
+    from .io import CheckpointError, WriteError
     from .table import format_report
 
     dist = _init_distributed(args.device)
@@ -135,6 +135,9 @@ def _run_analyze(args) -> int:
                          scale_lora=not args.no_lora_scaling, center=not args.no_center,
                          plots=not args.no_plots, progress=not args.quiet, resume=args.resume, device=device,
                          eigen_weights=args.eigen_weights)
+    except WriteError as e:  # the output side: a full disk, no permission, a folder in use (exit 1, as the C++ tool)
+        print(f"unisub analyze: error: {e}", file=sys.stderr)
+        return 1
     except (CheckpointError, PermissionError, FileNotFoundError, ValueError) as e:
         print(f"unisub analyze: error: {e}", file=sys.stderr)
         return 2

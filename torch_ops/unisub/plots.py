@@ -41,7 +41,7 @@ def plot_report(report, folder, progress=True):
     import matplotlib.pyplot as plt
     from tqdm import tqdm
 
-    from .analysis import safe_name
+    from .analysis import slot_file_stem
     from .io import atomic_path
 
     folder = Path(folder)
@@ -59,7 +59,7 @@ def plot_report(report, folder, progress=True):
         for row, m in zip(axes, modes):
             _draw(row, *_curves(rep["modes"][m]), f"{key} [{m}]", rep["modes"][m]["rank"])
         fig.tight_layout()
-        save(fig, f"{safe_name(key)}.png")
+        save(fig, f"{slot_file_stem(key)}.png")
     # Averaged over slots: curves padded to the longest (scree with 0, cumulative with 1).
     modes = sorted({m for r in slots.values() for m in r["modes"]})
     if not modes:

@@ -77,6 +77,15 @@ class Subspace:
         save_file(tensors, path, metadata={"unisub": json.dumps(meta)})
 
     @classmethod
+    def from_result(cls, result) -> "Subspace":
+        """From libunisub's finished slot ``(entry, tensors, meta)`` (what the file would hold)."""
+        _, t, meta = result
+        meta = json.loads(meta) if isinstance(meta, str) else meta
+        return cls(slot=meta["slot"], mean=t["mean"], bases={m: t[f"basis.{m}"] for m in meta["modes"]},
+                   eigenvalues={m: t[f"eigenvalues.{m}"] for m in meta["modes"]}, count=meta["count"],
+                   center=meta["center"], metadata=meta["metadata"])
+
+    @classmethod
     def load(cls, path) -> "Subspace":
         if _format_of(path) == DELTA_FORMAT:
             raise ValueError(f"{path}: holds a LoRA-delta (model-axis) analysis; load it with "
@@ -150,6 +159,16 @@ class DeltaSubspace:
                 "modes": ["delta"], "ranks": list(self.ranks), "ids": list(self.ids),
                 "metadata": self.metadata, "format": DELTA_FORMAT}
         save_file({k: v.contiguous() for k, v in tensors.items()}, path, metadata={"unisub": json.dumps(meta)})
+
+    @classmethod
+    def from_result(cls, result) -> "DeltaSubspace":
+        """From libunisub's finished slot ``(entry, tensors, meta)`` (what the file would hold)."""
+        _, t, meta = result
+        meta = json.loads(meta) if isinstance(meta, str) else meta
+        return cls(slot=meta["slot"], shape=tuple(meta["shape"]), eigenvalues=t["eigenvalues"],
+                   eigenvectors=t["eigenvectors"], gram=t["gram"], scalings=t["scalings"], ranks=meta["ranks"],
+                   ids=meta["ids"], center=meta["center"], eigen_weights=t.get("eigen_weights"), mean=t.get("mean"),
+                   metadata=meta["metadata"])
 
     @classmethod
     def load(cls, path) -> "DeltaSubspace":

@@ -26,13 +26,15 @@
 #include <nlohmann/json.hpp>
 #include <regex>
 
-#include "accumulator.h"
+#include "analysis/accumulators.h"
+#include "analysis/json_writer.h"
+#include "analysis/output_folder.h"
 #include "analysis/reader.h"
+#include "analysis/run_report.h"
+#include "analysis/slot_result.h"
+#include "analysis/writer.h"
 #include "delta.h"
 #include "models.h"
-#include "report.h"
-#include "run_state.h"
-#include "safetensors.h"
 #include "unisub/analysis.h"
 
 namespace fs = std::filesystem;
@@ -190,93 +192,105 @@ int run(const Options& o) {
         throw CheckpointError(fmt::format("{}: slot '{}': dtype {} cannot be analysed", models[i].name, k, t.dtype));
     }
   const int64_t M = static_cast<int64_t>(models.size());
-  std::vector<std::string> sources;
-  for (const auto& model : models) sources.push_back(model.name);
-  json report;
-  report["format"] = "unisub.report/1";
-  report["models"] = M;
-  report["sources"] = sources;
-  report["options"] = {{"slots", slots}, {"modes", o.modes}, {"energy", o.energy},
-                       {"rank", o.rank > 0 ? json(o.rank) : json(nullptr)}, {"batch_size", o.batch_size}, {"world", 1},
-                       {"scale_lora", o.scale}};
-  if (!deltas.empty()) {
-    report["options"]["delta_slots"] = json::array();
-    for (const auto& d : deltas) report["options"]["delta_slots"].push_back(d.module + ".delta");
-    report["options"]["eigen_weights"] = o.eigen_weights;
-  }
-  report["skipped"] = skipped;
-  report["slots"] = json::object();
-  json fingerprint = {{"tool", "unisub-analyze"}, {"options", report["options"]}, {"sources", json::array()}};
-  for (const auto& model : models) fingerprint["sources"].push_back({model.name, model.total_bytes()});
-  const RunState state(o.out, fingerprint, o.resume);
+  std::vector<std::string> sources, delta_slots;
+  std::vector<int64_t> source_bytes;
+  for (const auto& model : models) sources.push_back(model.name), source_bytes.push_back(model.total_bytes());
+  for (const auto& d : deltas) delta_slots.push_back(d.module + ".delta");
+  const unisub::analysis::ReportOptions report_options;
+  unisub::analysis::RunOptions run_options;
+  run_options.slots = slots, run_options.modes = o.modes, run_options.delta_slots = delta_slots;
+  run_options.energy = o.energy;
+  if (o.rank > 0) run_options.rank = o.rank;
+  run_options.scale_lora = o.scale, run_options.batch_size = o.batch_size, run_options.eigen_weights = o.eigen_weights;
+  run_options.taus = report_options.taus, run_options.error_ranks = report_options.error_ranks;
+  const auto options = unisub::analysis::options_json(run_options);
+  // created only now: bad input has been found above, before any output exists
+  unisub::analysis::OutputFolder folder(o.out, unisub::analysis::run_json(sources, source_bytes, options), o.resume);
+  const std::optional<int64_t> rank = o.rank > 0 ? std::optional<int64_t>(o.rank) : std::nullopt;
+  std::vector<std::pair<std::string, std::string>> entries;
   int64_t resumed = 0;
   const auto t0 = std::chrono::steady_clock::now();
   const int64_t nbatches = (M + o.batch_size - 1) / o.batch_size;
+  const int64_t all = nbatches * static_cast<int64_t>(slots.size() + deltas.size());
   int64_t done = 0;
+  auto progress = [&](const std::string& what) {
+    ++done;
+    const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    fmt::print(stderr, "\ranalyse {} {}/{} batches, {:.1f} s, ETA {:.1f} s   ", what, done, all, el, el / done * (all - done));
+  };
+  // the in-progress slot's accumulators are saved this often (and after its last batch)
+  auto due = [last = std::chrono::steady_clock::now()](bool last_batch) mutable {
+    const auto now = std::chrono::steady_clock::now();
+    if (!last_batch && now - last < std::chrono::seconds(60)) return false;
+    last = now;
+    return true;
+  };
   for (int64_t slot_index = 0; slot_index < static_cast<int64_t>(slots.size()); ++slot_index) {
     const auto& key = slots[slot_index];
-    if (state.finished(key)) {
-      report["slots"][key] = state.load(key);
+    if (folder.finished(key)) {
+      entries.emplace_back(key, folder.load_entry(key));
       done += nbatches, ++resumed;
       continue;
     }
-    auto [m, n] = matrix_shape(first.info(key).shape);
-    Accumulator halves[2] = {Accumulator(m, n, modes), Accumulator(m, n, modes)};
-    for (int64_t b0 = 0; b0 < M; b0 += o.batch_size) {
+    const auto [m, n] = matrix_shape(first.info(key).shape);
+    unisub::analysis::ModeAccumulator even(m, n, modes, /*center=*/true, torch::kCPU), odd(m, n, modes, true, torch::kCPU);
+    const int64_t start = o.resume ? folder.load_partial(key, even, odd, 0) : 0;
+    done += start;
+    for (int64_t b = start; b < nbatches; ++b) {
       std::vector<torch::Tensor> part[2];
-      for (int64_t i = b0; i < std::min(M, b0 + o.batch_size); ++i)
+      for (int64_t i = b * o.batch_size; i < std::min(M, (b + 1) * o.batch_size); ++i)
         part[i % 2].push_back(read_finite(models[i], key, o.scale).reshape({m, n}));
-      for (int h = 0; h < 2; ++h)
-        if (!part[h].empty()) halves[h].update(torch::stack(part[h]));
-      ++done;
-      const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      const int64_t all = nbatches * static_cast<int64_t>(slots.size());
-      fmt::print(stderr, "\ranalyse {}/{} batches, {:.1f} s, ETA {:.1f} s   ", done, all, el, el / done * (all - done));
+      even.update(part[0]);
+      odd.update(part[1]);
+      if (due(b + 1 == nbatches)) folder.save_partial(key, b + 1, even, odd, 0);
+      progress(key);
     }
-    Accumulator total(m, n, modes);
-    total.merge(halves[0]);
-    total.merge(halves[1]);
-    const bool split = std::min(halves[0].count, halves[1].count) >= 2;
-    std::vector<std::pair<std::string, torch::Tensor>> tensors{{"mean", total.mean}};
-    std::vector<torch::Tensor> spectra, half_grams;
-    std::vector<int64_t> ranks;
-    for (const auto& mo : modes) {
-      auto [ev, U] = total.eigh(mo);
-      const int64_t d = ev.numel();
-      const int64_t r = std::min(o.rank > 0 ? std::min(o.rank, d) : d, unisub::analysis::rank_for_energy(ev, o.energy));
-      tensors.emplace_back("basis." + mo, U.slice(1, 0, r).contiguous());
-      tensors.emplace_back("eigenvalues." + mo, ev);
-      spectra.push_back(ev);
-      ranks.push_back(r);
-      if (split) half_grams.push_back(halves[0].grams.at(mo)), half_grams.push_back(halves[1].grams.at(mo));
-    }
+    unisub::analysis::Json meta = unisub::analysis::Json::object();
+    meta["source_files"] = unisub::analysis::Json(std::vector<std::string>{first.file_of(key)});
+    meta["original_shape"] = unisub::analysis::Json(first.info(key).shape);
     // the Gaussian null's seed is the slot's index, as in `unisub analyze`
-    const json slot_rep = parse_entry(unisub::analysis::slot_report(
-        key, total.mean, M, /*center=*/true, modes, spectra, ranks, half_grams,
-        split ? std::vector<int64_t>{halves[0].count, halves[1].count} : std::vector<int64_t>{}, slot_index));
-    json meta = {{"slot", key}, {"count", M}, {"center", true}, {"modes", modes},
-                 {"metadata", {{"source_files", {first.file_of(key)}}, {"original_shape", first.info(key).shape}}},
-                 {"format", "unisub.subspace/1"}};
-    save_safetensors(state.subspace_path(key), tensors, meta.dump());
-    state.save(key, slot_rep);
-    report["slots"][key] = slot_rep;
+    const auto result = unisub::analysis::finalize_mode_slot(key, even, odd, rank, o.energy, slot_index, meta.dump(),
+                                                             report_options);
+    folder.save_slot(key, result);
+    folder.drop_partial(0);
+    entries.emplace_back(key, result.entry);
   }
   for (size_t di = 0; di < deltas.size(); ++di) {
     const auto& d = deltas[di];
     const auto slot = d.module + ".delta";
-    if (state.finished(slot)) {
-      report["slots"][slot] = state.load(slot);
-      ++resumed;
+    if (folder.finished(slot)) {
+      entries.emplace_back(slot, folder.load_entry(slot));
+      done += nbatches, ++resumed;
       continue;
     }
-    fmt::print(stderr, "\ranalyse LoRA deltas of {} ({} models)   ", d.module, M);
-    report["slots"][slot] = analyze_delta(d, models, o.rank, o.energy, o.scale, o.eigen_weights,
-                                          static_cast<int64_t>(slots.size() + di), state.subspace_path(slot));
-    state.save(slot, report["slots"][slot]);
+    unisub::analysis::DeltaAccumulator acc(d.m, d.n, /*center=*/true, torch::kCPU);
+    const int64_t start = o.resume ? folder.load_partial(slot, acc, 0) : 0;
+    done += start;
+    for (int64_t b = start; b < nbatches; ++b) {
+      for (int64_t i = b * o.batch_size; i < std::min(M, (b + 1) * o.batch_size); ++i)
+        acc.add(read_finite_unscaled(models[i], d.b_key).reshape({d.m, -1}),
+                read_finite_unscaled(models[i], d.a_key).reshape({-1, d.n}), models[i].scaling(d.b_key, o.scale), i);
+      if (due(b + 1 == nbatches)) folder.save_partial(slot, b + 1, acc, 0);
+      progress(slot);
+    }
+    unisub::analysis::Json meta = unisub::analysis::Json::object();
+    meta["factors"] = unisub::analysis::Json(std::vector<std::string>{d.a_key, d.b_key});
+    meta["source_files"] = unisub::analysis::Json(std::vector<std::string>{models[0].file_of(d.b_key)});
+    meta["models"] = unisub::analysis::Json(sources);
+    const auto result = unisub::analysis::finalize_delta_slot(slot, acc, rank, o.energy, o.eigen_weights,
+                                                              static_cast<int64_t>(slots.size() + di), meta.dump(),
+                                                              report_options);
+    folder.save_slot(slot, result);
+    folder.drop_partial(0);
+    entries.emplace_back(slot, result.entry);
   }
   fmt::print(stderr, "\n");
   if (resumed) fmt::print(stderr, "resumed: {} finished slot(s) read from {}\n", resumed, (fs::path(o.out) / "slots").string());
-  write_text_atomically((fs::path(o.out) / "report.json").string(), report.dump(1) + "\n");
+  std::vector<std::pair<std::string, std::string>> skipped_list(skipped.begin(), skipped.end());
+  const auto text = unisub::analysis::report_json("unisub-analyze", sources, options, skipped_list, entries);
+  folder.write_report(text);
+  folder.close();
+  const json report = json::parse(text);
 
   fmt::print("{} models, {} slots\n{:<48} {:>11} {:>4} {:>5} {:>7} {:>6} {:>4} {:>12} {:>6} {:>7}\n", M, report["slots"].size(),
              "slot", "shape", "mode", "r", "r(0.9)", "EVR1", ">MP", "split sinmax", "mean%", "ratio");
@@ -315,6 +329,15 @@ int main(int argc, char** argv) {
   } catch (const CheckpointError& e) {  // bad input, found by the tool (models that do not fit together)
     fmt::print(stderr, "\nunisub-analyze: error: {}\n", e.what());
     return 2;
+  } catch (const c10::ValueError& e) {  // bad input or state found by libunisub's checks (e.g. --resume of another run)
+    fmt::print(stderr, "\nunisub-analyze: error: {}\n", e.what_without_backtrace());
+    return 2;
+  } catch (const unisub::analysis::WriteError& e) {  // the output side: a full disk, no permission, a folder in use
+    fmt::print(stderr, "\nunisub-analyze: error: {}\n", e.what());
+    return 1;
+  } catch (const c10::Error& e) {
+    fmt::print(stderr, "\nunisub-analyze: error: {}\n", e.what_without_backtrace());
+    return 1;
   } catch (const std::exception& e) {
     fmt::print(stderr, "\nunisub-analyze: error: {}\n", e.what());
     return 1;

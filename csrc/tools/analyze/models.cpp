@@ -2,25 +2,16 @@
 
 #include <fmt/core.h>
 
-#include <algorithm>
 #include <filesystem>
 #include <set>
 
+#include "analysis/discover.h"
 #include "safetensors.h"
 
 namespace fs = std::filesystem;
 
 namespace unisub_tool {
 namespace {
-
-bool is_model_folder(const fs::path& p) {
-  if (fs::exists(p / "config.json") || fs::exists(p / "model.safetensors")) return true;
-  for (const auto& e : fs::directory_iterator(p)) {
-    const auto n = e.path().filename().string();
-    if (n.size() > 23 && n.compare(n.size() - 23, 23, ".safetensors.index.json") == 0) return true;
-  }
-  return false;
-}
 
 torch::Tensor finite(const Model& model, const std::string& key, torch::Tensor t) {
   if (t.is_floating_point() && !t.isfinite().all().item<bool>())
@@ -41,37 +32,20 @@ torch::Tensor read_finite_unscaled(const Model& model, const std::string& key) {
 
 Model open_model(const std::string& path) {
   const fs::path p(path);
-  if (!fs::is_directory(p)) return unisub::analysis::open_safetensors({path}, path);
+  if (!fs::is_directory(p)) {
+    const auto ext = p.extension().string();
+    if (ext == ".pt" || ext == ".pth" || ext == ".bin")
+      throw CheckpointError(fmt::format("{}: a PyTorch pickle; unisub-analyze reads safetensors only (use `unisub "
+                                        "analyze`, which reads it with torch.load, or save it as safetensors)", path));
+    return unisub::analysis::open_safetensors({path}, path);
+  }
   if (fs::exists(p / "adapter_config.json")) return unisub::analysis::open_adapter(path);
   return unisub::analysis::open_model_folder(path);
 }
 
 std::vector<Model> discover_models(const std::vector<std::string>& paths) {
-  std::vector<fs::path> found;
-  auto classify_folder = [&](const fs::path& p) {
-    if (!fs::exists(p / "adapter_config.json") && !is_model_folder(p)) return false;
-    found.push_back(p);
-    return true;
-  };
-  for (const auto& p : paths) {
-    const fs::path path(p);
-    if (!fs::exists(path)) throw CheckpointError(fmt::format("{}: no such file or folder", p));
-    if (!fs::is_directory(path)) {
-      found.push_back(path);
-    } else if (!classify_folder(path)) {
-      const auto before = found.size();
-      for (const auto& e : fs::directory_iterator(path)) {
-        if (e.is_regular_file() && e.path().extension() == ".safetensors") found.push_back(e.path());
-        else if (e.is_directory()) classify_folder(e.path());
-      }
-      if (found.size() == before)
-        throw CheckpointError(fmt::format("{}: no checkpoints found in this folder (looked for *.safetensors, "
-                                          "PEFT adapter folders and model folders)", p));
-    }
-  }
   std::vector<Model> models;
-  for (const auto& f : found) models.push_back(open_model(f.string()));
-  std::sort(models.begin(), models.end(), [](const Model& a, const Model& b) { return a.name < b.name; });
+  for (const auto& source : unisub::analysis::discover_sources(paths)) models.push_back(open_model(source.path));
   return models;
 }
 

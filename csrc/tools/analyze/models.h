@@ -15,10 +15,8 @@ namespace unisub_tool {
 
 using Model = unisub::analysis::Checkpoint;
 
-// PATHs -> models, sorted by name. A folder holding adapter_config.json is one adapter; a model
-// folder (config.json, model.safetensors or a *.safetensors.index.json) is one model, in the
-// shards its index names (or all its *.safetensors files); any other folder contributes its
-// *.safetensors files, adapter subfolders and model subfolders.
+// PATHs -> models, by libunisub's discovery rule and order (csrc/analysis/discover.h), the one
+// `unisub analyze` follows; a PyTorch pickle (.pt, .pth, .bin) is refused with a pointer to it.
 std::vector<Model> discover_models(const std::vector<std::string>& paths);
 
 // One PATH as one model (a .safetensors file, an adapter folder or a model folder).

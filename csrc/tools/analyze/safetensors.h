@@ -1,5 +1,5 @@
-// unisub-analyze's output side: subspace files in safetensors and atomic text files. Reading is
-// libunisub's (csrc/analysis/reader.h).
+// The tool's own error for models that do not fit together, and the dtypes it analyses. Reading and
+// writing are libunisub's (csrc/analysis/reader.h, writer.h).
 #pragma once
 #include <torch/torch.h>
 
@@ -17,10 +17,5 @@ struct CheckpointError : std::runtime_error {
 };
 
 bool analysable(const std::string& dtype);
-
-void save_safetensors(const std::string& path, const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
-                      const std::string& metadata_json);
-
-void write_text_atomically(const std::string& path, const std::string& text);
 
 }  // namespace unisub_tool

@@ -2,10 +2,10 @@
 from .atomic import atomic_path, ensure_writable_dir, write_json
 from .checkpoints import (Checkpoint, PeftAdapter, SafetensorsCheckpoint, TorchCheckpoint, discover,
                           lora_pairs, open_checkpoint)
-from .errors import CheckpointError
+from .errors import CheckpointError, WriteError
 from .safetensors import SafetensorsFile, load_file, read_header, save_file
 from .slots import matches, matrix_shape, select
 
 __all__ = ["Checkpoint", "CheckpointError", "PeftAdapter", "SafetensorsCheckpoint", "SafetensorsFile",
            "TorchCheckpoint", "atomic_path", "discover", "ensure_writable_dir", "load_file", "lora_pairs", "matches",
-           "matrix_shape", "open_checkpoint", "read_header", "save_file", "select", "write_json"]
+           "matrix_shape", "open_checkpoint", "read_header", "save_file", "select", "write_json", "WriteError"]

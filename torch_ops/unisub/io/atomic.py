@@ -13,6 +13,7 @@ def atomic_path(path):
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result gets what any new file gets
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -24,10 +25,21 @@ def atomic_path(path):
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_bytes(path, data: bytes):
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
+    """Through libunisub's writer (the one unisub-analyze uses): a full disk or a missing
+    permission is a WriteError naming the file, and nothing is left under its name."""
+    from .. import _library  # noqa: F401
+    import torch
+
+    from .errors import writer_call
+
+    writer_call(torch.ops.unisub.write_file_atomically, str(path), data.decode("utf-8"))
 
 
 def write_json(path, obj):

@@ -7,6 +7,7 @@ PEFT adapters (config, names, scaling) are libunisub's (csrc/analysis/), reached
 code. ``.pt`` / ``.bin`` files are read here, with ``torch.load``."""
 
 import abc
+import os
 import json
 import re
 from pathlib import Path
@@ -220,29 +221,17 @@ def _is_model_folder(path: Path) -> bool:
 
 
 def discover(paths, scale_lora: bool = True) -> List[Checkpoint]:
-    """Resolve the user's PATHs into checkpoints, in a deterministic (sorted) order."""
-    found = []
+    """Resolve the user's PATHs into checkpoints, ordered by path: libunisub's rule (which folders
+    are models, which are folders of models), the one unisub-analyze follows (docs/format.md)."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    found, kinds = reader_call(torch.ops.unisub.discover_sources, [os.fspath(p) for p in paths])
+    return [_open_source(Path(p), kind, scale_lora) for p, kind in zip(found, kinds)]
 
-    def visit(p: Path, top: bool):
-        if p.is_dir():
-            if _is_model_folder(p):
-                found.append(p)
-                return
-            children = sorted(p.iterdir())
-            n0 = len(found)
-            for c in children:
-                if c.is_dir() or c.suffix in WEIGHT_SUFFIXES:
-                    visit(c, False)
-            if top and len(found) == n0:
-                raise CheckpointError(p, "no checkpoints found in this folder (looked for *.safetensors, "
-                                         "*.pt, *.bin and model/adapter folders)")
-        elif p.exists():
-            found.append(p)
-        else:
-            raise CheckpointError(p, "no such file or folder")
 
-    for p in paths:
-        visit(Path(p), True)
-    if not found:
-        raise CheckpointError(", ".join(map(str, paths)) or "(none)", "no checkpoints given")
-    return [open_checkpoint(p, scale_lora) for p in found]
+def _open_source(path: Path, kind: str, scale_lora: bool) -> Checkpoint:
+    if kind == "safetensors":
+        return SafetensorsCheckpoint([path])
+    if kind == "torch":
+        return TorchCheckpoint(path)
+    return open_checkpoint(path, scale_lora)  # an adapter or a model folder

@@ -33,3 +33,22 @@ def reader_call(fn, *args):
             raise
         path, slot, message = map(_unhex, m.groups())
         raise CheckpointError(path, message, slot=slot or None) from None
+
+
+class WriteError(OSError):
+    """An output file could not be written (a full disk, no permission): the message names the
+    file and the system's reason. Nothing is left under the file's name."""
+
+
+_WRITER_ERROR = re.compile("\n\x1d([0-9a-f]*)")
+
+
+def writer_call(fn, *args):
+    """``fn(*args)`` for libunisub's writers: their failures come out as WriteError."""
+    try:
+        return fn(*args)
+    except RuntimeError as e:
+        m = _WRITER_ERROR.search(str(e))
+        if m is None:
+            raise
+        raise WriteError(_unhex(m.group(1))) from None

@@ -96,27 +96,17 @@ class SafetensorsFile:
 
 
 def save_file(tensors: Dict[str, torch.Tensor], path, metadata: Optional[Dict[str, str]] = None):
-    """Write ``tensors`` (contiguous CPU copies are made) atomically."""
-    header, blobs, offset = {}, [], 0
-    for key in sorted(tensors):
-        t = tensors[key].detach().cpu().contiguous()
-        if t.dtype not in NAMES:
-            raise TypeError(f"save_file: tensor '{key}' has dtype {t.dtype}, which safetensors cannot hold")
-        data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        header[key] = {"dtype": NAMES[t.dtype], "shape": list(t.shape),
-                       "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # keeps the data 8-byte aligned, as the reference writer does
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(raw)))
-            f.write(raw)
-            for b in blobs:
-                f.write(b)
+    """Write ``tensors`` atomically through libunisub's writer (the one unisub-analyze uses): keys
+    sorted, each tensor in its own dtype, a compact header padded to 8 bytes."""
+    from .errors import writer_call
+
+    names = sorted(tensors)
+    for key in names:
+        if tensors[key].dtype not in NAMES:
+            raise TypeError(f"save_file: tensor '{key}' has dtype {tensors[key].dtype}, which safetensors cannot hold")
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    writer_call(torch.ops.unisub.save_safetensors, str(path), names,
+                [tensors[k].detach().cpu().contiguous() for k in names], list(meta), list(meta.values()))
 
 
 def load_file(path) -> Dict[str, torch.Tensor]:
