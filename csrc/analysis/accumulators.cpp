@@ -6,7 +6,9 @@
 #include <algorithm>
 #include <cmath>
 #include <set>
+#include <tuple>
 
+#include "analysis/profile.h"
 #include "unisub/decompositions.h"
 #include "unisub/gram.h"
 
@@ -90,12 +92,15 @@ void ModeAccumulator::update(at::TensorList models) {
   // One model at a time in float64: the batch is never copied to float64 as a whole (for a float16
   // batch that copy alone was 4x its size), and one model's unfolding is a plain view that
   // gram_update_ hands to BLAS without packing.
-  batch_mean_.zero_();
-  for (const auto& x : models) {
-    model_.copy_(x);
-    batch_mean_ += model_;
+  {
+    ScopedStage stage("convert");
+    batch_mean_.zero_();
+    for (const auto& x : models) {
+      model_.copy_(x);
+      batch_mean_ += model_;
+    }
+    batch_mean_ /= static_cast<double>(models.size());
   }
-  batch_mean_ /= static_cast<double>(models.size());
   if (!at::isfinite(batch_mean_).all().item<bool>()) {
     // Any NaN or infinity reaches the batch mean: caught before this accumulator changes, rather
     // than as an eigensolver failure at finalisation.
@@ -104,13 +109,24 @@ void ModeAccumulator::update(at::TensorList models) {
                         " of the batch holds NaN or infinity; every model must be finite");
     TORCH_CHECK_VALUE(false, "ModeAccumulator.update: the batch's mean overflows float64");
   }
+  // the unavoidable work: each mode's Gram of each model, d(d+1)/2 · (the other size) multiply-adds
+  double madds = 0;
+  for (const auto& mo : modes_) {
+    const double d = mo == "out" ? m_ : n_, other = mo == "out" ? n_ : m_;
+    madds += d * (d + 1) / 2 * other * static_cast<double>(models.size());
+  }
   for (auto& G : batch_grams_) G.zero_();
   for (const auto& x : models) {
-    model_.copy_(x);  // a copy: centring must never touch the caller's tensor
-    if (center_) model_ -= batch_mean_;
+    {
+      ScopedStage stage("convert");
+      model_.copy_(x);  // a copy: centring must never touch the caller's tensor
+      if (center_) model_ -= batch_mean_;
+    }
+    ScopedStage stage("gram");
     const auto one = model_.unsqueeze(0);
     for (size_t k = 0; k < modes_.size(); ++k) unisub::gram_update_(batch_grams_[k], one, mode_dim(modes_[k]));
   }
+  ScopedStage stage("gram", 0, madds);  // the merge's rank-1 updates count as Gram time, not work
   merge_parts(static_cast<int64_t>(models.size()), batch_mean_, batch_grams_, model_);
 }
 
@@ -241,7 +257,15 @@ std::pair<at::Tensor, at::Tensor> DeltaAccumulator::factors(at::ScalarType dtype
 at::Tensor DeltaAccumulator::gram(bool center) {
   if (!K_.defined()) {
     at::NoGradGuard no_grad;
-    auto [B, A] = factors(at::kDouble);
+    at::Tensor B, A;
+    {
+      ScopedStage stage("convert");
+      std::tie(B, A) = factors(at::kDouble);
+    }
+    // the unavoidable work: K = Σ-blocks of (BᵀB)∘(AAᵀ) over the stored ranks, (Σr)²(m+n)/2
+    double rank_sum = 0;
+    for (auto r : ranks()) rank_sum += static_cast<double>(r);
+    ScopedStage stage("gram", 0, rank_sum * rank_sum * static_cast<double>(m_ + n_) / 2);
     K_ = unisub::lora_gram(B, A, /*center=*/false);
   }
   return center ? double_center(K_) : K_.clone();

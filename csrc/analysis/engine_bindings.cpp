@@ -12,6 +12,7 @@
 #include "analysis/binding_errors.h"
 #include "analysis/discover.h"
 #include "analysis/output_folder.h"
+#include "analysis/profile.h"
 #include "analysis/run_report.h"
 #include "analysis/slot_result.h"
 #include "analysis/writer.h"
@@ -112,17 +113,20 @@ TORCH_LIBRARY_FRAGMENT(unisub, m) {
           return run_json(sources, bytes, options);
         });
   m.def("analysis_report_json(str tool, str[] sources, str options, str[] skipped_slots, str[] skipped_reasons, "
-        "str[] slots, str[] entries) -> str",
+        "str[] slots, str[] entries, str profile=\"\") -> str",
         [](std::string tool, std::vector<std::string> sources, std::string options,
            std::vector<std::string> skipped_slots, std::vector<std::string> reasons, std::vector<std::string> slots,
-           std::vector<std::string> entries) {
+           std::vector<std::string> entries, std::string profile) {
           TORCH_CHECK_VALUE(skipped_slots.size() == reasons.size() && slots.size() == entries.size(),
                             "analysis_report_json: one reason per skipped slot and one entry per slot");
           std::vector<std::pair<std::string, std::string>> skipped, items;
           for (size_t i = 0; i < reasons.size(); ++i) skipped.emplace_back(skipped_slots[i], reasons[i]);
           for (size_t i = 0; i < entries.size(); ++i) items.emplace_back(slots[i], entries[i]);
-          return report_json(tool, sources, options, skipped, items);
+          return report_json(tool, sources, options, skipped, items, profile);
         });
+  m.def("analysis_profile_reset() -> ()", [] { profile_reset(); });
+  m.def("analysis_profile_json(bool measure_gemm) -> str", [](bool measure) { return profile_json(measure); });
+  m.def("analysis_profile_table(str profile) -> str", [](std::string text) { return profile_table(text); });
 
   m.class_<ModeAccumulatorHolder>("ModeAccumulator")
       .def(torch::init<int64_t, int64_t, std::vector<std::string>, bool, std::string>())

@@ -113,7 +113,8 @@ std::string run_json(const std::vector<std::string>& sources, const std::vector<
 
 std::string report_json(const std::string& tool, const std::vector<std::string>& sources, const std::string& options,
                         const std::vector<std::pair<std::string, std::string>>& skipped,
-                        const std::vector<std::pair<std::string, std::string>>& entries) {
+                        const std::vector<std::pair<std::string, std::string>>& entries,
+                        const std::string& profile) {
   std::vector<std::pair<std::string, json::Value>> parsed;
   for (const auto& [slot, text] : entries) parsed.emplace_back(slot, parse_entry(slot, text));
   Json j = Json::object();
@@ -129,6 +130,7 @@ std::string report_json(const std::string& tool, const std::vector<std::string>&
   for (const auto& [slot, text] : entries) slots[slot] = Json::raw(text);
   j["slots"] = slots;
   j["summary"] = summarize(parsed);
+  if (!profile.empty()) j["profile"] = Json::raw(profile);
   return j.dump() + "\n";
 }
 

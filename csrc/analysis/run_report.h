@@ -27,9 +27,11 @@ std::string run_json(const std::vector<std::string>& sources, const std::vector<
                      const std::string& options);
 
 // report.json: format, tool, models, sources, options, skipped (slot -> reason), slots (name ->
-// entry, in the order given) and the summary over slots, per mode.
+// entry, in the order given) and the summary over slots, per mode; with a profile (profile_json's
+// text, `--profile`) also "profile".
 std::string report_json(const std::string& tool, const std::vector<std::string>& sources, const std::string& options,
                         const std::vector<std::pair<std::string, std::string>>& skipped,
-                        const std::vector<std::pair<std::string, std::string>>& entries);
+                        const std::vector<std::pair<std::string, std::string>>& entries,
+                        const std::string& profile = "");
 
 }  // namespace unisub::analysis

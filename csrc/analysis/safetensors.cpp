@@ -15,6 +15,7 @@
 #include <tuple>
 
 #include "analysis/json.h"
+#include "analysis/profile.h"
 #include "analysis/reader.h"
 
 namespace unisub::analysis {
@@ -201,6 +202,7 @@ at::Tensor read_safetensors_tensor(const SafetensorsHeader& h, const std::string
   auto it = h.tensors.find(key);
   if (it == h.tensors.end()) throw ReadError(h.path, "no such tensor in this file", key);
   const TensorInfo& t = it->second;
+  ScopedStage stage("read", t.end - t.begin);
   auto out = at::empty(t.shape, at::TensorOptions().dtype(t.scalar_type));
   if (t.end > t.begin) {
     Fd f;

@@ -3,9 +3,11 @@
 #include <c10/core/GradMode.h>
 
 #include <algorithm>
+#include <tuple>
 
 #include "analysis/json.h"
 #include "analysis/json_writer.h"
+#include "analysis/profile.h"
 
 namespace unisub::analysis {
 namespace {
@@ -37,6 +39,7 @@ ModeSpectra mode_spectra(const ModeAccumulator& acc, std::optional<int64_t> rank
   at::NoGradGuard no_grad;
   ModeSpectra out;
   for (const auto& G : acc.grams()) {
+    ScopedStage stage("eigh");
     auto [ev, U] = sorted_eigh(G);
     const int64_t r = choose_rank(ev, rank, energy);
     out.eigenvalues.push_back(ev);
@@ -63,6 +66,7 @@ SlotResult finalize_mode_slot(const std::string& slot, const ModeAccumulator& ev
     if (split) half_grams.push_back(even.grams()[k]), half_grams.push_back(odd.grams()[k]);
   }
   SlotResult out;
+  ScopedStage stage("report");  // the nulls, the split-half angles and every number of the entry
   out.entry = slot_report(slot, total.mean(), total.count(), total.center(), modes, spectra.eigenvalues, ranks,
                           half_grams, split ? std::vector<int64_t>{even.count(), odd.count()} : std::vector<int64_t>{},
                           null_seed, options);
@@ -91,7 +95,12 @@ SlotResult finalize_delta_slot(const std::string& slot, DeltaAccumulator& acc, s
   at::NoGradGuard no_grad;
   acc.sort_by_id();
   const int64_t M = acc.count();
-  auto [ev, V] = sorted_eigh(acc.gram(acc.center()));
+  const auto Kc = acc.gram(acc.center());
+  at::Tensor ev, V;
+  {
+    ScopedStage stage("eigh");
+    std::tie(ev, V) = sorted_eigh(Kc);
+  }
   const int64_t r = choose_rank(ev, rank, energy);
   const auto K = acc.gram(/*center=*/false);
   const auto scalings = at::tensor(acc.scalings(), at::TensorOptions().dtype(at::kDouble)).to(K.device());
@@ -106,6 +115,7 @@ SlotResult finalize_delta_slot(const std::string& slot, DeltaAccumulator& acc, s
     if (acc.center()) Vk = Vk - Vk.mean(0, /*keepdim=*/true);  // exactly H v: the weights of ΔW_i − mean
     const auto W = at::cat({at::full({M, 1}, 1.0 / static_cast<double>(M), V.options()),
                             Vk / at::where(sigma > 0, sigma, at::ones_like(sigma))}, 1);
+    ScopedStage stage("eigen_weights");
     const auto both = acc.combine(W);
     out.tensors.emplace_back("eigen_weights", both.narrow(0, 1, k).contiguous());
     out.tensors.emplace_back("mean", both[0].contiguous());
@@ -118,6 +128,7 @@ SlotResult finalize_delta_slot(const std::string& slot, DeltaAccumulator& acc, s
       factors->push_back(x.text);
     }
   }
+  ScopedStage stage("report");
   out.entry = delta_report(slot, K, ev, V.narrow(1, 0, r), acc.ids(), acc.rows(), acc.cols(), acc.center(), acc.ranks(),
                            scalings, factors, null_seed, options);
   Json meta = Json::object();

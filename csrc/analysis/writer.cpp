@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "analysis/profile.h"
 #include "analysis/reader.h"
 
 namespace unisub::analysis {
@@ -44,6 +45,7 @@ const std::string& dtype_name(at::ScalarType t, const std::string& key) {
 
 void write_file_atomically(const std::string& path, const std::string& bytes) {
   namespace fs = std::filesystem;
+  ScopedStage stage("write", bytes.size());
   const fs::path dest(path);
   const auto dir = dest.has_parent_path() ? dest.parent_path() : fs::path(".");
   static std::atomic<uint64_t> counter{0};

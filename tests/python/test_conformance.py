@@ -214,3 +214,30 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_half_file(weights, tmp_path)
                          "--no-plots", "--quiet"], env=_env(), capture_output=True, text=True, timeout=300,
                         preexec_fn=_file_size_limit(600))
     assert py.returncode == 1 and "File too large" in py.stderr and "Traceback" not in py.stderr, py.stderr
+
+
+def test_profile_counts_the_work_of_each_stage(weights, tmp_path):
+    zoo, long_name = weights
+    tool()
+    res = unisub.analyze(zoo, out=tmp_path / "py", plots=False, progress=False, profile=True, batch_size=3)
+    prof = res.report["profile"]
+    stages = prof["stages"]
+    assert list(stages)[:6] == ["read", "convert", "gram", "eigh", "report", "write"]
+    # every byte of every analysed tensor is read once
+    sizes = {"enc/w": 6 * 5 * 4, "enc_w": 4 * 3 * 2, long_name: 3 * 8 * 8}
+    assert stages["read"]["bytes"] == 7 * sum(sizes.values())
+    # the Gram's unavoidable multiply-adds: d(d+1)/2 · (other size) per mode and model
+    madds = sum(m * (m + 1) / 2 * n + n * (n + 1) / 2 * m for m, n in ((6, 5), (4, 3), (3, 8))) * 7
+    assert stages["gram"]["multiply_adds"] == madds
+    assert stages["eigh"]["calls"] == 3 * 2
+    assert prof["gemm_rate"]["float64"] > 0 and 0 < stages["gram"]["gemm_fraction"]
+    assert "gram" in unisub.analysis.format_profile(res.report)
+    # without --profile the report has none (so the two front ends' reports stay identical)
+    assert "profile" not in unisub.analyze(zoo, plots=False, progress=False).report
+    run = _run_tool(zoo, "--out", tmp_path / "cpp", "--batch-size", "3", "--profile")
+    assert run.returncode == 0, run.stderr
+    cpp = json.loads((tmp_path / "cpp" / "report.json").read_text())["profile"]["stages"]
+    for stage in ("read", "gram"):
+        for key in ("bytes", "calls", "multiply_adds"):
+            assert cpp[stage][key] == stages[stage][key], (stage, key)
+    assert "GEMM rate measured in this run" in run.stderr

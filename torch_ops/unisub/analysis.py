@@ -162,7 +162,7 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
             taus: Sequence[float] = TAUS, error_ranks: Sequence[int] = ERROR_RANKS, plots: bool = True,
             progress: bool = True, resume: bool = False, device=None, group=None,
             checkpoint_every: float = 60.0, on_batch: Optional[Callable[[str, int], None]] = None,
-            eigen_weights: int = 0) -> AnalysisResult:
+            eigen_weights: int = 0, profile: bool = False) -> AnalysisResult:
     """Analyse ``sources`` (files or folders of checkpoints); see ``unisub analyze --help``.
 
     ``modes``: any of "out", "in" (mode Grams of every selected tensor) and "delta" (PEFT adapters
@@ -176,7 +176,9 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
     a second run on the same folder at once is refused); without it nothing is written and
     subspaces stay in memory. ``checkpoint_every``: seconds between saves of the in-progress
     slot's state (0: every batch). ``on_batch(slot, batch_index)`` is called after each batch
-    (progress hooks, tests).
+    (progress hooks, tests). ``profile``: add a per-stage profile to the report (``"profile"``:
+    seconds, bytes and calls of read, convert, gram, eigh, report and write, and each Gram's
+    fraction of the float64 GEMM rate measured in the same run; ``format_profile`` prints it).
 
     The accumulators, each slot's finalisation and report entry, the file formats and the
     folder's rules are libunisub's (csrc/analysis/), the code ``unisub-analyze`` runs: for the same
@@ -200,6 +202,7 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
     device = torch.device(device or "cpu")
     patterns = list(slots) if slots else None
 
+    torch.ops.unisub.analysis_profile_reset()
     # Every header (and adapter config) first: bad input fails now, before any output exists.
     checkpoints = discover(sources, scale_lora=scale_lora)
     chosen, skipped = _plan(checkpoints, patterns, include_1d, check=bool(factor_modes))
@@ -225,8 +228,10 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
         reports, subspaces = _run(checkpoints, chosen, deltas, factor_modes, folder, rank_id, world, device, center,
                                   rank, energy, batch_size, taus, error_ranks, eigen_weights, progress, group,
                                   checkpoint_every, on_batch, out is None)
+        stages = torch.ops.unisub.analysis_profile_json(True) if profile else ""
         text = torch.ops.unisub.analysis_report_json("unisub analyze", names, options, list(skipped),
-                                                     list(skipped.values()), list(reports), list(reports.values()))
+                                                     list(skipped.values()), list(reports), list(reports.values()),
+                                                     stages)
         if rank_id == 0 and folder is not None:
             writer_call(folder.write_report, text)
     finally:
@@ -329,6 +334,11 @@ def _run(checkpoints, chosen, deltas, factor_modes, folder, rank_id, world, devi
         store(key, result, DeltaSubspace)
     bar.close()
     return reports, subspaces
+
+
+def format_profile(report: Dict) -> str:
+    """The report's per-stage profile as a table (libunisub's, the one unisub-analyze prints)."""
+    return torch.ops.unisub.analysis_profile_table(json.dumps(report["profile"]))
 
 
 def _barrier():

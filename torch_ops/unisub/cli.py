@@ -90,6 +90,9 @@ def _add_analyze(sub):
     p.add_argument("--no-center", action="store_true", help="do not subtract the mean over models")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run into the same --out")
+    p.add_argument("--profile", action="store_true",
+                   help="print where the time went, by stage (read, convert, gram, eigh, report, write), with "
+                        "each Gram's fraction of the GEMM rate measured in the same run; also in report.json")
     p.add_argument("--device", default=None, help="where the Grams accumulate (default cpu; cuda for NCCL runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or table")
     p.set_defaults(run=_run_analyze)
@@ -134,7 +137,7 @@ def _run_analyze(args) -> int:
                          out=args.out, batch_size=args.batch_size, include_1d=args.include_1d,
                          scale_lora=not args.no_lora_scaling, center=not args.no_center,
                          plots=not args.no_plots, progress=not args.quiet, resume=args.resume, device=device,
-                         eigen_weights=args.eigen_weights)
+                         eigen_weights=args.eigen_weights, profile=args.profile)
     except WriteError as e:  # the output side: a full disk, no permission, a folder in use (exit 1, as the C++ tool)
         print(f"unisub analyze: error: {e}", file=sys.stderr)
         return 1
@@ -144,6 +147,10 @@ def _run_analyze(args) -> int:
     finally:
         if dist is not None:
             dist.destroy_process_group()
+    if args.profile and (dist is None or _is_rank0()):
+        from .analysis import format_profile
+
+        print(format_profile(result.report), file=sys.stderr)
     if not args.quiet and (dist is None or result.out is None or _is_rank0()):
         print(format_report(result.report))
         print(f"written to {args.out}")

@@ -1,7 +1,7 @@
 // unisub-analyze: per-slot universal subspaces of many safetensors checkpoints, without Python.
 //
 //   unisub-analyze PATH... --out DIR [--slots PATTERN...] [--modes out in delta] [--energy 0.9]
-//                  [--rank R] [--batch-size 8] [--no-lora-scaling] [--eigen-weights K] [--resume]
+//                  [--rank R] [--batch-size 8] [--no-lora-scaling] [--eigen-weights K] [--resume] [--profile]
 //   unisub-analyze --check-headers FILE...     (validate headers only: one line per file)
 //   unisub-analyze --check PATH...             (read every tensor of each model as analysed: "ok PATH" and a
 //                                               line per tensor with its FNV-1a hash, or "error MESSAGE")
@@ -29,6 +29,7 @@
 #include "analysis/accumulators.h"
 #include "analysis/json_writer.h"
 #include "analysis/output_folder.h"
+#include "analysis/profile.h"
 #include "analysis/reader.h"
 #include "analysis/run_report.h"
 #include "analysis/slot_result.h"
@@ -48,7 +49,7 @@ struct Options {
   std::string out;
   double energy = 0.9;
   int64_t rank = -1, batch_size = 8, eigen_weights = 0;
-  bool check_headers = false, check = false, scale = true, resume = false;
+  bool check_headers = false, check = false, scale = true, resume = false, profile = false;
 };
 
 [[noreturn]] void usage_error(const std::string& msg) { throw std::invalid_argument(msg); }
@@ -73,6 +74,7 @@ Options parse_args(int argc, char** argv) {
     else if (a == "--check") o.check = true, list = &o.paths;
     else if (a == "--no-lora-scaling") o.scale = false, list = &o.paths;
     else if (a == "--resume") o.resume = true, list = &o.paths;
+    else if (a == "--profile") o.profile = true, list = &o.paths;
     else if (a.rfind("--", 0) == 0) usage_error(fmt::format("unknown option '{}'", a));
     else list->push_back(a);
   }
@@ -149,6 +151,7 @@ int check_models(const std::vector<std::string>& paths, bool scale) {
 }
 
 int run(const Options& o) {
+  unisub::analysis::profile_reset();
   // every header (and adapter config) first: a bad file fails now, before any output exists
   const auto models = discover_models(o.paths);
   const auto& first = models[0];
@@ -287,7 +290,9 @@ int run(const Options& o) {
   fmt::print(stderr, "\n");
   if (resumed) fmt::print(stderr, "resumed: {} finished slot(s) read from {}\n", resumed, (fs::path(o.out) / "slots").string());
   std::vector<std::pair<std::string, std::string>> skipped_list(skipped.begin(), skipped.end());
-  const auto text = unisub::analysis::report_json("unisub-analyze", sources, options, skipped_list, entries);
+  const auto stages = o.profile ? unisub::analysis::profile_json(/*measure_gemm=*/true) : std::string();
+  const auto text = unisub::analysis::report_json("unisub-analyze", sources, options, skipped_list, entries, stages);
+  if (o.profile) fmt::print(stderr, "{}", unisub::analysis::profile_table(stages));
   folder.write_report(text);
   folder.close();
   const json report = json::parse(text);
@@ -321,7 +326,7 @@ int main(int argc, char** argv) {
     return run(o);
   } catch (const std::invalid_argument& e) {
     fmt::print(stderr, "unisub-analyze: error: {}\nusage: unisub-analyze PATH... --out DIR [--slots P...] [--modes out in delta] "
-                       "[--energy T] [--rank R] [--batch-size B] [--no-lora-scaling] [--eigen-weights K] [--resume]\n", e.what());
+                       "[--energy T] [--rank R] [--batch-size B] [--no-lora-scaling] [--eigen-weights K] [--resume] [--profile]\n", e.what());
     return 2;
   } catch (const unisub::analysis::ReadError& e) {  // bad input, found by the reader
     fmt::print(stderr, "\nunisub-analyze: error: {}\n", e.what());
