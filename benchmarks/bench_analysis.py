@@ -62,10 +62,10 @@ def plain_torch(folder, modes=("out", "in"), energy=0.9):
     return out
 
 
-def ours(folder, modes=("out", "in"), energy=0.9):
+def ours(folder, modes=("out", "in"), energy=0.9, profile=False):
     import unisub
 
-    return unisub.analyze(folder, modes=modes, energy=energy, plots=False, progress=False)
+    return unisub.analyze(folder, modes=modes, energy=energy, plots=False, progress=False, profile=profile)
 
 
 def folder_bytes(folder):
@@ -99,6 +99,10 @@ def throughput(args):
         fn(folder)
         dt = time.perf_counter() - t
         print(f"{name:<20} {dt:8.2f} s  {args.models / dt:8.2f} checkpoints/s  {gb / dt:7.3f} GB/s")
+    # where our time goes, by stage, and the Grams against the GEMM rate measured now
+    from unisub.analysis import format_profile
+
+    print(format_profile(ours(folder, profile=True).report))
 
 
 def _status_mb(field):
