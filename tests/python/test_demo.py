@@ -1,4 +1,4 @@
-"""`unisub demo --quick` end to end: every section runs, the numbers obey what the library
+"""`unisub demo --zoo digits --quick` end to end: every section runs, the numbers obey what the library
 guarantees, the report is written and the zoo cache is reused."""
 import json
 
@@ -12,7 +12,7 @@ from unisub.demo.zoo import build_zoo  # noqa: E402
 
 def test_quick_demo(tmp_path):
     lines = []
-    results = run_demo(out=tmp_path / "out", quick=True, cache=tmp_path / "cache", log=lines.append)
+    results = run_demo(out=tmp_path / "out", quick=True, cache=tmp_path / "cache", log=lines.append, zoo="digits")
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["verdicts"] == results["verdicts"] and len(results["verdicts"]) >= 7
     md = (tmp_path / "out" / "report.md").read_text()

@@ -222,9 +222,10 @@ def random_bases(like: Dict[str, tuple], seed: int) -> Dict[str, tuple]:
 
 
 def held_out(zoo: ml.MiniLMZoo, k: int, log=print) -> List[Dict]:
-    """On each held-out task, the same steps and learning rate for: the head alone (frozen MiniLM),
-    plain LoRA, and LoRA whose factors live in a rank-k subspace (only the loadings train) — the
-    own-init zoo's, the shared-init zoo's, and a random one."""
+    """On each held-out task, the same steps and learning rate for: no adapter (MiniLM with the
+    task's readout; trained alone when ``train_head``), plain LoRA, and LoRA whose factors live in
+    a rank-k subspace (only the loadings train) — the own-init zoo's, the shared-init zoo's, and a
+    random one."""
     c = zoo.config
     bases = {s: zoo_bases(zoo, s, k) for s in ml.SUBZOOS}
     rnd = random_bases(bases["own-init"], 4242 + c.seed)
@@ -243,7 +244,7 @@ def held_out(zoo: ml.MiniLMZoo, k: int, log=print) -> List[Dict]:
                 return model, ml.make_head(c.seed, task), attach_bases(model, b, c, 77 + task)
             return build
 
-        methods = [("head only (MiniLM frozen)", head_only), (f"LoRA r={c.rank}", lora_model),
+        methods = [("no adapter" + (" (head trained)" if c.train_head else ""), head_only), (f"LoRA r={c.rank}", lora_model),
                    (f"subspace k={k}, own-init zoo", in_subspace(bases["own-init"])),
                    (f"subspace k={k}, shared-init zoo", in_subspace(bases["shared-init"])),
                    (f"subspace k={k}, random", in_subspace(rnd))]
@@ -257,10 +258,11 @@ def held_out(zoo: ml.MiniLMZoo, k: int, log=print) -> List[Dict]:
             params = [p for p in model.parameters() if p.requires_grad]
             acc = ml.head_accuracy(head, ml.features(model, c), c, task)
             rows.append({"task": task, "method": name, "accuracy": acc, "trainable": ml.trainable(params),
-                         "head_params": ml.trainable(head.parameters()),
+                         "head_params": ml.trainable(head.parameters()) if c.train_head else 0,
                          "ms_per_step": 1e3 * meta["seconds_per_step"], "cached": meta["cached"]})
-            log(f"held-out task {task}: {name:<32} accuracy {acc:.3f}, {rows[-1]['trainable']:,} trainable "
-                f"(+{rows[-1]['head_params']} head){' (trained earlier, cached)' if meta['cached'] else ''}")
+            log(f"held-out task {task}: {name:<32} accuracy {acc:.3f}, {rows[-1]['trainable']:,} trainable"
+                f"{' (+%d head)' % rows[-1]['head_params'] if rows[-1]['head_params'] else ''}"
+                f"{' (trained earlier, cached)' if meta['cached'] else ''}")
     return rows
 
 
@@ -358,7 +360,9 @@ def projection(zoo: ml.MiniLMZoo, k: int, out: Path, log=print) -> List[Dict]:
             return model, ml.make_head(c.seed, task), [p for n, p in model.named_parameters() if n in b]
 
         def train(model, head, params, method=method):
-            groups = [{"params": list(head.parameters()), "lr": c.head_lr}, {"params": params, "lr": c.lr / 10}]
+            groups = [{"params": params, "lr": c.lr / 10}]
+            if c.train_head:
+                groups.append({"params": list(head.parameters()), "lr": c.head_lr})
             opt = torch.optim.AdamW(groups, weight_decay=0.0)
             proj = None
             if method != "unprojected":

