@@ -249,15 +249,20 @@ def held_out(zoo: ml.MiniLMZoo, k: int, log=print) -> List[Dict]:
                    (f"subspace k={k}, shared-init zoo", in_subspace(bases["shared-init"])),
                    (f"subspace k={k}, random", in_subspace(rnd))]
         for name, build in methods:
-            def train(model, head, params, task=task):
-                model.train()
-                return {"seconds_per_step": ml.fit(model, head, params, c, task)}
+            # Adam moves every trained number by about lr per step: k·r loadings move B = U L_B (and A)
+            # by about √(k/d) of what LoRA's d·r entries do. The subspace runs get lr·√(d/k), so that
+            # every method's factors move alike per step (the universal-vs-random comparison is at one lr).
+            lr = c.lr * (ml.HIDDEN / k) ** 0.5 if name.startswith("subspace") else c.lr
 
-            tag = re.sub(r"[^A-Za-z0-9=]+", "-", name).strip("-")
+            def train(model, head, params, task=task, lr=lr):
+                model.train()
+                return {"seconds_per_step": ml.fit(model, head, params, c, task, lr=lr), "lr": lr}
+
+            tag = re.sub(r"[^A-Za-z0-9=]+", "-", name).strip("-") + f"-lr{lr:.3g}"
             model, head, meta = cached_run(zoo, f"heldout-task{task:03d}-{tag}", build, train, log)
             params = [p for p in model.parameters() if p.requires_grad]
             acc = ml.head_accuracy(head, ml.features(model, c), c, task)
-            rows.append({"task": task, "method": name, "accuracy": acc, "trainable": ml.trainable(params),
+            rows.append({"task": task, "method": name, "accuracy": acc, "trainable": ml.trainable(params), "lr": lr,
                          "head_params": ml.trainable(head.parameters()) if c.train_head else 0,
                          "ms_per_step": 1e3 * meta["seconds_per_step"], "cached": meta["cached"]})
             log(f"held-out task {task}: {name:<32} accuracy {acc:.3f}, {rows[-1]['trainable']:,} trainable"
