@@ -65,6 +65,8 @@ def analysis(zoo: ml.MiniLMZoo, out: Path, log=print) -> Dict:
             for mode, m in e["modes"].items():
                 null = m["null"]
                 r = m["rank_at_tau"][TAUS_KEY]
+                halves = m.get("split_half") or {}  # None with too few models to split
+                nan = float("nan")
                 rows.append({"subzoo": s, "slot": slot, "module": module_of_slot(slot), "factor": factor_of(slot),
                              "mode": mode, "dim": m["dim"], "models": e["models"], "r90": r,
                              "ev_at_r": m["cumulative_explained_variance"][r - 1],
@@ -73,8 +75,8 @@ def analysis(zoo: ml.MiniLMZoo, out: Path, log=print) -> Dict:
                              "mp_r90": rank_at(null["marchenko_pastur_eigenvalues"]),
                              "above_mp_edge": null["components_above_mp_edge"],
                              "mean_share": e["energy"]["mean_share"],
-                             "split_half_max_sin": m["split_half"]["max_sin"],
-                             "split_half_mean_cos2": m["split_half"]["mean_cos2"]})
+                             "split_half_max_sin": halves.get("max_sin", nan),
+                             "split_half_mean_cos2": halves.get("mean_cos2", nan)})
         log(f"analysis: {s}: {len(rep['slots'])} slots ({len(zoo.adapters[s])} adapters) in "
             f"{time.perf_counter() - start:.1f} s -> {folder}")
     return {"rows": rows, "reports": reports}

@@ -1,5 +1,6 @@
 """The MiniLM demo's verdicts (computed from this run's numbers), tables, plots and report."""
 import json
+import math
 from pathlib import Path
 from typing import Dict, List
 
@@ -30,7 +31,7 @@ def structure_verdict(g: Dict) -> str:
     where = f"{g['subzoo']} zoo, {g['where']}"
     low = g["r90"] <= RANK_FRACTION * g["null_r90"]
     beats = g["gain_points"] >= GAIN and g["above_mp_edge"] >= 1
-    stable = g["split_half_mean_cos2"] >= STABLE
+    stable = g["split_half_mean_cos2"] >= STABLE  # False for NaN: no split halves, no stability claim
     if low and beats and stable:
         return f"{where}: a shared low-dimensional subspace — {facts}."
     if beats and not stable:
@@ -302,9 +303,20 @@ def markdown(results: Dict, plots: List[str]) -> str:
     return "\n".join(L) + "\n"
 
 
+def strict(x):
+    """NaN / infinity -> None, so that report.json is RFC 8259 JSON (as the analysis job's)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: strict(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [strict(v) for v in x]
+    return x
+
+
 def write(folder: Path, results: Dict, plots: List[str]) -> None:
     with atomic_path(folder / "report.json") as tmp:
-        Path(tmp).write_text(json.dumps(results, indent=2, ensure_ascii=False))
+        Path(tmp).write_text(json.dumps(strict(results), indent=2, ensure_ascii=False, allow_nan=False))
     with atomic_path(folder / "report.md") as tmp:
         Path(tmp).write_text(markdown(results, plots))
 
