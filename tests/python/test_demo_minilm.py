@@ -137,7 +137,7 @@ def test_report(run):
              "## 5. Compression", "## 6. Projected", "## Plots"]
     pos = [md.index(h) for h in heads]
     assert pos == sorted(pos)  # sections in order
-    for p in ("spectra.png", "rank-and-stability.png", "held-out.png"):
+    for p in ("spectra.png", "rank-and-stability.png", "held-out.png", "tracker.png"):
         assert (root / "out" / p).stat().st_size > 0 and f"]({p})" in md
     # verdicts never call a structure a shared subspace without split-half stability
     for g, v in zip(structural, results["verdicts"]):

@@ -112,7 +112,7 @@ def verdicts(results: Dict) -> List[str]:
         out.append(f"Compression of the {cp['subzoo']} zoo: {r['ratio']:.1f}x smaller at rank {r['rank']} "
                    f"(relative ΔW error {r['mean_relative_error']:.2f}); adapters exported back to PEFT and reloaded "
                    f"keep their accuracy within 1 point ({r['accuracy']:.1%} vs {r['original_accuracy']:.1%} on "
-                   f"{r['exported']} tasks; the base model with the same heads: {r['base_accuracy']:.1%}). Lossless (every direction) the file is {cp['lossless_ratio']:.2f}x the "
+                   f"{r['exported']} tasks; the base model with the same readouts: {r['base_accuracy']:.1%}). Lossless (every direction) the file is {cp['lossless_ratio']:.2f}x the "
                    f"adapters' size with worst error {cp['lossless_worst_error']:.1e}.")
     else:
         r = max(cp["rows"], key=lambda r: r["rank"])
@@ -224,14 +224,38 @@ def held_out_plot(folder: Path, rows: List[Dict]) -> str:
     marks = "os^vD"
     for i, m in enumerate(methods):
         rs = [r for r in rows if r["method"] == m]
-        ax.scatter([max(1, r["trainable"]) for r in rs], [r["accuracy"] for r in rs], marker=marks[i % len(marks)],
-                   label=m, s=40)
+        shift = 1.12 ** (i - (len(methods) - 1) / 2)  # methods with equal counts side by side, not on top
+        ax.scatter([max(1, r["trainable"]) * shift for r in rs], [r["accuracy"] for r in rs],
+                   marker=marks[i % len(marks)], label=m, s=40)
     ax.set_xscale("log")
-    ax.set_xlabel("trainable numbers besides the head (head only drawn at 1)")
+    ax.set_xlabel("trainable numbers (no adapter drawn at 1; equal counts drawn side by side)")
     ax.set_ylabel("held-out test accuracy")
     ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
     name = "held-out.png"
+    with atomic_path(folder / name) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return name
+
+
+def tracker_plot(folder: Path, runs: List[Dict], every: int) -> str:
+    """The ConvergenceTracker's share of the update (W − W₀) in the subspace, per tracked step."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 3.2))
+    for r in runs:
+        ys = [row.get("mean/update_energy", float("nan")) for row in r["log"]]
+        ax.plot([every * (i + 1) for i in range(len(ys))], ys, "o-", ms=3, label=f"{r['method']} ({r['accuracy']:.1%})")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("update energy in the subspace")
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False, title="updates (accuracy)",
+              title_fontsize=8)
+    fig.tight_layout()
+    name = "tracker.png"
     with atomic_path(folder / name) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
@@ -282,10 +306,10 @@ def markdown(results: Dict, plots: List[str]) -> str:
         others = "—" if v["others_mean"] is None else f"{v['others_mean']:.3f}"
         L.append(f"| {k} | {v['merged_mean']:.3f} | {others} | {' '.join(f'{a:.2f}' for a in v['per_task'])} |")
     L.append(f"| each adapter on its own task | {mg['each adapter on its own task']['merged_mean']:.3f} | | |")
-    L.append(f"| base model with each task's head | {mg['base_merged_mean']:.3f} | | |")
+    L.append(f"| base model with each task's readout | {mg['base_merged_mean']:.3f} | | |")
     cp = results["compression"]
     L += ["", f"## 5. Compression of the {cp['subzoo']} zoo, exported back to PEFT and reloaded", "",
-          "| rank per module | ratio | bytes | relative ΔW error | exported | accuracy | originals | base model, same heads |",
+          "| rank per module | ratio | bytes | relative ΔW error | exported | accuracy | originals | base model, same readouts |",
           "|---|---|---|---|---|---|---|---|"]
     for r in cp["rows"]:
         L.append(f"| {r['rank']} | {r['ratio']:.1f} | {r['bytes']:,} | {r['mean_relative_error']:.3f} | {r['exported']} | "

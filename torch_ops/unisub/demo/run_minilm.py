@@ -116,7 +116,7 @@ def _run(c: ml.MiniLMConfig, out: Path, cache, log) -> dict:
     for v in results["verdicts"]:
         log(f"- {v}")
     plots = [rp.spectra_plot(out, an["reports"], c.rank), rp.cumulative_plot(out, summary),
-             rp.held_out_plot(out, held)]
+             rp.held_out_plot(out, held), rp.tracker_plot(out, proj, max(1, c.steps // 8))]
     stage("report")
     results["load"] = f"at the start {load_start}; at the end {_load()}"
     results["stage_seconds"] = stages
