@@ -149,3 +149,14 @@ def test_experiment_helpers():
     assert ex.rank_at([4, 3, 2, 1], 0.9) == 3 and ex.rank_at([4, 3, 2, 1], 0.95) == 4 and ex.rank_at([9, 1, 0], 0.9) == 1 and ex.rank_at([0, 0]) == 0
     assert ex.factor_of("a.query.lora_A.weight") == "A" and ex.factor_of("a.query.delta") == "ΔW"
     assert ex.module_of_slot("encoder.layer.0.attention.self.query.lora_B.weight") == "encoder.layer.0.attention.self.query"
+
+
+def test_features_in_length_chunks_match_one_padded_batch(run):
+    """Length-sorted, trimmed chunks give every test snippet the features of one padded batch, in order."""
+    model = ml.base_model()
+    data = ml.config_corpus(TINY)
+    with torch.no_grad():
+        whole = ml.pooled(model, {"input_ids": data.input_ids[data.test], "attention_mask": data.attention_mask[data.test]})
+        chunked = ml.features(model, TINY, chunk=5)
+    assert chunked.shape == (len(data.test), ml.HIDDEN)
+    assert torch.allclose(chunked, whole, atol=1e-5)

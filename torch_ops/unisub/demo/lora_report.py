@@ -16,8 +16,14 @@ from .report import table
 GAIN = 10.0
 RANK_FRACTION = 0.5
 STABLE = 0.5
-# Accuracy differences below this many points are within the noise of one seed on ~100 test snippets.
-NOISE_POINTS = 2.0
+
+
+def diff_se(pairs, n: int):
+    """Mean difference (points) of paired accuracies (a_t, b_t) over tasks and its standard error:
+    each accuracy a binomial proportion on n test snippets (independent, a conservative bound)."""
+    d = [points(a, b) for a, b in pairs]
+    var = sum(a * (1 - a) / n + b * (1 - b) / n for a, b in pairs) / len(pairs) ** 2
+    return sum(d) / len(d), 100.0 * var ** 0.5
 
 
 def points(a: float, b: float) -> float:
@@ -83,28 +89,32 @@ def verdicts(results: Dict) -> List[str]:
     shared = next(n for n in names if n.endswith("shared-init zoo"))
     rnd = next(n for n in names if n.endswith("random"))
     mean = lambda n: sum(by[(t, n)]["accuracy"] for t in tasks) / len(tasks)  # noqa: E731
+    n = results["test_snippets"]
     d_rnd = [points(by[(t, own)]["accuracy"], by[(t, rnd)]["accuracy"]) for t in tasks]
-    if all(d > NOISE_POINTS for d in d_rnd):
-        word = "beat"
-    elif all(d < -NOISE_POINTS for d in d_rnd):
-        word = "lost to"
-    else:
-        word = "did not clearly differ from"
-    out.append(f"Held-out tasks ({len(tasks)}, one seed each): coefficient-only training in the own-init zoo's "
-               f"subspace ({by[(tasks[0], own)]['trainable']:,} trainable numbers) {word} the same number in a random "
-               f"subspace ({', '.join(f'{d:+.1f}' for d in d_rnd)} points per task); mean accuracy {mean(own):.1%} vs "
-               f"{mean(rnd):.1%} random, {mean(shared):.1%} in the shared-init zoo's subspace, {mean(lora):.1%} for "
-               f"plain LoRA ({by[(tasks[0], lora)]['trainable']:,}) and {mean(head):.1%} without an adapter.")
+    D, se = diff_se([(by[(t, own)]["accuracy"], by[(t, rnd)]["accuracy"]) for t in tasks], n)
+    Ds, ses = diff_se([(by[(t, shared)]["accuracy"], by[(t, rnd)]["accuracy"]) for t in tasks], n)
+    word = lambda D, se: "beat" if D > 2 * se else ("lost to" if D < -2 * se else "did not clearly differ from")  # noqa: E731
+    out.append(f"Held-out tasks ({len(tasks)}, one seed each, {n} test snippets): coefficient-only training in the "
+               f"own-init zoo's subspace ({by[(tasks[0], own)]['trainable']:,} trainable numbers) {word(D, se)} the same "
+               f"number in a random subspace ({D:+.1f} ± {se:.1f} points, per task "
+               f"{', '.join(f'{d:+.1f}' for d in d_rnd)}); in the shared-init zoo's subspace it {word(Ds, ses)} the "
+               f"random one ({Ds:+.1f} ± {ses:.1f}). Mean accuracy {mean(own):.1%} (own-init subspace), {mean(shared):.1%} "
+               f"(shared-init subspace), {mean(rnd):.1%} (random), {mean(lora):.1%} for plain LoRA "
+               f"({by[(tasks[0], lora)]['trainable']:,}) and {mean(head):.1%} without an adapter.")
     mg = results["merging"]
     meths = mg["methods"]
     best = max(meths, key=lambda k: meths[k]["merged_mean"])
     own_mean = mg["each adapter on its own task"]["merged_mean"]
     sub = next(k for k in meths if k.startswith("subspace"))
+    count = mg["adapters merged"]
+    Dm, sem = diff_se(list(zip(meths[sub]["per_task"][:count], meths["mean"]["per_task"][:count])),
+                      results["test_snippets"])
     out.append(f"Merging {mg['adapters merged']} {mg['subzoo']} adapters into one: best {best} at "
                f"{meths[best]['merged_mean']:.1%} mean accuracy on the merged tasks "
                f"({points(meths[best]['merged_mean'], own_mean):+.1f} points against each adapter on its own task, "
-               f"{own_mean:.1%}; no adapter: {mg['base_merged_mean']:.1%}); subspace merge {meths[sub]['merged_mean']:.1%}, mean {meths['mean']['merged_mean']:.1%}"
-               f"{'' if abs(points(meths[sub]['merged_mean'], meths['mean']['merged_mean'])) > NOISE_POINTS else ' (within noise of each other)'}.")
+               f"{own_mean:.1%}; no adapter: {mg['base_merged_mean']:.1%}); subspace merge {meths[sub]['merged_mean']:.1%}, "
+               f"mean {meths['mean']['merged_mean']:.1%} ({Dm:+.1f} ± {sem:.1f} points: "
+               f"{'a difference' if abs(Dm) > 2 * sem else 'within noise'}).")
     cp = results["compression"]
     kept = [r for r in cp["rows"] if points(r["accuracy"], r["original_accuracy"]) >= -1.0]
     if kept:
@@ -112,8 +122,9 @@ def verdicts(results: Dict) -> List[str]:
         out.append(f"Compression of the {cp['subzoo']} zoo: {r['ratio']:.1f}x smaller at rank {r['rank']} "
                    f"(relative ΔW error {r['mean_relative_error']:.2f}); adapters exported back to PEFT and reloaded "
                    f"keep their accuracy within 1 point ({r['accuracy']:.1%} vs {r['original_accuracy']:.1%} on "
-                   f"{r['exported']} tasks; the base model with the same readouts: {r['base_accuracy']:.1%}). Lossless (every direction) the file is {cp['lossless_ratio']:.2f}x the "
-                   f"adapters' size with worst error {cp['lossless_worst_error']:.1e}.")
+                   f"{r['exported']} tasks; the base model with the same readouts: {r['base_accuracy']:.1%}). Lossless (every direction) the file is "
+                   f"{1 / cp['lossless_ratio']:.1f}x the adapters' size, worst relative error "
+                   f"{cp['lossless_worst_error']:.1e}.")
     else:
         r = max(cp["rows"], key=lambda r: r["rank"])
         out.append(f"Compression of the {cp['subzoo']} zoo loses accuracy at every rank tried: at rank {r['rank']} "
@@ -298,15 +309,22 @@ def markdown(results: Dict, plots: List[str]) -> str:
                  f"{r['ms_per_step']:.0f}"
                  f"{' (cached run)' if r['cached'] else ''} |")
     mg = results["merging"]
-    L += ["", f"## 4. Merging {mg['adapters merged']} {mg['subzoo']} adapters (each task keeps its head)", "",
+    L += ["", f"## 4. Merging {mg['adapters merged']} {mg['subzoo']} adapters (each task keeps its readout)", "",
           f"Tasks {mg['tasks'][:mg['adapters merged']]} are merged; the others show what the merge does to tasks it "
           f"did not include.", "",
           "| method | mean on merged tasks | mean on the other tasks | per task |", "|---|---|---|---|"]
     for k, v in mg["methods"].items():
         others = "—" if v["others_mean"] is None else f"{v['others_mean']:.3f}"
         L.append(f"| {k} | {v['merged_mean']:.3f} | {others} | {' '.join(f'{a:.2f}' for a in v['per_task'])} |")
-    L.append(f"| each adapter on its own task | {mg['each adapter on its own task']['merged_mean']:.3f} | | |")
-    L.append(f"| base model with each task's readout | {mg['base_merged_mean']:.3f} | | |")
+    own = results["adapter_accuracy"].get(mg["subzoo"], [])
+    others_own = f"{sum(own[mg['adapters merged']:]) / len(own[mg['adapters merged']:]):.3f}" \
+        if len(own) > mg["adapters merged"] else "—"
+    L.append(f"| each adapter on its own task | {mg['each adapter on its own task']['merged_mean']:.3f} | {others_own} | "
+             f"{' '.join(f'{a:.2f}' for a in own)} |")
+    base = results["adapter_accuracy"]["base_with_heads"][mg["subzoo"]]
+    L.append(f"| base model with each task's readout | {mg['base_merged_mean']:.3f} | "
+             f"{sum(base[mg['adapters merged']:]) / max(1, len(base) - mg['adapters merged']):.3f} | "
+             f"{' '.join(f'{a:.2f}' for a in base)} |")
     cp = results["compression"]
     L += ["", f"## 5. Compression of the {cp['subzoo']} zoo, exported back to PEFT and reloaded", "",
           "| rank per module | ratio | bytes | relative ΔW error | exported | accuracy | originals | base model, same readouts |",

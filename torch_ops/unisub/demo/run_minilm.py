@@ -80,14 +80,14 @@ def _run(c: ml.MiniLMConfig, out: Path, cache, log) -> dict:
     stage("initialisation")
 
     _section(log, "Each adapter on its own task (the reference for what follows)")
-    accs = ex.adapter_accuracies(zoo, log)
+    merge_zoo = "own-init"  # merged and compressed below; every one of its adapters is evaluated
+    accs = ex.adapter_accuracies(zoo, merge_zoo, 3, log)
     stage("adapters")
 
     _section(log, f"3. Held-out tasks {zoo.held_out_tasks}: training inside a rank-{k} subspace vs LoRA vs random")
     held = ex.held_out(zoo, k, log)
     stage("held-out")
 
-    merge_zoo = "own-init"
     count = min(4, c.tasks)
     _section(log, f"4. Merging {count} {merge_zoo} adapters, evaluated on every task of the zoo")
     merging = ex.merging(zoo, merge_zoo, count, k, out, accs[merge_zoo], log)
@@ -107,6 +107,7 @@ def _run(c: ml.MiniLMConfig, out: Path, cache, log) -> dict:
     stage("projection")
 
     results = {"zoo": dataclasses.asdict(c), "cache": str(zoo.root), "subspace_rank": k,
+               "test_snippets": len(ml.config_corpus(c).test),
                "spectra_summary": summary, "spectra": an["rows"], "initialisation": init,
                "adapter_accuracy": accs, "held_out": held, "merging": merging, "compression": comp,
                "projection": proj, "projection_chance": (k / ml.HIDDEN) ** 2,
