@@ -146,7 +146,8 @@ def test_report(run):
 
 
 def test_experiment_helpers():
-    assert ex.rank_at([4, 3, 2, 1], 0.9) == 3 and ex.rank_at([4, 3, 2, 1], 0.95) == 4 and ex.rank_at([9, 1, 0], 0.9) == 1 and ex.rank_at([0, 0]) == 0
+    assert ex.rank_at([4, 3, 2, 1], 0.9) == 3 and ex.rank_at([4, 3, 2, 1], 0.95) == 4
+    assert ex.rank_at([9, 1, 0], 0.9) == 1 and ex.rank_at([0, 0]) == 0
     assert ex.factor_of("a.query.lora_A.weight") == "A" and ex.factor_of("a.query.delta") == "ΔW"
     assert ex.module_of_slot("encoder.layer.0.attention.self.query.lora_B.weight") == "encoder.layer.0.attention.self.query"
 

@@ -53,7 +53,7 @@ def _add_demo(sub):
     demo = _command(sub, "demo", help="train a zoo of PEFT LoRA adapters on all-MiniLM-L6-v2 (or, with --zoo digits, "
                                       "of MLPs on scikit-learn's digits) and test the universal-subspace claims on it: "
                                       "spectra vs nulls, shared initialisation, held-out training, merging, compression",
-                    example="unisub demo --quick --out unisub-demo   # a small zoo, about 2 minutes; the full run "
+                    example="unisub demo --quick --out unisub-demo   # a small zoo, 2-3 minutes on 2 cores; the full run "
                             "trains a larger one (minutes, cached)")
     demo.add_argument("--out", default="unisub-demo", help="report folder (default ./unisub-demo)")
     demo.add_argument("--zoo", choices=("minilm", "digits"), default="minilm",

@@ -122,8 +122,8 @@ def verdicts(results: Dict) -> List[str]:
         out.append(f"Compression of the {cp['subzoo']} zoo: {r['ratio']:.1f}x smaller at rank {r['rank']} "
                    f"(relative ΔW error {r['mean_relative_error']:.2f}); adapters exported back to PEFT and reloaded "
                    f"keep their accuracy within 1 point ({r['accuracy']:.1%} vs {r['original_accuracy']:.1%} on "
-                   f"{r['exported']} tasks; the base model with the same readouts: {r['base_accuracy']:.1%}). Lossless (every direction) the file is "
-                   f"{1 / cp['lossless_ratio']:.1f}x the adapters' size, worst relative error "
+                   f"{r['exported']} tasks; the base model with the same readouts: {r['base_accuracy']:.1%}). "
+                   f"Lossless (every direction) the file is {1 / cp['lossless_ratio']:.1f}x the adapters' size, worst relative error "
                    f"{cp['lossless_worst_error']:.1e}.")
     else:
         r = max(cp["rows"], key=lambda r: r["rank"])
