@@ -55,6 +55,9 @@ TORCH_LIBRARY_FRAGMENT(unisub, m) {
   m.def("marchenko_pastur_null(int p, int N, float total) -> Tensor", &marchenko_pastur_null);
   m.def("gaussian_null(int p, int N, float total, int seed=0) -> Tensor", &gaussian_null);
   m.def("mp_upper_edge(int p, int N, float total) -> float", &mp_upper_edge);
+  // tensor inputs: real kernels below, fake kernels in unisub/nulls.py (torch.compile, opcheck)
+  m.def("null_model_variances(Tensor diag, bool center) -> Tensor");
+  m.def("norm_matched_null(Tensor variances, int dim, bool center, int draws, int seed=0) -> Tensor");
   m.def("spectrum_report(Tensor ev, int r, int p, int N, float uncentred, int null_seed, int null_pad, "
         "float[] taus, int[] error_ranks) -> str",
         &spectrum_report_op);
@@ -65,4 +68,11 @@ TORCH_LIBRARY_FRAGMENT(unisub, m) {
         "bool center, int[] lora_ranks, Tensor scalings, str[]? factors, int null_seed, float[] taus, "
         "int[] error_ranks) -> str",
         &delta_report_op);
+}
+
+// The nulls' results are float64 CPU tensors whatever the input's device: the inputs are M numbers.
+TORCH_LIBRARY_IMPL(unisub, CompositeExplicitAutograd, m) {
+  m.impl("null_model_variances", &unisub::analysis::null_model_variances);
+  m.impl("norm_matched_null", static_cast<at::Tensor (*)(const at::Tensor&, int64_t, bool, int64_t, int64_t)>(
+                                  &unisub::analysis::norm_matched_null));
 }

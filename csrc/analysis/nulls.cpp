@@ -1,6 +1,7 @@
-// Matched null spectra for a mode Gram: what an i.i.d. Gaussian unfolding of the same shape and
-// total variance gives. For a p × N unfolding (N = the other size times the models' degrees of
-// freedom) with entry variance s² = total / (p N) the Gram is Wishart.
+// Matched null spectra. For a mode Gram: what an i.i.d. Gaussian unfolding of the same shape and
+// total variance gives (a p × N unfolding, N = the other size times the models' degrees of freedom,
+// entry variance s² = total / (p N): the Gram is Wishart). For the model-axis Gram of LoRA deltas:
+// independent isotropic deltas with the observed per-model norms (norm_matched_null below).
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -86,6 +87,98 @@ at::Tensor gaussian_null(int64_t p, int64_t N, double total, int64_t seed) {
   A.diagonal().copy_((2 * at::_standard_gamma(shapes, gen)).sqrt());
   const auto evals = at::linalg_eigvalsh(A.mm(A.t())).flip(0).clamp_min(0);
   out.narrow(0, 0, a).copy_(evals * (total / (static_cast<double>(p) * static_cast<double>(N))));
+  return out;
+}
+
+at::Tensor null_model_variances(const at::Tensor& diag_in, bool center) {
+  TORCH_CHECK(diag_in.dim() == 1, "unisub.null_model_variances: diag must be 1-D (one entry per model), got shape ",
+              diag_in.sizes());
+  TORCH_CHECK(diag_in.is_floating_point(), "unisub.null_model_variances: diag must be floating point, got ",
+              diag_in.scalar_type());
+  const auto c = diag_in.detach().to(at::kCPU, at::kDouble).clamp_min(0).contiguous();
+  TORCH_CHECK(at::isfinite(c).all().item<bool>(), "unisub.null_model_variances: diag must be finite");
+  const int64_t M = c.numel();
+  if (!center || M == 0) return c.clone();
+  const double Md = static_cast<double>(M), sum_c = c.sum().item<double>();
+  if (M == 1 || !(sum_c > 0)) return at::zeros_like(c);
+  // E[(H T H)_ii] = (1 − 2/M)·t_i + Σt/M² and its trace (1 − 1/M)·Σt: solve for t. With M = 2 both
+  // diagonal entries are (t_1 + t_2)/4 whatever t is, so t is not identifiable: equal variances.
+  const double sum_t = sum_c * Md / (Md - 1);
+  if (M == 2) return at::full_like(c, sum_t / Md);
+  auto t = ((c - sum_t / (Md * Md)) / (1 - 2 / Md)).clamp_min(0);
+  // a model lying (almost) at the others' mean has c_i below Σt/M²: its variance is clamped at 0,
+  // and the rest rescaled so that the null keeps the observed total
+  const double kept = t.sum().item<double>();
+  return kept > 0 ? t * (sum_t / kept) : at::full_like(c, sum_t / Md);
+}
+
+at::Tensor projected_null_variances(const at::Tensor& Q_in, const at::Tensor& diag_in) {
+  constexpr const char* op = "unisub.projected_null_variances";
+  const auto Q = Q_in.detach().to(at::kCPU, at::kDouble).contiguous();
+  const auto c = diag_in.detach().to(at::kCPU, at::kDouble).clamp_min(0).contiguous();
+  TORCH_CHECK(Q.dim() == 2 && Q.size(0) == Q.size(1) && Q.size(0) == c.numel(), op,
+              ": Q must be M x M for a diag of M entries, got Q ", Q.sizes(), " and diag ", c.sizes());
+  const double sum_c = c.sum().item<double>();
+  if (c.numel() == 0 || !(sum_c > 0)) return at::zeros_like(c);
+  // E[(Q S W S Q)_ii] = Σ_j Q_ij² t_j: least squares (pseudo-inverse; Q∘Q is positive semidefinite)
+  auto t = at::linalg_pinv(Q * Q, /*rcond=*/1e-12, /*hermitian=*/true).mv(c).clamp_min(0);
+  // keep the expected trace Σ_j t_j Q_jj (Q a projector) equal to the observed one
+  const double kept = (t * Q.diagonal()).sum().item<double>();
+  return kept > 0 ? t * (sum_c / kept) : at::full_like(c, sum_c / Q.diagonal().sum().item<double>());
+}
+
+at::Tensor norm_matched_null(const at::Tensor& variances, int64_t dim, bool center, int64_t draws, int64_t seed) {
+  auto gen = at::detail::createCPUGenerator(static_cast<uint64_t>(seed));
+  return norm_matched_null(variances, dim, center, draws, gen);
+}
+
+at::Tensor norm_matched_null(const at::Tensor& variances, int64_t dim, bool center, int64_t draws, at::Generator& gen) {
+  at::Tensor Q;  // undefined: S W S itself
+  if (center) {
+    const int64_t M = variances.dim() == 1 ? variances.numel() : 0;
+    const auto f64 = at::TensorOptions().dtype(at::kDouble);
+    Q = at::eye(M, f64) - 1.0 / static_cast<double>(std::max<int64_t>(M, 1));
+  }
+  return projected_norm_matched_null(variances, dim, Q, draws, gen);
+}
+
+at::Tensor projected_norm_matched_null(const at::Tensor& variances_in, int64_t dim, const at::Tensor& Q_in,
+                                       int64_t draws, at::Generator& gen) {
+  constexpr const char* op = "unisub.norm_matched_null";
+  TORCH_CHECK(variances_in.dim() == 1, op, ": variances must be 1-D (one per model), got shape ", variances_in.sizes());
+  TORCH_CHECK(variances_in.is_floating_point(), op, ": variances must be floating point, got ",
+              variances_in.scalar_type());
+  TORCH_CHECK(dim >= 1, op, ": dim (the number of entries of one model's ΔW, m·n) must be >= 1, got ", dim);
+  TORCH_CHECK(draws >= 1, op, ": draws must be >= 1, got ", draws);
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  const auto t = variances_in.detach().to(at::kCPU, at::kDouble).contiguous();
+  TORCH_CHECK(at::isfinite(t).all().item<bool>() && (t >= 0).all().item<bool>(), op,
+              ": variances must be finite and >= 0");
+  const int64_t M = t.numel();
+  const auto Q = Q_in.defined() ? Q_in.detach().to(at::kCPU, at::kDouble) : Q_in;
+  TORCH_CHECK(!Q.defined() || (Q.dim() == 2 && Q.size(0) == M && Q.size(1) == M), op, ": Q must be ", M, " x ", M,
+              ", got ", Q.sizes());
+  auto out = at::zeros({draws, M}, f64);
+  if (M == 0) return out;
+  const auto scale = t.sqrt().unsqueeze(1);  // S = diag(√t), applied to the rows of L
+  const double D = static_cast<double>(dim);
+  for (int64_t k = 0; k < draws; ++k) {
+    // W = L Lᵀ / D is the Gram of M i.i.d. N(0, I_D / D) vectors (unit expected norm). Bartlett:
+    // L lower triangular with N(0, 1) below the diagonal and L_ii = √χ²_{D−i}: O(M³), never the
+    // M × D Gaussian stack. When D < M, W has rank D and the M × D stack itself is the smaller draw.
+    at::Tensor L;
+    if (dim >= M) {
+      L = at::randn({M, M}, gen, f64).tril(-1);
+      const auto shapes = (D - at::arange(M, f64)) / 2;
+      L.diagonal().copy_((2 * at::_standard_gamma(shapes, gen)).sqrt());
+    } else {
+      L = at::randn({M, dim}, gen, f64);
+    }
+    auto Y = L * scale;             // S L: S W S = (S L)(S L)ᵀ / D
+    if (Q.defined()) Y = Q.mm(Y);  // H S L (centred), or a residual's projector
+    const auto evals = at::linalg_eigvalsh(Y.mm(Y.t()) / D).flip(0).clamp_min(0);
+    out[k].copy_(evals);
+  }
   return out;
 }
 

@@ -2,10 +2,12 @@
 // ranks for the report's τs, reconstruction errors, eigengap, nulls), split-half stability, the
 // mean's share of the energy and the compression counts. Sums run left to right in float64.
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
 #include <limits>
+#include <tuple>
 
 #include "analysis/json_writer.h"
 #include "unisub/analysis.h"
@@ -15,6 +17,14 @@ namespace unisub::analysis {
 namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr const char* kEqualNormKind = "equal-norm Marchenko-Pastur";
+constexpr const char* kNormMatchedKind = "per-model-norm Wishart (Bartlett)";
+
+// The report's words for k components above the null's band.
+std::string verdict(int64_t k) {
+  if (k == 0) return "within the null band";
+  return std::to_string(k) + (k == 1 ? " component" : " components") + " above the null band";
+}
 
 std::vector<double> doubles(const at::Tensor& t) {
   const auto c = t.detach().to(at::kCPU, at::kDouble).contiguous();
@@ -80,7 +90,10 @@ Json spectrum(const std::vector<double>& ev, int64_t r, int64_t p, int64_t N, do
   int64_t above = 0;
   if (total > 0)
     for (double x : ev) above += x > edge;
+  // the mode Grams' null: i.i.d. entries of one variance, so every model carries the same expected
+  // norm; a delta report replaces the kind, the count and the verdict by its norm-matched null's
   Json null = Json::object();
+  null["kind"] = kEqualNormKind;
   null["shape"] = std::vector<int64_t>{p, N};
   null["mp_upper_edge"] = edge;
   null["components_above_mp_edge"] = above;
@@ -88,6 +101,8 @@ Json spectrum(const std::vector<double>& ev, int64_t r, int64_t p, int64_t N, do
   null["gaussian_stack_eigenvalues"] = gauss;
   null["marchenko_pastur_cumulative_at_rank"] = total > 0 ? sum(mp, 0, r) / total : 0.0;
   null["gaussian_stack_cumulative_at_rank"] = total > 0 ? sum(gauss, 0, r) / total : 0.0;
+  null["components_above_null"] = above;
+  null["verdict"] = verdict(above);
   rep["null"] = std::move(null);
   return rep;
 }
@@ -143,6 +158,58 @@ Json delta_split_half(const at::Tensor& K, const std::vector<int64_t>& ids, int6
   const auto cos = at::linalg_svdvals((a.V / a.sigma).t().mm(cross).mm(b.V / b.sigma)).clamp(0, 1);
   const auto theta = std::get<0>(at::arccos(cos).sort());
   return split_half_entry(theta, ia.numel(), ib.numel());
+}
+
+// The LoRA-delta null with the observed per-model norms (see null_model_variances): its mean
+// spectrum and the band's upper end (maximum at each rank) over kDeltaNullDraws exact draws, and how
+// many leading components lie above the null, tested one after the other (a sequential parallel
+// analysis): component k is above when its eigenvalue exceeds the largest top eigenvalue of
+// kDeltaNullDraws draws of the null matched to the residual per-model norms, diag(Q K_c Q) with
+// Q projecting out the components found so far (the null drawn in that same subspace); the test stops at the first
+// component within its null (and at p, the Gram's rank). Matching the residual norms matters: one
+// adapter of 5x the others' scale is one large eigenvalue in the data and in this null, not structure
+// the models share, and after a real shared direction is removed it is compared with the null of
+// what is left, not with the null's second eigenvalue (which the big adapter would exceed).
+void norm_matched_entry(Json& null, const at::Tensor& K, const std::vector<double>& ev, int64_t r, int64_t p,
+                        int64_t dim, bool center, int64_t seed) {
+  const auto Kc = center ? K - K.mean(0, true) - K.mean(1, true) + K.mean() : K;
+  auto gen = at::detail::createCPUGenerator(static_cast<uint64_t>(seed));
+  const auto t = null_model_variances(Kc.diagonal(), center);
+  const auto samples = norm_matched_null(t, dim, center, kDeltaNullDraws, gen);
+  const auto mean = doubles(samples.mean(0)), upper = doubles(std::get<0>(samples.max(0)));
+  std::vector<double> edges;  // the edge each tested component was compared with
+  int64_t above = 0;
+  at::Tensor lam, V;
+  while (above < p && ev[above] > 0) {
+    double edge = upper[0];
+    if (above > 0) {
+      // the residual Q K_c Q, Q = H − V_k V_kᵀ (the found eigenvectors are orthogonal to 1), has rank
+      // p − k: its null is Q S W S Q, with t matched to the residual's diagonal, so that the energy
+      // left is spread over as many dimensions in the null as in the data
+      if (!V.defined()) std::tie(lam, V) = sorted_eigh(Kc);
+      const auto top = V.narrow(1, 0, above);
+      const int64_t M = K.size(0);
+      auto Q = at::eye(M, K.options()) - top.mm(top.t());
+      if (center) Q = Q - 1.0 / static_cast<double>(M);
+      const auto residual_diag = at::diagonal(Q.mm(Kc).mm(Q)).clamp_min(0);
+      const auto more = projected_norm_matched_null(projected_null_variances(Q, residual_diag), dim, Q,
+                                                    kDeltaNullDraws, gen);
+      edge = more.select(1, 0).max().item<double>();
+    }
+    edges.push_back(edge);
+    if (!(ev[above] > edge)) break;
+    ++above;
+  }
+  const double total = sum(ev);
+  null["kind"] = kNormMatchedKind;
+  null["model_variances"] = doubles(t);
+  null["draws"] = kDeltaNullDraws;
+  null["norm_matched_mean_eigenvalues"] = mean;
+  null["norm_matched_upper_eigenvalues"] = upper;
+  null["norm_matched_cumulative_at_rank"] = total > 0 ? sum(mean, 0, r) / total : 0.0;
+  null["sequential_edges"] = edges;
+  null["components_above_null"] = above;
+  null["verdict"] = verdict(above);
 }
 
 }  // namespace
@@ -236,6 +303,7 @@ std::string delta_report(const std::string& slot, const at::Tensor& K_in, const 
   // Wishart with M − 1 degrees of freedom (plus the zero eigenvalue centring leaves).
   const int64_t p = center ? M - 1 : M;
   Json rep = spectrum(ev, r, p, m * n, uncentred, null_seed, M - p, options);
+  norm_matched_entry(rep["null"], K, ev, r, p, m * n, center, null_seed);
   rep["split_half"] = delta_split_half(K, ids, r, center);
   std::vector<double> sigma(ev.begin(), ev.begin() + r);
   for (auto& s : sigma) s = std::sqrt(s);

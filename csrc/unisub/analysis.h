@@ -3,7 +3,9 @@
 // (Python) and `unisub-analyze` (C++). Report entries come back as strict JSON text (RFC 8259:
 // an undefined number is `null`; numbers are printed so that they parse back to the same double).
 // The same functions are ops for Python: torch.ops.unisub.{rank_for_energy, sorted_eigh,
-// marchenko_pastur_null, gaussian_null, mp_upper_edge, spectrum_report, slot_report, delta_report}.
+// marchenko_pastur_null, gaussian_null, mp_upper_edge, null_model_variances, norm_matched_null,
+// spectrum_report, slot_report, delta_report}.
+#include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
 
 #include <optional>
@@ -41,6 +43,39 @@ double mp_upper_edge(int64_t p, int64_t N, double total);
 // Bartlett decomposition with torch's CPU generator seeded with `seed`: first randn(a, a), then
 // _standard_gamma of the a shapes (b − i)/2 (χ²_{b−i} = 2·Gamma((b − i)/2)); b = max(p, N).
 at::Tensor gaussian_null(int64_t p, int64_t N, double total, int64_t seed);
+
+// ---- the LoRA-delta null: independent isotropic deltas with the observed per-model norms ----
+// Models x_i = μ + √t_i·z_i with z_i i.i.d. isotropic in R^D (E‖z_i‖² = 1) and any μ: the model-axis
+// Gram is S W S (centred: H S W S H), S = diag(√t), W = Z Zᵀ the Gram of M i.i.d. N(0, I_D / D) vectors.
+// An equal-norm null (Marchenko–Pastur) counts one adapter of 5× the others' scale as structure; this
+// one does not, because t follows the norms actually observed.
+//
+// null_model_variances: the t whose null has the expected diagonal `diag` (the observed Gram's:
+// diag(H K H) = ‖ΔW_i − mean‖² when centred, diag K otherwise). Centred:
+// E[(H S W S H)_ii] = (1 − 2/M)·t_i + Σt/M², so Σt = Σdiag·M/(M − 1) and t_i = (diag_i − Σt/M²)/(1 − 2/M),
+// negative values (a model lying at the others' mean) clamped to 0 and the rest rescaled to keep Σt;
+// M = 2: equal t (the diagonal does not identify t); uncentred: t = diag. float64, length M.
+at::Tensor null_model_variances(const at::Tensor& diag, bool center);
+// `draws` exact samples [draws, M] (float64, each row descending) of the spectrum of H S W S H (S W S
+// when not centred) with D = dim; W drawn by the Bartlett decomposition (L lower triangular M × M:
+// N(0, 1) below the diagonal, L_ii = √χ²_{D−i}; W = L Lᵀ / D), O(M³) per draw, from torch's CPU
+// generator seeded with `seed` (per draw: randn(M, M), then _standard_gamma of the M shapes
+// (D − i)/2); when D < M, W = Z Zᵀ / D from randn(M, D).
+at::Tensor norm_matched_null(const at::Tensor& variances, int64_t dim, bool center, int64_t draws, int64_t seed);
+// The same, continuing the draws of an existing CPU generator.
+at::Tensor norm_matched_null(const at::Tensor& variances, int64_t dim, bool center, int64_t draws, at::Generator& gen);
+// Generalised to Q S W S Q for an M × M orthogonal projector Q (H when centred; H minus the span of
+// components already found, for a residual); Q undefined: S W S.
+at::Tensor projected_norm_matched_null(const at::Tensor& variances, int64_t dim, const at::Tensor& Q, int64_t draws,
+                                       at::Generator& gen);
+// The t ≥ 0 whose Q S W S Q has the expected diagonal `diag`: Σ_j Q_ij² t_j = diag_i in least squares,
+// negatives clamped and the expected trace kept equal to Σ diag.
+at::Tensor projected_null_variances(const at::Tensor& Q, const at::Tensor& diag);
+// Draws per test of a LoRA-delta report's null. The band's upper end is their maximum at each rank;
+// component k counts as above the null when its eigenvalue exceeds the largest top eigenvalue of
+// kDeltaNullDraws draws of the null matched to the norms left after the k components above it are
+// removed (so a null spectrum's top eigenvalue exceeds that edge with probability 1/(draws + 1) ≈ 4.8%).
+constexpr int64_t kDeltaNullDraws = 20;
 
 // ---- report entries ----
 struct ReportOptions {

@@ -9,6 +9,7 @@ from typing import Dict, Sequence
 
 import torch
 
+from . import nulls  # noqa: F401  (registers the null ops' fake kernels)
 from .accumulator import SubspaceAccumulator
 from .subspace import Subspace
 
@@ -53,7 +54,9 @@ def delta_report(sub, taus=TAUS, error_ranks=ERROR_RANKS, null_seed=0) -> Dict:
     """The report of a LoRA-delta (mode 0) analysis, shaped like ``slot_report`` with one mode,
     "delta", so tables, summaries and plots treat it like any other slot. The null: i.i.d.
     Gaussian m × n deltas of the same total variance, whose centred M × M Gram is Wishart with
-    M − 1 degrees of freedom (plus the zero eigenvalue centring leaves)."""
+    M − 1 degrees of freedom (plus the zero eigenvalue centring leaves), kept in the equal-norm
+    fields; the count ``null.components_above_null`` and ``null.verdict`` are against the null
+    with the observed per-model norms (``nulls.norm_matched``), as ``null.kind`` says."""
     m, n = sub.shape
     factors = sub.metadata.get("factors")
     return json.loads(torch.ops.unisub.delta_report(

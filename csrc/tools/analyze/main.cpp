@@ -297,15 +297,15 @@ int run(const Options& o) {
   folder.close();
   const json report = json::parse(text);
 
-  fmt::print("{} models, {} slots\n{:<48} {:>11} {:>4} {:>5} {:>7} {:>6} {:>4} {:>12} {:>6} {:>7}\n", M, report["slots"].size(),
-             "slot", "shape", "mode", "r", "r(0.9)", "EVR1", ">MP", "split sinmax", "mean%", "ratio");
+  fmt::print("{} models, {} slots\n{:<48} {:>11} {:>4} {:>5} {:>7} {:>6} {:>5} {:>12} {:>6} {:>7}\n", M, report["slots"].size(),
+             "slot", "shape", "mode", "r", "r(0.9)", "EVR1", ">null", "split sinmax", "mean%", "ratio");
   for (const auto& [key, rep] : report["slots"].items()) {
     bool first = true;
     for (const auto& [mo, mr] : rep["modes"].items()) {
-      fmt::print("{:<48} {:>11} {:>4} {:>5} {:>7} {:>6.3f} {:>4} {:>12} {:>6} {:>7}\n", first ? key : "",
+      fmt::print("{:<48} {:>11} {:>4} {:>5} {:>7} {:>6.3f} {:>5} {:>12} {:>6} {:>7}\n", first ? key : "",
                  first ? fmt::format("{}x{}", rep["shape"][0].get<int64_t>(), rep["shape"][1].get<int64_t>()) : "", mo,
                  mr["rank"].get<int64_t>(), mr["rank_at_tau"]["0.9"].get<int64_t>(),
-                 mr["explained_variance_ratio"][0].get<double>(), mr["null"]["components_above_mp_edge"].get<int64_t>(),
+                 mr["explained_variance_ratio"][0].get<double>(), mr["null"]["components_above_null"].get<int64_t>(),
                  mr["split_half"].is_null() ? "-" : fmt::format("{:.3f}", mr["split_half"]["max_sin"].get<double>()),
                  first ? fmt::format("{:.1f}", 100 * rep["energy"]["mean_share"].get<double>()) : "",
                  first ? fmt::format("{:.2f}", rep["compression"]["ratio"].get<double>()) : "");
