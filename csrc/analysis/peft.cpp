@@ -4,18 +4,16 @@
 // module name itself is looked up. We compile the same wrapped expression with PCRE2 (anchored at
 // the start as re.match is; "$" also matches before a final newline, as in Python), whose matcher
 // keeps its backtracking on the heap: std::regex recursed and crashed on long module names.
+// The matcher is pattern.cpp's, shared with the analysis' slot patterns.
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include "analysis/json.h"
+#include "analysis/pattern.h"
 #include "analysis/reader.h"
 
-#ifdef UNISUB_HAVE_PCRE2
-#define PCRE2_CODE_UNIT_WIDTH 8
-#include <pcre2.h>
-#endif
 
 namespace fs = std::filesystem;
 
@@ -31,7 +29,7 @@ struct PatternSet {
   struct Entry {
     std::string key;
     double value = 0;
-    std::shared_ptr<void> code;  // pcre2_code*
+    std::optional<Pattern> pattern;  // absent only without PCRE2 (then a config with patterns is refused)
   };
   std::vector<Entry> entries;
 
@@ -46,22 +44,12 @@ struct PatternSet {
 
  private:
   static bool matches(const Entry& e, const std::string& module, const std::string& where, const char* field) {
-#ifdef UNISUB_HAVE_PCRE2
-    auto* code = static_cast<pcre2_code*>(e.code.get());
-    std::unique_ptr<pcre2_match_data, void (*)(pcre2_match_data*)> md(pcre2_match_data_create_from_pattern(code, nullptr),
-                                                                       pcre2_match_data_free);
-    if (!md) throw std::bad_alloc();
-    const int rc = pcre2_match(code, reinterpret_cast<PCRE2_SPTR>(module.data()), module.size(), 0, 0, md.get(), nullptr);
-    if (rc >= 0) return true;
-    if (rc == PCRE2_ERROR_NOMATCH) return false;
-    PCRE2_UCHAR buf[256];
-    pcre2_get_error_message(rc, buf, sizeof buf);
-    throw ReadError(where, std::string(field) + " key '" + e.key + "': matching module '" + module.substr(0, 200) +
-                               (module.size() > 200 ? "..." : "") + "' failed: " + reinterpret_cast<const char*>(buf));
-#else
-    (void)e, (void)module, (void)where, (void)field;
-    return false;
-#endif
+    if (!e.pattern) return false;
+    try {
+      return e.pattern->matches(module);
+    } catch (const std::runtime_error& err) {
+      throw ReadError(where, std::string(field) + " key '" + e.key + "': " + err.what());
+    }
   }
 };
 
@@ -81,21 +69,14 @@ std::shared_ptr<const PatternSet> read_patterns(const json::Value* v, const char
     const auto& x = m.value;
     if (integer_values ? !(x.is_number() && x.integer && x.int_value > 0) : !(x.is_number() && std::isfinite(x.number)))
       throw ReadError(path, what + " must be " + (integer_values ? "a positive integer" : "a finite number") + ", got " + x.dump());
-    PatternSet::Entry e{m.key, integer_values ? static_cast<double>(x.int_value) : x.number, nullptr};
-#ifdef UNISUB_HAVE_PCRE2
-    const std::string wrapped = "(.*\\.)?(" + m.key + ")$";
-    int err = 0;
-    PCRE2_SIZE at = 0;
-    pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(wrapped.data()), wrapped.size(),
-                                     PCRE2_ANCHORED | PCRE2_UTF | PCRE2_UCP, &err, &at, nullptr);
-    if (!code) {
-      PCRE2_UCHAR buf[256];
-      pcre2_get_error_message(err, buf, sizeof buf);
-      throw ReadError(path, std::string(field) + " pattern '" + m.key + "' is not a valid regular expression (" +
-                                reinterpret_cast<const char*>(buf) + ")");
+    PatternSet::Entry e{m.key, integer_values ? static_cast<double>(x.int_value) : x.number, std::nullopt};
+    if (built_with_pcre2()) {
+      try {
+        e.pattern = Pattern::regex("(.*\\.)?(" + m.key + ")$", /*anchored=*/true, m.key);
+      } catch (const std::invalid_argument& err) {
+        throw ReadError(path, std::string(field) + " " + err.what());
+      }
     }
-    e.code = std::shared_ptr<void>(code, [](void* c) { pcre2_code_free(static_cast<pcre2_code*>(c)); });
-#endif
     set->entries.push_back(std::move(e));
   }
   return set;

@@ -226,9 +226,10 @@ def test_lora_delta_errors(zoo, tmp_path, gen):
     assert run.returncode == 2 and "needs PEFT adapter folders" in run.stderr, run.stderr
     ads = _adapters(tmp_path, gen, M=4)
     run = _run_tool(ads, "--out", tmp_path / "o", "--modes", "out", "delta")  # factor ranks differ across adapters
-    assert run.returncode == 2 and "shape differs" in run.stderr, run.stderr
+    # (the plan's message, the same from both front ends: "shape [6, 10] differs from [4, 10] in ...")
+    assert run.returncode == 2 and "differs from [" in run.stderr, run.stderr
     run = _run_tool(ads, "--out", tmp_path / "o", "--modes", "delta", "--slots", "*embed*")
-    assert run.returncode == 2 and "no tensor to analyse matches" in run.stderr, run.stderr
+    assert run.returncode == 2 and "no tensor matches --slots *embed*" in run.stderr, run.stderr
     cfg = ads / "adapter01" / "adapter_config.json"
     cfg.write_text(json.dumps({"r": 6, "lora_alpha": 16, "use_rslora": True, "use_dora": True}))
     run = _run_tool(ads, "--out", tmp_path / "o", "--modes", "delta")

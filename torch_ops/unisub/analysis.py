@@ -10,6 +10,7 @@ all-reduced per slot. State is saved as it goes, so ``resume=True`` continues an
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from .accumulator import LoraDeltaAccumulator, SubspaceAccumulator, _check_rank_energy, finalize_mode_slot
-from .io import CheckpointError, PeftAdapter, discover, lora_pairs, matrix_shape, select
+from .io import DEFAULT_MAX_GRAM_BYTES, CheckpointError, PeftAdapter, discover, lora_pairs, matrix_shape, plan
+from .io.slots import ANALYSABLE
 from .io.atomic import write_bytes
 from .io.errors import writer_call
 from .metrics import ERROR_RANKS, TAUS
@@ -63,29 +65,12 @@ def _dist():
     return 0, 1
 
 
-def _plan(checkpoints, patterns, include_1d, check=True):
-    ref = checkpoints[0]
-    chosen, skipped = select(ref.slots, patterns, include_1d, ref.name)
-    if not chosen:
-        what = f"matches --slots {' '.join(patterns)}" if patterns else "is a floating-point tensor of 2 or more dimensions"
-        raise CheckpointError(ref.name, f"no tensor {what} (it has {len(ref.slots)} tensors"
-                                        f"{': ' + ', '.join(list(ref.slots)[:5]) if ref.slots else ''})")
-    if check:
-        _check_same(checkpoints, chosen)
-    return chosen, skipped
-
-
-def _check_same(checkpoints, keys):
-    ref = checkpoints[0]
-    for ck in checkpoints[1:]:
-        for key in keys:
-            if key not in ck.slots:
-                raise CheckpointError(ck.file_of(key), f"missing (present in '{ref.file_of(key)}')", slot=key)
-            dtype, shape = ck.slots[key]
-            if shape != ref.slots[key][1]:
-                raise CheckpointError(ck.file_of(key), f"shape {list(shape)} differs from {list(ref.slots[key][1])} "
-                                                       f"in '{ref.file_of(key)}'", slot=key)
-            select({key: (dtype, shape)}, [key], True, ck.file_of(key))  # dtype check, names the file
+def _plan(checkpoints, patterns, include_1d, modes, max_gram_bytes, batch_size):
+    """libunisub's slot plan (``unisub.io.plan``), the one ``unisub-analyze`` makes: the selected
+    tensors, the slots analysed along out / in with their modes (a Gram beyond ``max_gram_bytes`` is
+    skipped), what is skipped and why, and the cost estimate; bad input raises ``CheckpointError``."""
+    return plan([(ck.name, ck.slots, ck.file_of) for ck in checkpoints], patterns, include_1d, modes,
+                max_gram_bytes, batch_size)
 
 
 def _plan_deltas(checkpoints, chosen):
@@ -113,7 +98,9 @@ def _plan_deltas(checkpoints, chosen):
             for key in (a_key, b_key):
                 if key not in ck.slots:
                     raise CheckpointError(ck.file_of(key), f"missing (present in '{ref.file_of(key)}')", slot=key)
-                select({key: ck.slots[key]}, [key], True, ck.file_of(key))  # dtype check, names the file
+                if ck.slots[key][0] not in ANALYSABLE:
+                    raise CheckpointError(ck.file_of(key), f"dtype {ck.slots[key][0]} cannot be analysed (need one of "
+                                                           f"{', '.join(ANALYSABLE)})", slot=key)
             (r_a, n), (m, r_b) = matrix_shape(ck.slots[a_key][1]), matrix_shape(ck.slots[b_key][1])
             if r_a != r_b:
                 raise CheckpointError(ck.file_of(b_key), f"lora_B {list(ck.slots[b_key][1])} and lora_A "
@@ -162,7 +149,8 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
             taus: Sequence[float] = TAUS, error_ranks: Sequence[int] = ERROR_RANKS, plots: bool = True,
             progress: bool = True, resume: bool = False, device=None, group=None,
             checkpoint_every: float = 60.0, on_batch: Optional[Callable[[str, int], None]] = None,
-            eigen_weights: int = 0, profile: bool = False) -> AnalysisResult:
+            eigen_weights: int = 0, profile: bool = False,
+            max_gram_bytes: int = DEFAULT_MAX_GRAM_BYTES) -> AnalysisResult:
     """Analyse ``sources`` (files or folders of checkpoints); see ``unisub analyze --help``.
 
     ``modes``: any of "out", "in" (mode Grams of every selected tensor) and "delta" (PEFT adapters
@@ -179,6 +167,9 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
     (progress hooks, tests). ``profile``: add a per-stage profile to the report (``"profile"``:
     seconds, bytes and calls of read, convert, gram, eigh, report and write, and each Gram's
     fraction of the float64 GEMM rate measured in the same run; ``format_profile`` prints it).
+    ``max_gram_bytes``: a mode whose float64 Gram (8·d² bytes) is larger is skipped, with its reason
+    in the report's "skipped" (default 2 GiB). The plan (slots, skipped, peak memory, rough time) is
+    libunisub's, made before anything is read, and printed to stderr when ``progress``.
 
     The accumulators, each slot's finalisation and report entry, the file formats and the
     folder's rules are libunisub's (csrc/analysis/), the code ``unisub-analyze`` runs: for the same
@@ -195,7 +186,6 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
     if eigen_weights < 0:
         raise ValueError(f"analyze: eigen_weights must be >= 0, got {eigen_weights}")
     _check_rank_energy(rank, energy)
-    factor_modes = [m for m in modes if m != "delta"]
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     rank_id, world = _dist()
@@ -205,10 +195,13 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
     torch.ops.unisub.analysis_profile_reset()
     # Every header (and adapter config) first: bad input fails now, before any output exists.
     checkpoints = discover(sources, scale_lora=scale_lora)
-    chosen, skipped = _plan(checkpoints, patterns, include_1d, check=bool(factor_modes))
-    deltas = _plan_deltas(checkpoints, chosen) if "delta" in modes else {}
-    if not factor_modes:
-        chosen = []
+    slot_plan, plan_text = _plan(checkpoints, patterns, include_1d, modes, max_gram_bytes, batch_size)
+    if progress and rank_id == 0:
+        print(plan_text, file=sys.stderr, flush=True)
+    skipped = slot_plan["skipped"]
+    deltas = _plan_deltas(checkpoints, slot_plan["selected"]) if "delta" in modes else {}
+    chosen = list(slot_plan["slots"])
+    slot_modes = {key: list(p["modes"]) for key, p in slot_plan["slots"].items()}  # within the Gram budget
     M = len(checkpoints)
     names = [ck.name for ck in checkpoints]
     options = torch.ops.unisub.analysis_options_json(
@@ -225,7 +218,7 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
         if rank_id == 0 and world > 1:
             _barrier()
     try:
-        reports, subspaces = _run(checkpoints, chosen, deltas, factor_modes, folder, rank_id, world, device, center,
+        reports, subspaces = _run(checkpoints, chosen, deltas, slot_modes, folder, rank_id, world, device, center,
                                   rank, energy, batch_size, taus, error_ranks, eigen_weights, progress, group,
                                   checkpoint_every, on_batch, out is None)
         stages = torch.ops.unisub.analysis_profile_json(True) if profile else ""
@@ -245,7 +238,7 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
     return AnalysisResult(report, out, subspaces)
 
 
-def _run(checkpoints, chosen, deltas, factor_modes, folder, rank_id, world, device, center, rank, energy, batch_size,
+def _run(checkpoints, chosen, deltas, slot_modes, folder, rank_id, world, device, center, rank, energy, batch_size,
          taus, error_ranks, eigen_weights, progress, group, checkpoint_every, on_batch, keep):
     """Every slot, batch by batch: the entries (slot -> JSON text) and, when ``keep``, the
     subspaces in memory."""
@@ -289,7 +282,7 @@ def _run(checkpoints, chosen, deltas, factor_modes, folder, rank_id, world, devi
         if finished(key):
             continue
         shape = matrix_shape(checkpoints[0].slots[key][1])
-        halves = [SubspaceAccumulator(shape, factor_modes, center, device) for _ in range(2)]
+        halves = [SubspaceAccumulator(shape, slot_modes[key], center, device) for _ in range(2)]
         start = folder.load_partial_modes(key, halves[0]._impl, halves[1]._impl, rank_id) if folder is not None else 0
 
         def save(next_batch):

@@ -90,6 +90,9 @@ def _add_analyze(sub):
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--batch-size", type=int, default=8, help="models per streamed batch (default 8)")
     p.add_argument("--include-1d", action="store_true", help="analyse 1-D tensors (biases, norms) as 1 x n")
+    p.add_argument("--max-gram-bytes", type=int, default=2 << 30, metavar="BYTES",
+                   help="skip (with its reason in the report) a mode whose float64 Gram, 8*d*d bytes, is larger "
+                        "(default 2 GiB: d = 16384)")
     p.add_argument("--no-lora-scaling", action="store_true",
                    help="analyse lora_B as stored, without folding in lora_alpha / r")
     p.add_argument("--no-center", action="store_true", help="do not subtract the mean over models")
@@ -142,7 +145,8 @@ def _run_analyze(args) -> int:
                          out=args.out, batch_size=args.batch_size, include_1d=args.include_1d,
                          scale_lora=not args.no_lora_scaling, center=not args.no_center,
                          plots=not args.no_plots, progress=not args.quiet, resume=args.resume, device=device,
-                         eigen_weights=args.eigen_weights, profile=args.profile)
+                         eigen_weights=args.eigen_weights, profile=args.profile,
+                         max_gram_bytes=args.max_gram_bytes)
     except WriteError as e:  # the output side: a full disk, no permission, a folder in use (exit 1, as the C++ tool)
         print(f"unisub analyze: error: {e}", file=sys.stderr)
         return 1

@@ -1,7 +1,8 @@
 // unisub-analyze: per-slot universal subspaces of many safetensors checkpoints, without Python.
 //
 //   unisub-analyze PATH... --out DIR [--slots PATTERN...] [--modes out in delta] [--energy 0.9]
-//                  [--rank R] [--batch-size 8] [--no-lora-scaling] [--eigen-weights K] [--resume] [--profile]
+//                  [--rank R] [--batch-size 8] [--no-lora-scaling] [--eigen-weights K] [--include-1d]
+//                  [--max-gram-bytes BYTES] [--resume] [--profile]
 //   unisub-analyze --check-headers FILE...     (validate headers only: one line per file)
 //   unisub-analyze --check PATH...             (read every tensor of each model as analysed: "ok PATH" and a
 //                                               line per tensor with its FNV-1a hash, or "error MESSAGE")
@@ -16,7 +17,6 @@
 // in progress. Files are read by libunisub's reader, the one `unisub analyze` uses. Exit status:
 // 0 done, 2 bad input or usage (a clear message naming the file, nothing written), 1 otherwise.
 #include <fmt/core.h>
-#include <fnmatch.h>
 #include <torch/torch.h>
 
 #include <chrono>
@@ -24,11 +24,11 @@
 #include <filesystem>
 #include <iostream>
 #include <nlohmann/json.hpp>
-#include <regex>
 
 #include "analysis/accumulators.h"
 #include "analysis/json_writer.h"
 #include "analysis/output_folder.h"
+#include "analysis/plan.h"
 #include "analysis/profile.h"
 #include "analysis/reader.h"
 #include "analysis/run_report.h"
@@ -48,8 +48,8 @@ struct Options {
   std::vector<std::string> paths, slots, modes{"out", "in"};
   std::string out;
   double energy = 0.9;
-  int64_t rank = -1, batch_size = 8, eigen_weights = 0;
-  bool check_headers = false, check = false, scale = true, resume = false, profile = false;
+  int64_t rank = -1, batch_size = 8, eigen_weights = 0, max_gram_bytes = unisub::analysis::kDefaultMaxGramBytes;
+  bool check_headers = false, check = false, scale = true, resume = false, profile = false, include_1d = false;
 };
 
 [[noreturn]] void usage_error(const std::string& msg) { throw std::invalid_argument(msg); }
@@ -68,6 +68,8 @@ Options parse_args(int argc, char** argv) {
     else if (a == "--rank") o.rank = std::stoll(value()), list = &o.paths;
     else if (a == "--batch-size") o.batch_size = std::stoll(value()), list = &o.paths;
     else if (a == "--eigen-weights") o.eigen_weights = std::stoll(value()), list = &o.paths;
+    else if (a == "--max-gram-bytes") o.max_gram_bytes = std::stoll(value()), list = &o.paths;
+    else if (a == "--include-1d") o.include_1d = true, list = &o.paths;
     else if (a == "--slots") list = &o.slots;
     else if (a == "--modes") o.modes.clear(), list = &o.modes;
     else if (a == "--check-headers") o.check_headers = true, list = &o.paths;
@@ -85,21 +87,11 @@ Options parse_args(int argc, char** argv) {
   if (!o.check_headers && !o.check && o.out.empty()) usage_error("--out DIR is required");
   if (!(o.energy > 0 && o.energy <= 1)) usage_error(fmt::format("--energy must lie in (0, 1], got {}", o.energy));
   if (o.batch_size < 1) usage_error(fmt::format("--batch-size must be >= 1, got {}", o.batch_size));
+  if (o.max_gram_bytes < 1) usage_error(fmt::format("--max-gram-bytes must be >= 1, got {}", o.max_gram_bytes));
   if (o.eigen_weights < 0) usage_error(fmt::format("--eigen-weights must be >= 0, got {}", o.eigen_weights));
   if (o.eigen_weights > 0 && std::find(o.modes.begin(), o.modes.end(), "delta") == o.modes.end())
     usage_error("--eigen-weights needs --modes delta");
   return o;
-}
-
-bool matches(const std::string& key, const std::vector<std::string>& patterns) {
-  for (const auto& p : patterns) {
-    if (p.rfind("re:", 0) == 0) {
-      if (std::regex_search(key, std::regex(p.substr(3)))) return true;
-    } else if (fnmatch(p.c_str(), key.c_str(), 0) == 0) {
-      return true;
-    }
-  }
-  return false;
 }
 
 // One line per file; exit status 1 when any file is bad, so that scripts can tell.
@@ -155,24 +147,38 @@ int run(const Options& o) {
   // every header (and adapter config) first: a bad file fails now, before any output exists
   const auto models = discover_models(o.paths);
   const auto& first = models[0];
-  std::vector<std::string> modes;  // out / in: the mode Grams of every selected tensor
-  std::copy_if(o.modes.begin(), o.modes.end(), std::back_inserter(modes), [](const auto& m) { return m != "delta"; });
-  std::vector<std::string> chosen;
-  std::map<std::string, std::string> skipped;
-  for (const auto& k : first.keys()) {
-    const auto& t = first.info(k);
-    const bool explicit_ = !o.slots.empty();
-    if (explicit_ && !matches(k, o.slots)) continue;
-    if (!analysable(t.dtype)) {
-      if (explicit_) throw CheckpointError(fmt::format("{}: slot '{}': dtype {} cannot be analysed (need one of F64, F32, F16, BF16)", first.name, k, t.dtype));
-      skipped[k] = "dtype " + t.dtype;
-    } else if (t.shape.size() < 2) {
-      skipped[k] = fmt::format("{}-D tensor", t.shape.size());
-    } else {
-      chosen.push_back(k);
+  // the slot plan: libunisub's, the one `unisub analyze` makes (selection, checks across models,
+  // budget, cost); printed before anything is read
+  std::vector<unisub::analysis::PlanModel> tables;
+  for (const auto& model : models) {
+    unisub::analysis::PlanModel t;
+    t.name = model.name;
+    for (const auto& k : model.keys()) {
+      t.tensors[k] = {model.info(k).dtype, model.info(k).shape};
+      t.files[k] = model.file_of(k);
     }
+    tables.push_back(std::move(t));
   }
-  if (chosen.empty()) throw CheckpointError(fmt::format("{}: no tensor to analyse matches the --slots patterns", first.name));
+  unisub::analysis::PlanOptions popts;
+  if (!o.slots.empty()) popts.patterns = o.slots;
+  popts.include_1d = o.include_1d;
+  popts.modes = o.modes;
+  popts.max_gram_bytes = o.max_gram_bytes;
+  popts.batch_size = o.batch_size;
+  unisub::analysis::PlanResult planned;
+  try {
+    planned = unisub::analysis::plan_slots(tables, popts);
+  } catch (const std::invalid_argument& e) {
+    usage_error(e.what());
+  }
+  if (planned.error) throw CheckpointError(planned.error->what());
+  const auto& plan = *planned.plan;
+  fmt::print(stderr, "{}\n", plan.text());
+  const std::vector<std::string>& chosen = plan.selected;
+  const std::map<std::string, std::string>& skipped = plan.skipped;
+  std::map<std::string, std::vector<std::string>> plan_modes;  // the modes each slot runs (within the budget)
+  for (const auto& s : plan.slots)
+    for (const auto& c : s.modes) plan_modes[s.key].push_back(c.mode);
   std::vector<DeltaModule> deltas;
   if (std::find(o.modes.begin(), o.modes.end(), "delta") != o.modes.end()) {
     require_adapters(models);
@@ -184,16 +190,8 @@ int run(const Options& o) {
       throw CheckpointError(fmt::format("{}: --modes delta: no selected tensor is the lora_A or lora_B of a module that "
                                         "has both factors", first.name));
   }
-  const std::vector<std::string> slots = modes.empty() ? std::vector<std::string>{} : chosen;
-  for (size_t i = 1; i < models.size(); ++i)
-    for (const auto& k : slots) {
-      if (!models[i].raw.count(k)) throw CheckpointError(fmt::format("{}: slot '{}': missing (present in '{}')", models[i].name, k, first.name));
-      const auto& t = models[i].info(k);
-      if (t.shape != first.info(k).shape)
-        throw CheckpointError(fmt::format("{}: slot '{}': shape differs from the one in '{}'", models[i].name, k, first.name));
-      if (!analysable(t.dtype))
-        throw CheckpointError(fmt::format("{}: slot '{}': dtype {} cannot be analysed", models[i].name, k, t.dtype));
-    }
+  std::vector<std::string> slots;  // analysed along out / in
+  for (const auto& sl : plan.slots) slots.push_back(sl.key);
   const int64_t M = static_cast<int64_t>(models.size());
   std::vector<std::string> sources, delta_slots;
   std::vector<int64_t> source_bytes;
@@ -205,6 +203,7 @@ int run(const Options& o) {
   run_options.energy = o.energy;
   if (o.rank > 0) run_options.rank = o.rank;
   run_options.scale_lora = o.scale, run_options.batch_size = o.batch_size, run_options.eigen_weights = o.eigen_weights;
+  run_options.include_1d = o.include_1d;
   run_options.taus = report_options.taus, run_options.error_ranks = report_options.error_ranks;
   const auto options = unisub::analysis::options_json(run_options);
   // created only now: bad input has been found above, before any output exists
@@ -235,6 +234,7 @@ int run(const Options& o) {
       done += nbatches, ++resumed;
       continue;
     }
+    const auto& modes = plan_modes.at(key);  // the requested ones within the Gram budget
     const auto [m, n] = matrix_shape(first.info(key).shape);
     unisub::analysis::ModeAccumulator even(m, n, modes, /*center=*/true, torch::kCPU), odd(m, n, modes, true, torch::kCPU);
     const int64_t start = o.resume ? folder.load_partial(key, even, odd, 0) : 0;
@@ -326,7 +326,8 @@ int main(int argc, char** argv) {
     return run(o);
   } catch (const std::invalid_argument& e) {
     fmt::print(stderr, "unisub-analyze: error: {}\nusage: unisub-analyze PATH... --out DIR [--slots P...] [--modes out in delta] "
-                       "[--energy T] [--rank R] [--batch-size B] [--no-lora-scaling] [--eigen-weights K] [--resume] [--profile]\n", e.what());
+                       "[--energy T] [--rank R] [--batch-size B] [--no-lora-scaling] [--eigen-weights K] [--include-1d] "
+                       "[--max-gram-bytes BYTES] [--resume] [--profile]\n", e.what());
     return 2;
   } catch (const unisub::analysis::ReadError& e) {  // bad input, found by the reader
     fmt::print(stderr, "\nunisub-analyze: error: {}\n", e.what());

@@ -1,0 +1,280 @@
+// The slot plan (plan.h): selection by pattern, the checks across models, and a cost estimate per
+// slot and mode, once for both front ends. Defaults must survive a real transformer folder: a
+// default-selected tensor that differs between models (each SEQ_CLS task's own classifier head) is
+// skipped with its reason, and a Gram beyond the memory budget (BERT's word embedding: 7.5 GB) is
+// skipped with its reason instead of being attempted; tensors the user named stay errors.
+#include "analysis/plan.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <stdexcept>
+
+#include "analysis/json_writer.h"
+#include "analysis/pattern.h"
+
+namespace unisub::analysis {
+namespace {
+
+const std::vector<std::string> kAnalysable{"F64", "F32", "F16", "BF16"};
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+int64_t itemsize(const std::string& dtype) { return dtype == "F64" ? 8 : dtype == "F32" ? 4 : 2; }
+
+// printf-style formatting: the library itself does not link fmt (only the tools do)
+template <typename... Args>
+std::string format(const char* f, Args... args) {
+  char buf[512];
+  std::snprintf(buf, sizeof buf, f, args...);
+  return buf;
+}
+
+std::string bytes_str(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (b >= 1024 && u < 4) b /= 1024, ++u;
+  return format(u ? "%.1f %s" : "%.0f %s", b, units[u]);
+}
+
+}  // namespace
+
+const std::string& PlanModel::file_of(const std::string& key) const {
+  const auto it = files.find(key);
+  return it == files.end() ? name : it->second;
+}
+
+std::string PlanError::what() const {
+  return slot.empty() ? path + ": " + message : path + ": slot '" + slot + "': " + message;
+}
+
+bool analysable_dtype(const std::string& dtype) {
+  return std::find(kAnalysable.begin(), kAnalysable.end(), dtype) != kAnalysable.end();
+}
+
+std::optional<std::pair<int64_t, int64_t>> matrix_shape(const std::vector<int64_t>& shape) {
+  if (shape.empty()) return std::nullopt;
+  if (shape.size() == 1) return std::pair<int64_t, int64_t>{1, shape[0]};
+  int64_t n = 1;
+  for (size_t i = 1; i < shape.size(); ++i) n *= shape[i];
+  return std::pair<int64_t, int64_t>{shape[0], n};
+}
+
+PlanResult plan_slots(const std::vector<PlanModel>& models, const PlanOptions& o) {
+  for (const auto& mo : o.modes)
+    if (mo != "out" && mo != "in" && mo != "delta")
+      throw std::invalid_argument("modes are 'out', 'in' or 'delta', got '" + mo + "'");
+  if (o.max_gram_bytes < 1) throw std::invalid_argument("max_gram_bytes must be >= 1, got " + std::to_string(o.max_gram_bytes));
+  if (o.batch_size < 1) throw std::invalid_argument("batch_size must be >= 1, got " + std::to_string(o.batch_size));
+  std::vector<Pattern> patterns;
+  if (o.patterns)
+    for (const auto& p : *o.patterns) patterns.push_back(Pattern::slot_pattern(p));
+  auto fail = [](std::string path, std::string message, std::string slot = "") {
+    return PlanResult{std::nullopt, PlanError{std::move(path), std::move(message), std::move(slot)}};
+  };
+  // no modes: the selection alone (unisub.io.select, on one model's table)
+  if (models.empty() || (models.size() < 2 && !o.modes.empty()))
+    return fail(models.empty() ? "(no input)" : models[0].name,
+                "need at least 2 models to analyse (a subspace shared by models), got " + std::to_string(models.size()));
+  const auto& ref = models[0];
+  const bool named = o.patterns.has_value();
+  std::vector<std::string> factor_modes;
+  for (const auto& mo : o.modes)
+    if (mo != "delta") factor_modes.push_back(mo);
+
+  SlotPlan plan;
+  plan.models = static_cast<int64_t>(models.size());
+  plan.max_gram_bytes = o.max_gram_bytes;
+  // 1. selection on the reference model (sorted names, as the readers list them)
+  for (const auto& [key, t] : ref.tensors) {
+    if (named && std::none_of(patterns.begin(), patterns.end(), [&](const Pattern& p) { return p.matches(key); }))
+      continue;
+    if (!analysable_dtype(t.dtype)) {
+      if (named)
+        return fail(ref.file_of(key), "dtype " + t.dtype + " cannot be analysed (need one of F64, F32, F16, BF16)", key);
+      plan.skipped[key] = "dtype " + t.dtype;
+    } else if (t.shape.empty() || (t.shape.size() == 1 && !o.include_1d)) {
+      plan.skipped[key] = t.shape.empty() ? "0-D tensor" : "1-D tensor (include_1d / --include-1d analyses it)";
+    } else if (std::find(t.shape.begin(), t.shape.end(), 0) != t.shape.end()) {
+      plan.skipped[key] = "empty shape " + shape_str(t.shape);
+    } else {
+      plan.selected.push_back(key);
+    }
+  }
+  if (plan.selected.empty()) {
+    std::string some;
+    int shown = 0;
+    for (const auto& [key, t] : ref.tensors) {
+      if (shown == 5) break;
+      some += (shown++ ? ", " : ": ") + key;
+    }
+    std::string what = "is a floating-point tensor of 2 or more dimensions";
+    if (named) {
+      what = "matches --slots";
+      for (const auto& p : *o.patterns) what += " " + p;
+    }
+    return fail(ref.name, "no tensor " + what + " (it has " + std::to_string(ref.tensors.size()) + " tensors" + some + ")");
+  }
+  if (o.modes.empty()) return {plan, std::nullopt};
+  if (plan.models < 4)
+    plan.split_half_note = std::to_string(plan.models) + " models: the split halves (even and odd model indices) need 2 models "
+                                                                 "each, so no split-half stability is reported";
+  if (factor_modes.empty()) return {plan, std::nullopt};
+
+  // 2. every model must hold each slot with the reference's shape and an analysable dtype: a named
+  // slot that does not is an error naming the file; a default-selected one is skipped with why
+  std::vector<std::string> common;
+  std::map<std::string, PlanError> refused;  // what a skipped slot would have been, had it been named
+  for (const auto& key : plan.selected) {
+    const auto& rt = ref.tensors.at(key);
+    std::string why;
+    PlanError as_error;
+    for (size_t i = 1; i < models.size() && why.empty(); ++i) {
+      const auto& mdl = models[i];
+      const auto it = mdl.tensors.find(key);
+      if (it == mdl.tensors.end()) {
+        as_error = {mdl.name, "missing (present in '" + ref.file_of(key) + "')", key};
+        why = "missing in '" + mdl.name + "' (present in '" + ref.file_of(key) + "')";
+      } else if (it->second.shape != rt.shape) {
+        const auto msg = "shape " + shape_str(it->second.shape) + " differs from " + shape_str(rt.shape) + " in '" +
+                         ref.file_of(key) + "'";
+        as_error = {mdl.file_of(key), msg, key};
+        why = msg + " (in '" + mdl.file_of(key) + "')";
+      } else if (!analysable_dtype(it->second.dtype)) {
+        const auto msg = "dtype " + it->second.dtype + " cannot be analysed (need one of F64, F32, F16, BF16)";
+        as_error = {mdl.file_of(key), msg, key};
+        why = msg + " (in '" + mdl.file_of(key) + "')";
+      }
+    }
+    if (why.empty()) {
+      common.push_back(key);
+    } else {
+      if (named) return {std::nullopt, as_error};
+      plan.skipped[key] = why;
+      refused.emplace(key, as_error);
+    }
+  }
+  // nothing left to analyse: the first refusal is the error (as it was before default selections
+  // that differ between models were skipped)
+  if (common.empty()) {
+    auto e = refused.at(plan.selected.front());
+    if (plan.selected.size() > 1)
+      e.message += " (and every other selected tensor was skipped, " + std::to_string(plan.selected.size()) + " in all)";
+    return {std::nullopt, e};
+  }
+
+  // 3. the cost of each slot and mode; a mode whose Gram is beyond the budget is skipped
+  const double M = static_cast<double>(plan.models);
+  for (const auto& key : common) {
+    const auto& t = ref.tensors.at(key);
+    const auto [m, n] = *matrix_shape(t.shape);
+    PlannedSlot s{key, t.shape, m, n, {}, 0, 0};
+    std::vector<std::string> over;
+    int64_t gram_total = 0;
+    for (const auto& mo : factor_modes) {
+      const int64_t d = mo == "out" ? m : n, other = mo == "out" ? n : m;
+      const double dd = static_cast<double>(d);
+      // 8·d² overflows int64 beyond d ≈ 1e9 only: shapes are far below
+      const int64_t bytes = 8 * d * d;
+      if (bytes > o.max_gram_bytes) {
+        over.push_back(mo);
+        plan.skipped[key + " [" + mo + "]"] =
+            "the '" + mo + "' Gram is " + std::to_string(d) + " x " + std::to_string(d) + " float64 = " +
+            bytes_str(static_cast<double>(bytes)) + ", above the budget " + bytes_str(static_cast<double>(o.max_gram_bytes)) +
+            " (raise it with --max-gram-bytes)";
+        continue;
+      }
+      s.modes.push_back({mo, d, bytes, M * dd * dd * static_cast<double>(other) + 3 * dd * dd * dd});
+      s.multiply_adds += s.modes.back().multiply_adds;
+      gram_total += bytes;
+    }
+    if (s.modes.empty()) {
+      for (const auto& mo : over) plan.skipped.erase(key + " [" + mo + "]");
+      std::string why = "every mode's Gram is above the budget " + bytes_str(static_cast<double>(o.max_gram_bytes)) +
+                        " (raise it with --max-gram-bytes):";
+      for (const auto& mo : over) {
+        const int64_t d = mo == "out" ? m : n;
+        why += " '" + mo + "' " + std::to_string(d) + " x " + std::to_string(d) + " = " +
+               bytes_str(8.0 * static_cast<double>(d) * static_cast<double>(d));
+      }
+      plan.skipped[key] = why;
+      continue;
+    }
+    // two half accumulators, their merged total, the update workspace and the eigh's vectors: five
+    // Grams per mode; five m × n float64 matrices (means, one centred model); a batch as read
+    s.peak_bytes = 5 * gram_total + 5 * 8 * m * n + o.batch_size * m * n * itemsize(t.dtype);
+    plan.peak_bytes = std::max(plan.peak_bytes, s.peak_bytes);
+    plan.multiply_adds += s.multiply_adds;
+    plan.slots.push_back(std::move(s));
+  }
+  plan.seconds = plan.multiply_adds / kMultiplyAddsPerSecond;
+  if (plan.slots.empty()) {
+    std::string why;
+    int shown = 0;
+    for (const auto& key : plan.selected) {
+      const auto it = plan.skipped.find(key);
+      if (it == plan.skipped.end() || shown == 3) continue;
+      why += (shown++ ? "; " : "") + key + ": " + it->second;
+    }
+    return fail(ref.name, "every selected tensor was skipped (" + std::to_string(plan.selected.size()) + " of them; " + why + ")");
+  }
+  return {plan, std::nullopt};
+}
+
+Json SlotPlan::to_json() const {
+  Json j = Json::object();
+  j["models"] = models;
+  j["max_gram_bytes"] = max_gram_bytes;
+  j["peak_bytes"] = peak_bytes;
+  j["multiply_adds"] = multiply_adds;
+  j["seconds"] = seconds;
+  j["split_half"] = split_half_note ? Json(*split_half_note) : Json();
+  j["selected"] = selected;
+  Json sl = Json::object();
+  for (const auto& s : slots) {
+    Json e = Json::object();
+    e["shape"] = s.shape;
+    e["matrix"] = std::vector<int64_t>{s.m, s.n};
+    Json ms = Json::object();
+    for (const auto& c : s.modes) {
+      Json mc = Json::object();
+      mc["dim"] = c.dim;
+      mc["gram_bytes"] = c.gram_bytes;
+      mc["multiply_adds"] = c.multiply_adds;
+      ms[c.mode] = std::move(mc);
+    }
+    e["modes"] = std::move(ms);
+    e["peak_bytes"] = s.peak_bytes;
+    e["multiply_adds"] = s.multiply_adds;
+    sl[s.key] = std::move(e);
+  }
+  j["slots"] = std::move(sl);
+  Json sk = Json::object();
+  for (const auto& [k, v] : skipped) sk[k] = v;
+  j["skipped"] = std::move(sk);
+  return j;
+}
+
+std::string SlotPlan::text() const {
+  std::string out;
+  if (slots.empty()) {
+    out = "plan: " + std::to_string(models) + " models, " + std::to_string(selected.size()) + " tensors selected";
+  } else {
+    int64_t modes = 0;
+    for (const auto& s : slots) modes += static_cast<int64_t>(s.modes.size());
+    out = "plan: " + std::to_string(models) + " models, " + std::to_string(slots.size()) + " slots (" +
+          std::to_string(modes) + " slot-modes), " + std::to_string(skipped.size()) + " skipped; peak memory ~" +
+          bytes_str(static_cast<double>(peak_bytes)) + " (largest slot), " +
+          format("~%.2g multiply-adds, roughly %.0f s at %.0e/s", multiply_adds, seconds, kMultiplyAddsPerSecond);
+  }
+  for (const auto& [k, v] : skipped)
+    if (v.find("budget") != std::string::npos) out += "\n  skipped " + k + ": " + v;
+  if (split_half_note) out += "\n  " + *split_half_note;
+  return out;
+}
+
+}  // namespace unisub::analysis

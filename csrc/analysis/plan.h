@@ -1,0 +1,95 @@
+#pragma once
+// The slot plan: which tensors an analysis takes, which it skips and why, and what each costs,
+// decided once for both front ends (`unisub analyze` passes every model's slot table as JSON
+// through torch.ops.unisub.plan_slots; `unisub-analyze` calls plan_slots directly).
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "analysis/json_writer.h"
+
+namespace unisub::analysis {
+
+struct PlanTensor {
+  std::string dtype;           // safetensors name: F32, BF16, ... (or another name: not analysable)
+  std::vector<int64_t> shape;
+};
+
+// One model's slot table as its reader gives it.
+struct PlanModel {
+  std::string name;                                // the file or folder, as errors name the model
+  std::map<std::string, PlanTensor> tensors;       // name as analysed -> dtype, shape
+  std::map<std::string, std::string> files;        // name as analysed -> the file holding it (optional)
+  const std::string& file_of(const std::string& key) const;
+};
+
+// A Gram above this many bytes (8·d² for a d × d float64 Gram) is not computed unless raised
+// (--max-gram-bytes): 2 GiB is d = 16384, an eigh of minutes; BERT's 30522 × 384 word embedding's
+// "out" Gram (7.5 GB, ~2.8e13 multiply-adds for its eigh) is beyond it.
+constexpr int64_t kDefaultMaxGramBytes = int64_t{2} << 30;
+// The rough rate the time estimate assumes (float64 multiply-adds per second, one core; measured
+// ~6.5e9 for the Grams of 512-wide slots on the 2-core development machine).
+constexpr double kMultiplyAddsPerSecond = 5e9;
+
+struct PlanOptions {
+  std::optional<std::vector<std::string>> patterns;  // --slots; nullopt: every analysable tensor
+  bool include_1d = false;
+  std::vector<std::string> modes{"out", "in"};       // "out", "in", "delta"
+  int64_t max_gram_bytes = kDefaultMaxGramBytes;
+  int64_t batch_size = 8;
+};
+
+struct ModeCost {
+  std::string mode;
+  int64_t dim = 0;          // the Gram is dim × dim
+  int64_t gram_bytes = 0;   // 8·dim²
+  double multiply_adds = 0; // M Gram updates (dim²·other each) and three eighs (total, two halves: ~dim³ each)
+};
+
+struct PlannedSlot {
+  std::string key;
+  std::vector<int64_t> shape;   // as stored
+  int64_t m = 0, n = 0;         // the matrix it is analysed as
+  std::vector<ModeCost> modes;  // the factor modes that run (within the budget)
+  int64_t peak_bytes = 0;       // while this slot runs
+  double multiply_adds = 0;
+};
+
+struct SlotPlan {
+  int64_t models = 0;
+  std::vector<std::string> selected;           // every tensor taken (the delta modules are found among these)
+  std::vector<PlannedSlot> slots;              // those analysed along out / in (empty without those modes)
+  std::map<std::string, std::string> skipped;  // tensor (or "tensor [mode]") -> why
+  int64_t peak_bytes = 0;                      // the largest slot's
+  double multiply_adds = 0, seconds = 0;       // all slots; seconds at kMultiplyAddsPerSecond
+  std::optional<std::string> split_half_note;  // set when the models are too few for split halves
+  int64_t max_gram_bytes = 0;
+  Json to_json() const;       // the plan (what report.json's "plan" holds)
+  std::string json() const { return to_json().dump(); }
+  std::string text() const;   // the lines both front ends print before starting
+};
+
+// Bad input found while planning (a named slot missing, of another shape or dtype in some model;
+// nothing selected; fewer than 2 models): `path` names the file, `slot` the tensor.
+struct PlanError {
+  std::string path, message, slot;
+  std::string what() const;  // "PATH: slot 'KEY': MESSAGE" or "PATH: MESSAGE", as ReadError
+};
+
+// The plan, or the error. Models are taken in the order given (models[0] is the reference). With
+// no modes it is the selection alone (`selected` and `skipped` of models[0]; one model will do).
+// Throws std::invalid_argument for bad options (an invalid pattern, an unknown mode).
+struct PlanResult {
+  std::optional<SlotPlan> plan;
+  std::optional<PlanError> error;
+};
+PlanResult plan_slots(const std::vector<PlanModel>& models, const PlanOptions& options);
+
+// The (m, n) a tensor is analysed as: conv kernels (C_out, C_in, kh, kw) are C_out × C_in·kh·kw,
+// vectors 1 × n; nullopt for scalars.
+std::optional<std::pair<int64_t, int64_t>> matrix_shape(const std::vector<int64_t>& shape);
+bool analysable_dtype(const std::string& dtype);
+
+}  // namespace unisub::analysis

@@ -1,0 +1,84 @@
+// torch.ops.unisub.plan_slots: the slot plan (plan.h) for Python, which passes every model's slot
+// table as JSON (the tables come from libunisub's reader, or from torch.load for .pt / .bin files).
+#include <torch/library.h>
+
+#include <stdexcept>
+
+#include "analysis/json.h"
+#include "analysis/json_writer.h"
+#include "analysis/plan.h"
+
+namespace unisub::analysis {
+namespace {
+
+// models_json: [{"name": str, "tensors": {key: [dtype, [dims...], file or null]}}, ...]
+std::vector<PlanModel> models_of(const std::string& text) {
+  constexpr const char* op = "unisub.plan_slots";
+  json::Value doc;
+  try {
+    doc = json::parse(text);
+  } catch (const json::ParseError& e) {
+    TORCH_CHECK(false, op, ": models_json is not valid JSON: ", e.what());
+  }
+  TORCH_CHECK(doc.is_array(), op, ": models_json must be an array of models, got ", doc.type_name());
+  std::vector<PlanModel> models;
+  for (const auto& m : doc.items) {
+    const auto* name = m.find("name");
+    const auto* tensors = m.find("tensors");
+    TORCH_CHECK(m.is_object() && name && name->is_string() && tensors && tensors->is_object(), op,
+                ": each model must be {\"name\": str, \"tensors\": {...}}, got ", m.dump());
+    PlanModel pm;
+    pm.name = name->text;
+    for (const auto& t : tensors->members) {
+      const auto& v = t.value;
+      TORCH_CHECK(v.is_array() && v.items.size() == 3 && v.items[0].is_string() && v.items[1].is_array() &&
+                      (v.items[2].is_string() || v.items[2].is_null()),
+                  op, ": tensor '", t.key, "' must be [dtype, [dims...], file or null], got ", v.dump());
+      PlanTensor pt{v.items[0].text, {}};
+      for (const auto& d : v.items[1].items) {
+        TORCH_CHECK(d.is_number() && d.integer && d.int_value >= 0, op, ": tensor '", t.key,
+                    "': dimensions must be non-negative integers, got ", d.dump());
+        pt.shape.push_back(d.int_value);
+      }
+      pm.tensors.emplace(t.key, std::move(pt));
+      if (v.items[2].is_string()) pm.files.emplace(t.key, v.items[2].text);
+    }
+    models.push_back(std::move(pm));
+  }
+  return models;
+}
+
+// {"plan": {...}, "text": "..."} or {"error": {"path", "slot", "message"}} or {"usage": "..."}:
+// the front ends raise their own error types (CheckpointError, exit status 2) from these.
+std::string plan_slots_op(const std::string& models_json, std::optional<std::vector<std::string>> patterns,
+                          bool include_1d, std::vector<std::string> modes, int64_t max_gram_bytes, int64_t batch_size) {
+  const auto models = models_of(models_json);
+  PlanOptions o{std::move(patterns), include_1d, std::move(modes), max_gram_bytes, batch_size};
+  Json out = Json::object();
+  try {
+    const auto res = plan_slots(models, o);
+    if (res.error) {
+      Json e = Json::object();
+      e["path"] = res.error->path;
+      e["slot"] = res.error->slot;
+      e["message"] = res.error->message;
+      e["what"] = res.error->what();
+      out["error"] = std::move(e);
+    } else {
+      out["plan"] = res.plan->to_json();
+      out["text"] = res.plan->text();
+    }
+  } catch (const std::invalid_argument& e) {
+    out["usage"] = std::string(e.what());
+  }
+  return out.dump();
+}
+
+}  // namespace
+}  // namespace unisub::analysis
+
+TORCH_LIBRARY_FRAGMENT(unisub, m) {
+  m.def("plan_slots(str models_json, str[]? patterns, bool include_1d, str[] modes, int max_gram_bytes, "
+        "int batch_size) -> str",
+        &unisub::analysis::plan_slots_op);
+}
