@@ -40,7 +40,7 @@ Json summarize(const std::vector<std::pair<std::string, json::Value>>& entries) 
     if (const auto* m = e.find("modes"); m && m->is_object())
       for (const auto& mem : m->members) modes.insert(mem.key);
   for (const auto& mode : modes) {
-    double n = 0, rank = 0, fraction = 0, above = 0, sin_sum = 0, sin_n = 0;
+    double n = 0, rank = 0, fraction = 0, above = 0, above_null = 0, sin_sum = 0, sin_n = 0;
     for (const auto& [_, e] : entries) {
       const auto* m = path(e, {"modes", mode.c_str()});
       if (!m) continue;
@@ -49,6 +49,8 @@ Json summarize(const std::vector<std::pair<std::string, json::Value>>& entries) 
       rank += r;
       fraction += d > 0 ? r / d : 0.0;
       above += number(path(*m, {"null", "components_above_mp_edge"}));
+      // against the slot's own null (the norm-matched one for LoRA deltas; null.kind says which)
+      above_null += number(path(*m, {"null", "components_above_null"}));
       if (const auto* s = m->find("split_half"); s && s->is_object()) sin_sum += number(s->find("max_sin")), sin_n += 1;
     }
     if (n == 0) continue;
@@ -57,6 +59,7 @@ Json summarize(const std::vector<std::pair<std::string, json::Value>>& entries) 
     s["mean_rank"] = rank / n;
     s["mean_rank_fraction"] = fraction / n;
     s["mean_components_above_mp_edge"] = above / n;
+    s["mean_components_above_null"] = above_null / n;
     s["mean_split_half_max_sin"] = sin_n > 0 ? sin_sum / sin_n : 0.0;
     summary[mode] = s;
   }
