@@ -100,29 +100,29 @@ TORCH_LIBRARY_FRAGMENT(unisub, m) {
   m.def("write_file_atomically(str path, str text) -> ()", &write_file_op);
   m.def("analysis_options_json(str[] slots, str[] modes, float? energy, int? rank, bool center, int batch_size, "
         "int world, bool scale_lora, bool include_1d, float[] taus, int[] error_ranks, str[] delta_slots, "
-        "int eigen_weights) -> str",
+        "int eigen_weights, int max_gram_bytes=2147483648) -> str",
         [](std::vector<std::string> slots, std::vector<std::string> modes, std::optional<double> energy,
            std::optional<int64_t> rank, bool center, int64_t batch_size, int64_t world, bool scale_lora, bool include_1d,
            std::vector<double> taus, std::vector<int64_t> error_ranks, std::vector<std::string> delta_slots,
-           int64_t eigen_weights) {
+           int64_t eigen_weights, int64_t max_gram_bytes) {
           return options_json({slots, modes, delta_slots, energy, rank, center, scale_lora, include_1d, batch_size,
-                               world, eigen_weights, taus, error_ranks});
+                               world, eigen_weights, taus, error_ranks, max_gram_bytes});
         });
   m.def("analysis_run_json(str[] sources, int[] source_bytes, str options) -> str",
         [](std::vector<std::string> sources, std::vector<int64_t> bytes, std::string options) {
           return run_json(sources, bytes, options);
         });
   m.def("analysis_report_json(str tool, str[] sources, str options, str[] skipped_slots, str[] skipped_reasons, "
-        "str[] slots, str[] entries, str profile=\"\") -> str",
+        "str[] slots, str[] entries, str profile=\"\", str plan=\"\") -> str",
         [](std::string tool, std::vector<std::string> sources, std::string options,
            std::vector<std::string> skipped_slots, std::vector<std::string> reasons, std::vector<std::string> slots,
-           std::vector<std::string> entries, std::string profile) {
+           std::vector<std::string> entries, std::string profile, std::string plan) {
           TORCH_CHECK_VALUE(skipped_slots.size() == reasons.size() && slots.size() == entries.size(),
                             "analysis_report_json: one reason per skipped slot and one entry per slot");
           std::vector<std::pair<std::string, std::string>> skipped, items;
           for (size_t i = 0; i < reasons.size(); ++i) skipped.emplace_back(skipped_slots[i], reasons[i]);
           for (size_t i = 0; i < entries.size(); ++i) items.emplace_back(slots[i], entries[i]);
-          return report_json(tool, sources, options, skipped, items, profile);
+          return report_json(tool, sources, options, skipped, items, profile, plan);
         });
   m.def("analysis_profile_reset() -> ()", [] { profile_reset(); });
   m.def("analysis_profile_json(bool measure_gemm) -> str", [](bool measure) { return profile_json(measure); });

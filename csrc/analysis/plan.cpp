@@ -259,6 +259,17 @@ Json SlotPlan::to_json() const {
   return j;
 }
 
+std::string SlotPlan::totals_json() const {
+  Json j = Json::object();
+  j["models"] = models;
+  j["max_gram_bytes"] = max_gram_bytes;
+  j["peak_bytes"] = peak_bytes;
+  j["multiply_adds"] = multiply_adds;
+  j["seconds"] = seconds;
+  j["split_half"] = split_half_note ? Json(*split_half_note) : Json();
+  return j.dump();
+}
+
 std::string SlotPlan::text() const {
   std::string out;
   if (slots.empty()) {

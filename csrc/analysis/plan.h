@@ -69,6 +69,8 @@ struct SlotPlan {
   Json to_json() const;       // the plan (what report.json's "plan" holds)
   std::string json() const { return to_json().dump(); }
   std::string text() const;   // the lines both front ends print before starting
+  // report.json's "plan": models, max_gram_bytes, peak_bytes, multiply_adds, seconds, split_half
+  std::string totals_json() const;
 };
 
 // Bad input found while planning (a named slot missing, of another shape or dtype in some model;

@@ -48,7 +48,7 @@ std::vector<PlanModel> models_of(const std::string& text) {
   return models;
 }
 
-// {"plan": {...}, "text": "..."} or {"error": {"path", "slot", "message"}} or {"usage": "..."}:
+// {"plan": {...}, "text": "...", "totals": "..."} or {"error": {"path", "slot", "message"}} or {"usage": "..."}:
 // the front ends raise their own error types (CheckpointError, exit status 2) from these.
 std::string plan_slots_op(const std::string& models_json, std::optional<std::vector<std::string>> patterns,
                           bool include_1d, std::vector<std::string> modes, int64_t max_gram_bytes, int64_t batch_size) {
@@ -67,6 +67,7 @@ std::string plan_slots_op(const std::string& models_json, std::optional<std::vec
     } else {
       out["plan"] = res.plan->to_json();
       out["text"] = res.plan->text();
+      out["totals"] = res.plan->totals_json();  // report.json's "plan", as text: the same bytes from both
     }
   } catch (const std::invalid_argument& e) {
     out["usage"] = std::string(e.what());

@@ -90,6 +90,7 @@ std::string options_json(const RunOptions& o) {
   j["include_1d"] = o.include_1d;
   j["taus"] = Json(o.taus);
   j["error_ranks"] = Json(o.error_ranks);
+  j["max_gram_bytes"] = o.max_gram_bytes;
   if (!o.delta_slots.empty()) {
     j["delta_slots"] = Json(o.delta_slots);
     j["eigen_weights"] = o.eigen_weights;
@@ -117,7 +118,7 @@ std::string run_json(const std::vector<std::string>& sources, const std::vector<
 std::string report_json(const std::string& tool, const std::vector<std::string>& sources, const std::string& options,
                         const std::vector<std::pair<std::string, std::string>>& skipped,
                         const std::vector<std::pair<std::string, std::string>>& entries,
-                        const std::string& profile) {
+                        const std::string& profile, const std::string& plan) {
   std::vector<std::pair<std::string, json::Value>> parsed;
   for (const auto& [slot, text] : entries) parsed.emplace_back(slot, parse_entry(slot, text));
   Json j = Json::object();
@@ -129,6 +130,7 @@ std::string report_json(const std::string& tool, const std::vector<std::string>&
   Json skip = Json::object();
   for (const auto& [slot, why] : skipped) skip[slot] = why;
   j["skipped"] = skip;
+  if (!plan.empty()) j["plan"] = Json::raw(plan);
   Json slots = Json::object();
   for (const auto& [slot, text] : entries) slots[slot] = Json::raw(text);
   j["slots"] = slots;

@@ -18,6 +18,7 @@ struct RunOptions {
   int64_t batch_size = 8, world = 1, eigen_weights = 0;
   std::vector<double> taus;
   std::vector<int64_t> error_ranks;
+  int64_t max_gram_bytes = int64_t{2} << 30;  // the slot plan's Gram budget (plan.h kDefaultMaxGramBytes)
 };
 
 std::string options_json(const RunOptions& o);
@@ -28,10 +29,11 @@ std::string run_json(const std::vector<std::string>& sources, const std::vector<
 
 // report.json: format, tool, models, sources, options, skipped (slot -> reason), slots (name ->
 // entry, in the order given) and the summary over slots, per mode; with a profile (profile_json's
-// text, `--profile`) also "profile".
+// text, `--profile`) also "profile"; with a plan (the slot plan's totals as JSON text, plan.h) also
+// "plan", after "skipped".
 std::string report_json(const std::string& tool, const std::vector<std::string>& sources, const std::string& options,
                         const std::vector<std::pair<std::string, std::string>>& skipped,
                         const std::vector<std::pair<std::string, std::string>>& entries,
-                        const std::string& profile = "");
+                        const std::string& profile = "", const std::string& plan = "");
 
 }  // namespace unisub::analysis

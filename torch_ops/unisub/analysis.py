@@ -207,7 +207,7 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
     options = torch.ops.unisub.analysis_options_json(
         chosen, modes, None if energy is None else float(energy), rank, center, batch_size, world, scale_lora,
         include_1d, [float(t) for t in taus], [int(k) for k in error_ranks], [mod + DELTA_SUFFIX for mod in deltas],
-        int(eigen_weights) if deltas else 0)
+        int(eigen_weights) if deltas else 0, int(max_gram_bytes))
     folder = None
     if out is not None:
         out = Path(out)
@@ -224,7 +224,7 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
         stages = torch.ops.unisub.analysis_profile_json(True) if profile else ""
         text = torch.ops.unisub.analysis_report_json("unisub analyze", names, options, list(skipped),
                                                      list(skipped.values()), list(reports), list(reports.values()),
-                                                     stages)
+                                                     stages, slot_plan["totals"])
         if rank_id == 0 and folder is not None:
             writer_call(folder.write_report, text)
     finally:

@@ -203,7 +203,7 @@ int run(const Options& o) {
   run_options.energy = o.energy;
   if (o.rank > 0) run_options.rank = o.rank;
   run_options.scale_lora = o.scale, run_options.batch_size = o.batch_size, run_options.eigen_weights = o.eigen_weights;
-  run_options.include_1d = o.include_1d;
+  run_options.include_1d = o.include_1d, run_options.max_gram_bytes = o.max_gram_bytes;
   run_options.taus = report_options.taus, run_options.error_ranks = report_options.error_ranks;
   const auto options = unisub::analysis::options_json(run_options);
   // created only now: bad input has been found above, before any output exists
@@ -291,7 +291,8 @@ int run(const Options& o) {
   if (resumed) fmt::print(stderr, "resumed: {} finished slot(s) read from {}\n", resumed, (fs::path(o.out) / "slots").string());
   std::vector<std::pair<std::string, std::string>> skipped_list(skipped.begin(), skipped.end());
   const auto stages = o.profile ? unisub::analysis::profile_json(/*measure_gemm=*/true) : std::string();
-  const auto text = unisub::analysis::report_json("unisub-analyze", sources, options, skipped_list, entries, stages);
+  const auto text = unisub::analysis::report_json("unisub-analyze", sources, options, skipped_list, entries, stages,
+                                                  plan.totals_json());
   if (o.profile) fmt::print(stderr, "{}", unisub::analysis::profile_table(stages));
   folder.write_report(text);
   folder.close();

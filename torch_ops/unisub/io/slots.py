@@ -56,6 +56,7 @@ def plan(models, patterns: Optional[Sequence[str]], include_1d: bool, modes: Seq
     if "error" in res:
         e = res["error"]
         raise CheckpointError(e["path"], e["message"], slot=e["slot"] or None)
+    res["plan"]["totals"] = res["totals"]  # report.json's "plan" as libunisub writes it (same bytes from both)
     return res["plan"], res["text"]
 
 
