@@ -149,3 +149,20 @@ def test_plan_options_are_checked():
         plan(tables, ["re:("], False, ["out"])
     with pytest.raises(ValueError, match="modes are 'out', 'in' or 'delta'"):
         plan(tables, None, False, ["rows"])
+
+
+def test_python_front_end_prints_the_plan_before_reading(tmp_path, gen, capsys, monkeypatch):
+    """The plan is printed before any tensor is read (a read would fail here)."""
+    src = _bert_like(tmp_path / "p", 4, gen, vocab=60)  # out Grams: 60² (embedding), 48² (FFN), 12²
+    from unisub.io import checkpoints
+
+    def refuse(*a, **k):
+        print("READ", file=__import__("sys").stderr)
+        raise RuntimeError("stop after the plan")
+
+    monkeypatch.setattr(checkpoints.SafetensorsCheckpoint, "get", refuse)
+    with pytest.raises(RuntimeError, match="stop after the plan"):
+        unisub.analyze(src, max_gram_bytes=8 * 60 * 60 - 1, plots=False, progress=True)
+    err = capsys.readouterr().err
+    assert err.index("plan: 4 models, 3 slots (5 slot-modes)") < err.index("READ")
+    assert "skipped " + WORD + " [out]: the 'out' Gram is 60 x 60 float64 = 28.1 KiB, above the budget 28.1 KiB" in err
