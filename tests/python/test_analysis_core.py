@@ -254,3 +254,18 @@ def test_both_front_ends_give_the_same_entries(tmp_path, gen):
                 for mo in mine["modes"]:
                     mine["modes"][mo]["split_half"] = other["modes"][mo]["split_half"]
             assert mine == other, key
+
+
+def test_null_shares_at_the_rank_are_fractions_of_the_nulls_own_energy():
+    # One Gaussian draw's energy differs from the expected total by its sampling error: dividing the
+    # draw's top-r energy by the expected total gave shares above 1 (1.012 for an 8-wide mode of
+    # 4 adapters). Both null shares are fractions of the null's own energy.
+    for seed in range(40):
+        ev = torch.rand(8, dtype=torch.float64).sort(descending=True).values
+        for r in (1, 4, 8):
+            rep = json.loads(torch.ops.unisub.spectrum_report(ev, r, 8, 3, float(ev.sum()) * 1.1, seed, 0,
+                                                              [0.9], [1]))
+            for key in ("marchenko_pastur_cumulative_at_rank", "gaussian_stack_cumulative_at_rank"):
+                assert 0 <= rep["null"][key] <= 1 + 1e-12, (seed, r, key, rep["null"][key])
+            if r == 8:
+                assert rep["null"]["gaussian_stack_cumulative_at_rank"] == pytest.approx(1, abs=1e-12)
