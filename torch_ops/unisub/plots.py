@@ -40,6 +40,19 @@ def _draw(axes, ev, mp, ga, title, rank=None, null_label="Gaussian stack"):
         a.grid(alpha=0.3)
 
 
+def save_figure(fig, folder, name: str, dpi: int = 90) -> str:
+    """``fig`` laid out and written as ``folder/name`` (PNG, atomically), then closed; returns name."""
+    import matplotlib.pyplot as plt
+
+    from .io import atomic_path
+
+    fig.tight_layout()
+    with atomic_path(Path(folder) / name) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+    return name
+
+
 def plot_report(report, folder, progress=True):
     import matplotlib
 

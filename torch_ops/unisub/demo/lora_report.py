@@ -4,6 +4,7 @@ import math
 from pathlib import Path
 from typing import Dict, List
 
+from ..plots import save_figure
 from ..io import atomic_path
 from .report import table
 
@@ -215,12 +216,7 @@ def cumulative_plot(folder: Path, summary: List[Dict]) -> str:
         ax.set_xticks(x)
         ax.set_xticklabels(labels, fontsize=7)
     a1.legend(loc="upper left", bbox_to_anchor=(0, -0.28), ncol=2, fontsize=8, frameon=False)
-    fig.tight_layout()
-    name = "rank-and-stability.png"
-    with atomic_path(folder / name) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return name
+    return save_figure(fig, folder, "rank-and-stability.png", dpi=110)
 
 
 def held_out_plot(folder: Path, rows: List[Dict]) -> str:
@@ -242,12 +238,7 @@ def held_out_plot(folder: Path, rows: List[Dict]) -> str:
     ax.set_xlabel("trainable numbers (no adapter drawn at 1; equal counts drawn side by side)")
     ax.set_ylabel("held-out test accuracy")
     ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
-    fig.tight_layout()
-    name = "held-out.png"
-    with atomic_path(folder / name) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return name
+    return save_figure(fig, folder, "held-out.png", dpi=110)
 
 
 def tracker_plot(folder: Path, runs: List[Dict], every: int) -> str:
@@ -265,12 +256,7 @@ def tracker_plot(folder: Path, runs: List[Dict], every: int) -> str:
     ax.set_ylabel("update energy in the subspace")
     ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False, title="updates (accuracy)",
               title_fontsize=8)
-    fig.tight_layout()
-    name = "tracker.png"
-    with atomic_path(folder / name) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return name
+    return save_figure(fig, folder, "tracker.png", dpi=110)
 
 
 def markdown(results: Dict, plots: List[str]) -> str:

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 from typing import Dict, List
 
+from ..plots import save_figure
 from ..io import atomic_path
 
 
@@ -138,9 +139,4 @@ def plot_reconstruction(folder: Path, rec: Dict) -> str:
     ax.set_xlabel("k (components per mode)")
     ax.set_ylabel("accuracy on own task")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    name = "reconstruction.png"
-    with atomic_path(folder / name) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
-    return name
+    return save_figure(fig, folder, "reconstruction.png", dpi=90)
