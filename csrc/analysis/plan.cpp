@@ -225,14 +225,22 @@ PlanResult plan_slots(const std::vector<PlanModel>& models, const PlanOptions& o
   return {plan, std::nullopt};
 }
 
-Json SlotPlan::to_json() const {
+namespace {
+// The run-level totals, the start of both the plan's JSON forms.
+Json totals_of(const SlotPlan& p) {
   Json j = Json::object();
-  j["models"] = models;
-  j["max_gram_bytes"] = max_gram_bytes;
-  j["peak_bytes"] = peak_bytes;
-  j["multiply_adds"] = multiply_adds;
-  j["seconds"] = seconds;
-  j["split_half"] = split_half_note ? Json(*split_half_note) : Json();
+  j["models"] = p.models;
+  j["max_gram_bytes"] = p.max_gram_bytes;
+  j["peak_bytes"] = p.peak_bytes;
+  j["multiply_adds"] = p.multiply_adds;
+  j["seconds"] = p.seconds;
+  j["split_half"] = p.split_half_note ? Json(*p.split_half_note) : Json();
+  return j;
+}
+}  // namespace
+
+Json SlotPlan::to_json() const {
+  Json j = totals_of(*this);
   j["selected"] = selected;
   Json sl = Json::object();
   for (const auto& s : slots) {
@@ -259,16 +267,7 @@ Json SlotPlan::to_json() const {
   return j;
 }
 
-std::string SlotPlan::totals_json() const {
-  Json j = Json::object();
-  j["models"] = models;
-  j["max_gram_bytes"] = max_gram_bytes;
-  j["peak_bytes"] = peak_bytes;
-  j["multiply_adds"] = multiply_adds;
-  j["seconds"] = seconds;
-  j["split_half"] = split_half_note ? Json(*split_half_note) : Json();
-  return j.dump();
-}
+std::string SlotPlan::totals_json() const { return totals_of(*this).dump(); }
 
 std::string SlotPlan::text() const {
   std::string out;
