@@ -51,7 +51,7 @@ std::string delta_report_op(std::string slot, const at::Tensor& gram, const at::
 TORCH_LIBRARY_FRAGMENT(unisub, m) {
   using namespace unisub::analysis;
   m.def("rank_for_energy(Tensor eigenvalues, float tau, float? total=None) -> int", &rank_for_energy_op);
-  m.def("sorted_eigh(Tensor G) -> (Tensor, Tensor)", &sorted_eigh_op);
+  m.def("sorted_eigh(Tensor G) -> (Tensor, Tensor)");  // kernel below, fake kernel in unisub/accumulator.py
   m.def("marchenko_pastur_null(int p, int N, float total) -> Tensor", &marchenko_pastur_null);
   m.def("gaussian_null(int p, int N, float total, int seed=0) -> Tensor", &gaussian_null);
   m.def("mp_upper_edge(int p, int N, float total) -> float", &mp_upper_edge);
@@ -72,6 +72,7 @@ TORCH_LIBRARY_FRAGMENT(unisub, m) {
 
 // The nulls' results are float64 CPU tensors whatever the input's device: the inputs are M numbers.
 TORCH_LIBRARY_IMPL(unisub, CompositeExplicitAutograd, m) {
+  m.impl("sorted_eigh", &unisub::analysis::sorted_eigh_op);
   m.impl("null_model_variances", &unisub::analysis::null_model_variances);
   m.impl("norm_matched_null", static_cast<at::Tensor (*)(const at::Tensor&, int64_t, bool, int64_t, int64_t)>(
                                   &unisub::analysis::norm_matched_null));

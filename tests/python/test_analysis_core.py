@@ -269,3 +269,15 @@ def test_null_shares_at_the_rank_are_fractions_of_the_nulls_own_energy():
                 assert 0 <= rep["null"][key] <= 1 + 1e-12, (seed, r, key, rep["null"][key])
             if r == 8:
                 assert rep["null"]["gaussian_stack_cumulative_at_rank"] == pytest.approx(1, abs=1e-12)
+
+
+def test_opcheck_tensor_ops_of_the_analysis_core(gen):
+    # sorted_eigh traces (a fake kernel) and keeps its schema's promises; the nulls' ops take no
+    # tensors (numbers in, a CPU spectrum out) and are not traced
+    X = torch.randn(9, 6, generator=gen, dtype=torch.float64)
+    G = X.T @ X
+    torch.library.opcheck(torch.ops.unisub.sorted_eigh, (G,))
+    ev, V = torch.ops.unisub.sorted_eigh(G)
+    ref = torch.linalg.eigvalsh(G).flip(0)
+    assert (ev - ref).abs().max() <= 1e-13 * ref[0]
+    torch.testing.assert_close(V @ torch.diag(ev) @ V.T, G, rtol=0, atol=1e-12 * ref[0].item())

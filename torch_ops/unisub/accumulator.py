@@ -22,6 +22,13 @@ from . import _library  # noqa: F401  (loads libunisub: torch.classes.unisub.*)
 MODE_DIMS = {"out": 1, "in": 2}
 
 
+@torch.library.register_fake("unisub::sorted_eigh")
+def _sorted_eigh_fake(G):
+    torch._check(G.dim() == 2 and G.shape[0] == G.shape[1],
+                 lambda: f"unisub.sorted_eigh: G must be a square matrix, got shape {list(G.shape)}")
+    return G.new_empty((G.shape[0],)), G.new_empty(G.shape)
+
+
 def sorted_eigh(G: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Eigenvalues of a Gram, descending and clamped at 0 (negatives are rounding), and its
     eigenvectors with the sign rule of ``svd`` (each column's largest-magnitude entry positive)."""
