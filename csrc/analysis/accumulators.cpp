@@ -17,15 +17,6 @@ namespace {
 
 const auto kF64 = at::TensorOptions().dtype(at::kDouble);
 
-// G += alpha · δδᵀ (mode out) or alpha · δᵀδ (mode in), in place: no Gram-sized temporary.
-void add_outer_(at::Tensor& G, const at::Tensor& delta, const std::string& mode, double alpha) {
-  if (mode == "out") {
-    G.addmm_(delta, delta.t(), 1.0, alpha);
-  } else {
-    G.addmm_(delta.t(), delta, 1.0, alpha);
-  }
-}
-
 std::string shape_text(at::IntArrayRef s) {
   std::string out = "[";
   for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
@@ -149,11 +140,19 @@ void ModeAccumulator::merge_parts(int64_t nb, const at::Tensor& mean_b, const st
   const auto dev = mean_.device();
   at::Tensor delta = delta_buffer ? *delta_buffer : at::empty_like(mean_);
   at::sub_out(delta, mean_b.to(dev), mean_);
-  for (size_t k = 0; k < modes_.size(); ++k) {
-    grams_[k] += grams_b[k].to(dev);
-    if (center_ && na) add_outer_(grams_[k], delta, modes_[k], static_cast<double>(na) * static_cast<double>(nb) / n);
+  for (size_t k = 0; k < modes_.size(); ++k) grams_[k] += grams_b[k].to(dev);
+  double mean_step = static_cast<double>(nb) / n;
+  if (center_ && na) {
+    // G += c·δδᵀ as the Gram of √c·δ through gram_update_: its in-place route computes the lower
+    // triangle only (the Grams stay exactly symmetric: sums of mirrored Grams), half the work of
+    // a full product, which cost as much as one more model's Gram per batch
+    const double scale = std::sqrt(static_cast<double>(na) * static_cast<double>(nb) / n);
+    delta.mul_(scale);
+    const auto scaled = delta.unsqueeze(0);
+    for (size_t k = 0; k < modes_.size(); ++k) unisub::gram_update_(grams_[k], scaled, mode_dim(modes_[k]));
+    mean_step /= scale;
   }
-  mean_ += delta.mul_(static_cast<double>(nb) / n);
+  mean_ += delta.mul_(mean_step);
   count_ = n;
 }
 
