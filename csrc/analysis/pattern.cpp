@@ -77,8 +77,13 @@ std::string translate_glob(const std::string& pat) {
           stuff += replace_all(replace_all(chunks[q], "\\", "\\\\"), "-", "\\-");
         }
       }
-      std::string escaped;  // set operations (&&, ~~, ||) escaped
-      for (char x : stuff) escaped += (x == '&' || x == '~' || x == '|') ? std::string("\\") + x : std::string(1, x);
+      // set operations (&&, ~~, ||) escaped as Python does; and '[', '.', ':' and '=', which PCRE2 (not
+      // Python) reads as POSIX classes and collating elements inside a class ("[...]" was refused)
+      std::string escaped;
+      for (char x : stuff) {
+        const bool special = x == '&' || x == '~' || x == '|' || x == '[' || x == '.' || x == ':' || x == '=';
+        escaped += special ? std::string("\\") + x : std::string(1, x);
+      }
       stuff = escaped;
       i = j + 1;
       if (stuff.empty()) {

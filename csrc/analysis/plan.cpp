@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <set>
 #include <stdexcept>
 
 #include "analysis/json_writer.h"
@@ -284,6 +285,87 @@ std::string SlotPlan::text() const {
   for (const auto& [k, v] : skipped)
     if (v.find("budget") != std::string::npos) out += "\n  skipped " + k + ": " + v;
   if (split_half_note) out += "\n  " + *split_half_note;
+  return out;
+}
+
+std::map<std::string, std::pair<std::string, std::string>> lora_pairs(const std::vector<std::string>& keys) {
+  // "^(.+)\.lora_(embedding_)?A(\.weight)?$" by suffixes, not a regex (std::regex recursed once per
+  // character and overflowed the stack on very long names)
+  std::map<std::string, std::pair<std::string, std::string>> pairs;
+  const std::set<std::string> all(keys.begin(), keys.end());
+  auto ends_with = [](const std::string& s, const std::string& t) {
+    return s.size() > t.size() && s.compare(s.size() - t.size(), t.size(), t) == 0;
+  };
+  for (const auto& key : all) {
+    for (const std::string suffix : {".weight", ""}) {
+      bool matched = false;
+      for (const std::string tag : {".lora_A", ".lora_embedding_A"}) {
+        const auto tail = tag + suffix;
+        if (!ends_with(key, tail)) continue;
+        matched = true;
+        const auto module = key.substr(0, key.size() - tail.size());
+        const auto b_key = module + tag.substr(0, tag.size() - 1) + "B" + suffix;
+        if (all.count(b_key)) pairs[module] = {key, b_key};
+      }
+      if (matched) break;
+    }
+  }
+  return pairs;
+}
+
+DeltaPlanResult plan_deltas(const std::vector<PlanModel>& models, const std::vector<std::string>& selected) {
+  DeltaPlanResult out;
+  auto fail = [&](std::string path, std::string message, std::string slot = "") {
+    out.error = PlanError{std::move(path), std::move(message), std::move(slot)};
+    out.modules.clear();
+    return out;
+  };
+  if (models.empty()) return fail("(none)", "no checkpoints given");
+  for (const auto& m : models) {
+    if (!m.adapter)
+      return fail(m.name, "--modes delta analyses LoRA deltas ΔW = s·B·A and needs PEFT adapter folders "
+                          "(adapter_config.json gives s); this is not one");
+    if (m.dora)
+      return fail(m.name, "a DoRA adapter (use_dora): its weight change is a rescaled direction, not s·B·A, so "
+                          "--modes delta would misreport it; analyse its factors with --modes out in");
+  }
+  const auto& ref = models[0];
+  std::vector<std::string> keys;
+  for (const auto& [k, _] : ref.tensors) keys.push_back(k);
+  const std::set<std::string> sel(selected.begin(), selected.end());
+  for (const auto& [module, ab] : lora_pairs(keys)) {
+    if (!sel.count(ab.first) && !sel.count(ab.second)) continue;
+    const auto& [a_key, b_key] = ab;
+    DeltaModulePlan plan{module, a_key, b_key};
+    for (size_t i = 0; i < models.size(); ++i) {
+      const auto& m = models[i];
+      for (const auto& key : {a_key, b_key}) {
+        const auto it = m.tensors.find(key);
+        if (it == m.tensors.end())
+          return fail(m.file_of(key), "missing (present in '" + ref.file_of(key) + "')", key);
+        if (!analysable_dtype(it->second.dtype))
+          return fail(m.file_of(key), "dtype " + it->second.dtype + " cannot be analysed (need one of F64, F32, F16, BF16)",
+                      key);
+      }
+      const auto& a = m.tensors.at(a_key).shape;
+      const auto& b = m.tensors.at(b_key).shape;
+      const auto as = matrix_shape(a), bs = matrix_shape(b);
+      if (!as || !bs || as->first != bs->second)
+        return fail(m.file_of(b_key), "lora_B " + shape_str(b) + " and lora_A " + shape_str(a) + " have different ranks",
+                    b_key);
+      const int64_t rows = bs->first, cols = as->second;
+      if (i == 0) {
+        plan.m = rows, plan.n = cols;
+      } else if (rows != plan.m || cols != plan.n) {
+        return fail(m.file_of(b_key), "ΔW = B·A of shape " + shape_str({rows, cols}) + " differs from " +
+                                          shape_str({plan.m, plan.n}) + " in '" + ref.file_of(b_key) + "'",
+                    b_key);
+      }
+    }
+    out.modules.push_back(std::move(plan));
+  }
+  if (out.modules.empty())
+    return fail(ref.name, "--modes delta: no selected tensor is the lora_A or lora_B of a module that has both factors");
   return out;
 }
 

@@ -22,6 +22,8 @@ struct PlanModel {
   std::string name;                                // the file or folder, as errors name the model
   std::map<std::string, PlanTensor> tensors;       // name as analysed -> dtype, shape
   std::map<std::string, std::string> files;        // name as analysed -> the file holding it (optional)
+  bool adapter = false;                            // a PEFT adapter (its config gives the LoRA scalings)
+  bool dora = false;                               // ... with use_dora
   const std::string& file_of(const std::string& key) const;
 };
 
@@ -88,6 +90,24 @@ struct PlanResult {
   std::optional<PlanError> error;
 };
 PlanResult plan_slots(const std::vector<PlanModel>& models, const PlanOptions& options);
+
+// module -> (lora_A key, lora_B key) for every module whose two LoRA factors are both among `keys`
+// (`<module>.lora_A[.weight]` with `<module>.lora_B[.weight]`, or lora_embedding_A / _B), sorted by
+// module name: the rule unisub.io.lora_pairs and the tool both follow.
+std::map<std::string, std::pair<std::string, std::string>> lora_pairs(const std::vector<std::string>& keys);
+
+// --modes delta: the modules of which a selected tensor is a LoRA factor, with ΔW's shape (m, n).
+// Every model must be a PEFT adapter, not a DoRA one, holding both factors with analysable dtypes,
+// equal ranks within a model and the same (m, n) across models (the rank may differ between models).
+struct DeltaModulePlan {
+  std::string module, a_key, b_key;
+  int64_t m = 0, n = 0;
+};
+struct DeltaPlanResult {
+  std::vector<DeltaModulePlan> modules;
+  std::optional<PlanError> error;
+};
+DeltaPlanResult plan_deltas(const std::vector<PlanModel>& models, const std::vector<std::string>& selected);
 
 // The (m, n) a tensor is analysed as: conv kernels (C_out, C_in, kh, kw) are C_out × C_in·kh·kw,
 // vectors 1 × n; nullopt for scalars.

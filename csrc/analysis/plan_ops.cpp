@@ -6,12 +6,14 @@
 
 #include "analysis/json.h"
 #include "analysis/json_writer.h"
+#include "analysis/pattern.h"
 #include "analysis/plan.h"
 
 namespace unisub::analysis {
 namespace {
 
-// models_json: [{"name": str, "tensors": {key: [dtype, [dims...], file or null]}}, ...]
+// models_json: [{"name": str, "tensors": {key: [dtype, [dims...], file or null]}, "adapter": bool,
+// "dora": bool}, ...] ("adapter" and "dora" optional: false)
 std::vector<PlanModel> models_of(const std::string& text) {
   constexpr const char* op = "unisub.plan_slots";
   json::Value doc;
@@ -29,6 +31,8 @@ std::vector<PlanModel> models_of(const std::string& text) {
                 ": each model must be {\"name\": str, \"tensors\": {...}}, got ", m.dump());
     PlanModel pm;
     pm.name = name->text;
+    if (const auto* a = m.find("adapter"); a && a->is_bool()) pm.adapter = a->boolean;
+    if (const auto* d = m.find("dora"); d && d->is_bool()) pm.dora = d->boolean;
     for (const auto& t : tensors->members) {
       const auto& v = t.value;
       TORCH_CHECK(v.is_array() && v.items.size() == 3 && v.items[0].is_string() && v.items[1].is_array() &&
@@ -75,6 +79,36 @@ std::string plan_slots_op(const std::string& models_json, std::optional<std::vec
   return out.dump();
 }
 
+// {"modules": [[module, a_key, b_key, m, n], ...]} or {"error": {"path", "slot", "message", "what"}}
+std::string plan_deltas_op(const std::string& models_json, std::vector<std::string> selected) {
+  const auto res = plan_deltas(models_of(models_json), selected);
+  Json out = Json::object();
+  if (res.error) {
+    Json e = Json::object();
+    e["path"] = res.error->path;
+    e["slot"] = res.error->slot;
+    e["message"] = res.error->message;
+    e["what"] = res.error->what();
+    out["error"] = std::move(e);
+    return out.dump();
+  }
+  Json list = Json::array();
+  for (const auto& d : res.modules) {
+    Json item = Json::array();
+    item.push_back(d.module), item.push_back(d.a_key), item.push_back(d.b_key), item.push_back(d.m), item.push_back(d.n);
+    list.push_back(std::move(item));
+  }
+  out["modules"] = std::move(list);
+  return out.dump();
+}
+
+std::tuple<std::vector<std::string>, std::vector<std::string>, std::vector<std::string>> lora_pairs_op(
+    std::vector<std::string> keys) {
+  std::vector<std::string> modules, a, b;
+  for (const auto& [module, ab] : lora_pairs(keys)) modules.push_back(module), a.push_back(ab.first), b.push_back(ab.second);
+  return {modules, a, b};
+}
+
 }  // namespace
 }  // namespace unisub::analysis
 
@@ -82,4 +116,28 @@ TORCH_LIBRARY_FRAGMENT(unisub, m) {
   m.def("plan_slots(str models_json, str[]? patterns, bool include_1d, str[] modes, int max_gram_bytes, "
         "int batch_size) -> str",
         &unisub::analysis::plan_slots_op);
+  m.def("plan_deltas(str models_json, str[] selected) -> str", &unisub::analysis::plan_deltas_op);
+  m.def("lora_pairs(str[] keys) -> (str[], str[], str[])", &unisub::analysis::lora_pairs_op);
+  // the slot-pattern rule (pattern.h) for other callers (unisub.lora selects modules with it)
+  m.def("slot_patterns_match(str[] keys, str[] patterns) -> bool[]",
+        [](std::vector<std::string> keys, std::vector<std::string> patterns) {
+          std::vector<unisub::analysis::Pattern> compiled;
+          try {
+            for (const auto& p : patterns) compiled.push_back(unisub::analysis::Pattern::slot_pattern(p));
+          } catch (const std::invalid_argument& e) {
+            TORCH_CHECK_VALUE(false, e.what());
+          }
+          c10::List<bool> out;
+          for (const auto& k : keys) {
+            bool any = false;
+            for (const auto& p : compiled) any = any || p.matches(k);
+            out.push_back(any);
+          }
+          return out;
+        });
+  // [m, n], or [] for a scalar (which cannot be analysed)
+  m.def("analysis_matrix_shape(int[] shape) -> int[]", [](std::vector<int64_t> shape) {
+    const auto mn = unisub::analysis::matrix_shape(shape);
+    return mn ? std::vector<int64_t>{mn->first, mn->second} : std::vector<int64_t>{};
+  });
 }

@@ -43,6 +43,8 @@ BOOST_AUTO_TEST_CASE(globs_translate_as_python_does) {
   BOOST_TEST(translate_glob("[]]") == "(?s:[]])\\z");     // a leading ']' is literal
   BOOST_TEST(translate_glob("[^x]") == "(?s:[\\^x])\\z"); // '^' is no negation in a Python glob
   BOOST_TEST(translate_glob("a\\b") == "(?s:a\\\\b)\\z"); // backslashes are literal
+  // '.', ':', '=' and '[' in a class are escaped: PCRE2 would read "[..." as a collating element
+  BOOST_TEST(translate_glob("[.:=[]") == "(?s:[\\.\\:\\=\\[])\\z");
 }
 
 BOOST_AUTO_TEST_CASE(patterns_match_as_fnmatchcase_and_re_search) {
@@ -52,6 +54,8 @@ BOOST_AUTO_TEST_CASE(patterns_match_as_fnmatchcase_and_re_search) {
   BOOST_TEST(Pattern::slot_pattern("[^x]").matches("^"));
   BOOST_TEST(!Pattern::slot_pattern("[^x]").matches("a"));
   BOOST_TEST(Pattern::slot_pattern("*").matches("a\nb"));  // DOTALL, as fnmatch
+  BOOST_TEST(Pattern::slot_pattern("?[...]").matches("a."));  // was refused as a POSIX collating element
+  BOOST_TEST(!Pattern::slot_pattern("?[...]").matches("ab"));
   BOOST_TEST(Pattern::slot_pattern("re:mlp\\.\\d+").matches("layers.3.mlp.12.weight"));  // searched
   BOOST_TEST(!Pattern::slot_pattern("re:^mlp").matches("layers.mlp"));
   BOOST_CHECK_THROW(Pattern::slot_pattern("re:("), std::invalid_argument);

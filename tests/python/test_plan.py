@@ -125,7 +125,7 @@ def test_patterns_match_as_python_does(gen):
     slots = {n: ("F32", (2, 2)) for n in names}
     pats = ["".join(rnd.choice("ab.-_![]^*?\\&~|0z") for _ in range(rnd.randint(1, 7))) for _ in range(600)]
     pats += ["*attn*", "layers.?.*", "[!L]*", "[a-z]*", "[z-a]*", "x[[]1]*", "*[]]*", "re:layers\\.\\d+\\.mlp",
-             "re:^L", "re:q\\.weight$", "re:(?i)layers\\.1\\b"]
+             "re:^L", "re:q\\.weight$", "re:(?i)layers\\.1\\b", "?[...]", "*[.:=]*", "[[]*"]
     compared = 0
     for p in pats:
         if p.startswith("re:"):

@@ -19,8 +19,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from .accumulator import LoraDeltaAccumulator, SubspaceAccumulator, _check_rank_energy, finalize_mode_slot
-from .io import DEFAULT_MAX_GRAM_BYTES, CheckpointError, PeftAdapter, discover, lora_pairs, matrix_shape, plan
-from .io.slots import ANALYSABLE
+from .io import DEFAULT_MAX_GRAM_BYTES, CheckpointError, PeftAdapter, discover, matrix_shape, plan
+from .io.slots import plan_deltas
 from .io.atomic import write_bytes
 from .io.errors import writer_call
 from .metrics import ERROR_RANKS, TAUS
@@ -74,44 +74,11 @@ def _plan(checkpoints, patterns, include_1d, modes, max_gram_bytes, batch_size):
 
 
 def _plan_deltas(checkpoints, chosen):
-    """module -> (lora_A key, lora_B key, (m, n)) for every module of which a factor was selected.
-    Every checkpoint must be a PEFT adapter (the scaling comes from its config) holding both
-    factors with the same m and n; the LoRA rank may differ between models."""
-    for ck in checkpoints:
-        if not isinstance(ck, PeftAdapter):
-            raise CheckpointError(ck.name, "--modes delta analyses LoRA deltas ΔW = s·B·A and needs PEFT adapter "
-                                           "folders (adapter_config.json gives s); this is not one")
-        if ck.config.get("use_dora", False):
-            raise CheckpointError(ck.name, "a DoRA adapter (use_dora): its weight change is a rescaled direction, "
-                                           "not s·B·A, so --modes delta would misreport it; analyse its factors "
-                                           "with --modes out in")
-    ref = checkpoints[0]
-    sel = set(chosen)
-    pairs = {mod: ab for mod, ab in lora_pairs(ref.slots).items() if ab[0] in sel or ab[1] in sel}
-    if not pairs:
-        raise CheckpointError(ref.name, "--modes delta: no selected tensor is the lora_A or lora_B of a module "
-                                        "that has both factors")
-    plan = {}
-    for mod, (a_key, b_key) in pairs.items():
-        shape = None
-        for ck in checkpoints:
-            for key in (a_key, b_key):
-                if key not in ck.slots:
-                    raise CheckpointError(ck.file_of(key), f"missing (present in '{ref.file_of(key)}')", slot=key)
-                if ck.slots[key][0] not in ANALYSABLE:
-                    raise CheckpointError(ck.file_of(key), f"dtype {ck.slots[key][0]} cannot be analysed (need one of "
-                                                           f"{', '.join(ANALYSABLE)})", slot=key)
-            (r_a, n), (m, r_b) = matrix_shape(ck.slots[a_key][1]), matrix_shape(ck.slots[b_key][1])
-            if r_a != r_b:
-                raise CheckpointError(ck.file_of(b_key), f"lora_B {list(ck.slots[b_key][1])} and lora_A "
-                                                         f"{list(ck.slots[a_key][1])} have different ranks", slot=b_key)
-            if shape is None:
-                shape = (m, n)
-            elif (m, n) != shape:
-                raise CheckpointError(ck.file_of(b_key), f"ΔW = B·A of shape {[m, n]} differs from {list(shape)} "
-                                                         f"in '{ref.file_of(b_key)}'", slot=b_key)
-        plan[mod] = (a_key, b_key, shape)
-    return plan
+    """module -> (lora_A key, lora_B key, (m, n)) for every module of which a factor was selected:
+    libunisub's delta plan (``unisub.io.plan_deltas``), the one ``unisub-analyze`` makes."""
+    return plan_deltas([(ck.name, ck.slots, ck.file_of, isinstance(ck, PeftAdapter),
+                         isinstance(ck, PeftAdapter) and bool(ck.config.get("use_dora", False)))
+                        for ck in checkpoints], chosen)
 
 
 def _read_factors(ck, a_key, b_key):

@@ -34,7 +34,6 @@
 #include "analysis/run_report.h"
 #include "analysis/slot_result.h"
 #include "analysis/writer.h"
-#include "delta.h"
 #include "models.h"
 #include "unisub/analysis.h"
 
@@ -153,6 +152,8 @@ int run(const Options& o) {
   for (const auto& model : models) {
     unisub::analysis::PlanModel t;
     t.name = model.name;
+    t.adapter = model.adapter;
+    t.dora = model.dora();
     for (const auto& k : model.keys()) {
       t.tensors[k] = {model.info(k).dtype, model.info(k).shape};
       t.files[k] = model.file_of(k);
@@ -179,16 +180,11 @@ int run(const Options& o) {
   std::map<std::string, std::vector<std::string>> plan_modes;  // the modes each slot runs (within the budget)
   for (const auto& s : plan.slots)
     for (const auto& c : s.modes) plan_modes[s.key].push_back(c.mode);
-  std::vector<DeltaModule> deltas;
+  std::vector<unisub::analysis::DeltaModulePlan> deltas;  // libunisub's delta plan, the one `unisub analyze` makes
   if (std::find(o.modes.begin(), o.modes.end(), "delta") != o.modes.end()) {
-    require_adapters(models);
-    for (const auto& [module, ab] : lora_pairs(first.keys()))
-      if (std::find(chosen.begin(), chosen.end(), ab.first) != chosen.end() ||
-          std::find(chosen.begin(), chosen.end(), ab.second) != chosen.end())
-        deltas.push_back(plan_delta(module, ab.first, ab.second, models));
-    if (deltas.empty())
-      throw CheckpointError(fmt::format("{}: --modes delta: no selected tensor is the lora_A or lora_B of a module that "
-                                        "has both factors", first.name));
+    auto planned_deltas = unisub::analysis::plan_deltas(tables, chosen);
+    if (planned_deltas.error) throw CheckpointError(planned_deltas.error->what());
+    deltas = std::move(planned_deltas.modules);
   }
   std::vector<std::string> slots;  // analysed along out / in
   for (const auto& sl : plan.slots) slots.push_back(sl.key);
@@ -235,7 +231,7 @@ int run(const Options& o) {
       continue;
     }
     const auto& modes = plan_modes.at(key);  // the requested ones within the Gram budget
-    const auto [m, n] = matrix_shape(first.info(key).shape);
+    const auto [m, n] = *unisub::analysis::matrix_shape(first.info(key).shape);  // planned: >= 1-D
     unisub::analysis::ModeAccumulator even(m, n, modes, /*center=*/true, torch::kCPU), odd(m, n, modes, true, torch::kCPU);
     const int64_t start = o.resume ? folder.load_partial(key, even, odd, 0) : 0;
     done += start;

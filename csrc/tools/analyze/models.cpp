@@ -49,33 +49,4 @@ std::vector<Model> discover_models(const std::vector<std::string>& paths) {
   return models;
 }
 
-// unisub.io.lora_pairs's rule, "^(.+)\.lora_(embedding_)?A(\.weight)?$", without std::regex (which
-// recurses once per character and overflows the stack on very long names).
-std::map<std::string, std::pair<std::string, std::string>> lora_pairs(const std::vector<std::string>& keys) {
-  std::map<std::string, std::pair<std::string, std::string>> pairs;
-  const std::set<std::string> all(keys.begin(), keys.end());
-  for (const auto& key : keys) {
-    for (const std::string suffix : {"", ".weight"}) {
-      bool done = false;
-      for (const std::string tag : {".lora_A", ".lora_embedding_A"}) {
-        const auto tail = tag + suffix;
-        if (key.size() <= tail.size() || key.compare(key.size() - tail.size(), tail.size(), tail) != 0) continue;
-        const auto module = key.substr(0, key.size() - tail.size());
-        const auto b_key = module + tag.substr(0, tag.size() - 1) + "B" + suffix;
-        if (all.count(b_key)) pairs[module] = {key, b_key};
-        done = true;
-      }
-      if (done) break;
-    }
-  }
-  return pairs;
-}
-
-std::pair<int64_t, int64_t> matrix_shape(const std::vector<int64_t>& s) {
-  if (s.size() == 1) return {1, s[0]};
-  int64_t rest = 1;
-  for (size_t i = 1; i < s.size(); ++i) rest *= s[i];
-  return {s[0], rest};
-}
-
 }  // namespace unisub_tool

@@ -27,10 +27,4 @@ Model open_model(const std::string& path);
 torch::Tensor read_finite(const Model& model, const std::string& key, bool scale);
 torch::Tensor read_finite_unscaled(const Model& model, const std::string& key);
 
-// module -> (lora_A key, lora_B key) for every module with both factors, sorted by module name.
-std::map<std::string, std::pair<std::string, std::string>> lora_pairs(const std::vector<std::string>& keys);
-
-// (rows, columns) of a tensor analysed as a matrix: the first dimension against the rest.
-std::pair<int64_t, int64_t> matrix_shape(const std::vector<int64_t>& shape);
-
 }  // namespace unisub_tool

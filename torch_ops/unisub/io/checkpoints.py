@@ -177,21 +177,12 @@ class PeftAdapter(Checkpoint):
         return self.inner.file_of(key if self._raw is None else self._raw.get(key, key))
 
 
-_LORA_A = re.compile(r"^(?P<module>.+)\.lora_(?P<emb>embedding_)?A(?P<suffix>\.weight)?$")
-
-
 def lora_pairs(slots) -> Dict[str, Tuple[str, str]]:
-    """module name -> (lora_A key, lora_B key) for every module whose two LoRA factors are both
-    in ``slots`` (sorted by module name)."""
-    pairs = {}
-    for key in sorted(slots):
-        m = _LORA_A.match(key)
-        if m is None:
-            continue
-        b_key = f"{m['module']}.lora_{m['emb'] or ''}B{m['suffix'] or ''}"
-        if b_key in slots:
-            pairs[m["module"]] = (key, b_key)
-    return pairs
+    """module name -> (lora_A key, lora_B key) for every module whose two LoRA factors are both in
+    ``slots`` (sorted by module name): libunisub's rule (``torch.ops.unisub.lora_pairs``), the
+    tool's."""
+    modules, a_keys, b_keys = torch.ops.unisub.lora_pairs(list(slots))
+    return {m: (a, b) for m, a, b in zip(modules, a_keys, b_keys)}
 
 
 def open_checkpoint(path: Path, scale_lora: bool = True) -> Checkpoint:

@@ -1,8 +1,5 @@
 """Which tensors are analysed, and as which matrix."""
-import fnmatch
 import json
-import math
-import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -15,25 +12,17 @@ ANALYSABLE = ("F64", "F32", "F16", "BF16")
 
 def matches(key: str, patterns: Sequence[str]) -> bool:
     """``re:`` prefixes a regular expression (searched); anything else is a glob on the full name.
-    (``unisub.lora`` matches module names with it; the analysis selects slots in libunisub, ``plan``,
-    with the same rules.)"""
-    for p in patterns:
-        if p.startswith("re:"):
-            if re.search(p[3:], key):
-                return True
-        elif fnmatch.fnmatchcase(key, p):
-            return True
-    return False
+    libunisub's matcher (csrc/analysis/pattern.h: Python's fnmatchcase / re.search rules through
+    PCRE2), the one the slot plan and the tool use."""
+    return bool(torch.ops.unisub.slot_patterns_match([key], list(patterns))[0]) if patterns else False
 
 
 def matrix_shape(shape: Tuple[int, ...]) -> Optional[Tuple[int, int]]:
     """The m × n matrix a tensor is analysed as: conv kernels (C_out, C_in, kh, kw) become
-    C_out × C_in·kh·kw; vectors become 1 × n; scalars cannot be analysed."""
-    if len(shape) == 0:
-        return None
-    if len(shape) == 1:
-        return (1, shape[0])
-    return (shape[0], math.prod(shape[1:]))
+    C_out × C_in·kh·kw; vectors become 1 × n; scalars cannot be analysed (None). libunisub's rule
+    (``torch.ops.unisub.analysis_matrix_shape``), the one the slot plan and the tool use."""
+    mn = torch.ops.unisub.analysis_matrix_shape([int(d) for d in shape])
+    return tuple(mn) if mn else None
 
 
 # A Gram above this many bytes is skipped unless raised (libunisub's kDefaultMaxGramBytes, plan.h).
@@ -46,10 +35,8 @@ def plan(models, patterns: Optional[Sequence[str]], include_1d: bool, modes: Seq
     ``unisub-analyze`` makes too: ``models`` a list of (name, {key: (dtype, shape)}, file_of). Returns
     the plan (selected, slots with their modes and costs, skipped with reasons, peak memory, time)
     and the text both front ends print. Bad input raises ``CheckpointError`` naming the file."""
-    payload = [{"name": str(name), "tensors": {k: [dt, [int(d) for d in shape], str(file_of(k))]
-                                               for k, (dt, shape) in slots.items()}}
-               for name, slots, file_of in models]
-    res = json.loads(torch.ops.unisub.plan_slots(json.dumps(payload), None if patterns is None else list(patterns),
+    payload = _payload(models)
+    res = json.loads(torch.ops.unisub.plan_slots(payload, None if patterns is None else list(patterns),
                                                  bool(include_1d), list(modes), int(max_gram_bytes), int(batch_size)))
     if "usage" in res:
         raise ValueError(res["usage"])
@@ -58,6 +45,29 @@ def plan(models, patterns: Optional[Sequence[str]], include_1d: bool, modes: Seq
         raise CheckpointError(e["path"], e["message"], slot=e["slot"] or None)
     res["plan"]["totals"] = res["totals"]  # report.json's "plan" as libunisub writes it (same bytes from both)
     return res["plan"], res["text"]
+
+
+def _payload(models) -> str:
+    """models as plan_slots / plan_deltas read them: (name, slots, file_of[, adapter, dora])."""
+    out = []
+    for name, slots, file_of, *kind in models:
+        item = {"name": str(name), "tensors": {k: [dt, [int(d) for d in shape], str(file_of(k))]
+                                               for k, (dt, shape) in slots.items()}}
+        if kind:
+            item["adapter"], item["dora"] = bool(kind[0]), bool(kind[1])
+        out.append(item)
+    return json.dumps(out, ensure_ascii=False)
+
+
+def plan_deltas(models, selected: Sequence[str]) -> Dict[str, Tuple[str, str, Tuple[int, int]]]:
+    """--modes delta's modules (libunisub's ``plan_deltas``, the tool's rule): module -> (lora_A key,
+    lora_B key, (m, n)); ``models`` a list of (name, slots, file_of, is_adapter, is_dora). Bad input
+    raises ``CheckpointError`` naming the file."""
+    res = json.loads(torch.ops.unisub.plan_deltas(_payload(models), list(selected)))
+    if "error" in res:
+        e = res["error"]
+        raise CheckpointError(e["path"], e["message"], slot=e["slot"] or None)
+    return {mod: (a, b, (m, n)) for mod, a, b, m, n in res["modules"]}
 
 
 def select(checkpoint_slots: Dict[str, Tuple[str, Tuple[int, ...]]], patterns: Optional[List[str]],
