@@ -19,7 +19,9 @@
 #include <fmt/core.h>
 #include <torch/torch.h>
 
+#include <array>
 #include <chrono>
+#include <future>
 #include <cmath>
 #include <filesystem>
 #include <iostream>
@@ -235,10 +237,21 @@ int run(const Options& o) {
     unisub::analysis::ModeAccumulator even(m, n, modes, /*center=*/true, torch::kCPU), odd(m, n, modes, true, torch::kCPU);
     const int64_t start = o.resume ? folder.load_partial(key, even, odd, 0) : 0;
     done += start;
-    for (int64_t b = start; b < nbatches; ++b) {
-      std::vector<torch::Tensor> part[2];
+    // batch b's models, split into the even and odd halves by their index
+    using Halves = std::array<std::vector<torch::Tensor>, 2>;
+    auto read_batch = [&, m = m, n = n](int64_t b) {
+      Halves part;
       for (int64_t i = b * o.batch_size; i < std::min(M, (b + 1) * o.batch_size); ++i)
         part[i % 2].push_back(read_finite(models[i], key, o.scale).reshape({m, n}));
+      return part;
+    };
+    // the next batch is read while this one is accumulated (reading is I/O and a cast; the Grams
+    // are BLAS): on a cold disk the read time hides behind the Grams
+    std::future<Halves> next;
+    if (start < nbatches) next = std::async(std::launch::async, read_batch, start);
+    for (int64_t b = start; b < nbatches; ++b) {
+      Halves part = next.get();
+      if (b + 1 < nbatches) next = std::async(std::launch::async, read_batch, b + 1);
       even.update(part[0]);
       odd.update(part[1]);
       if (due(b + 1 == nbatches)) folder.save_partial(key, b + 1, even, odd, 0);
