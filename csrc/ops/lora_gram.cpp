@@ -2,8 +2,9 @@
 //
 // With Bc = [B₁ … B_M] (m × Mr) and Ac = [A₁; …; A_M] (Mr × n), the blocks of P = BcᵀBc are
 // BᵢᵀBⱼ and those of Q = AcAcᵀ are AᵢAⱼᵀ, so Kᵢⱼ = tr(BᵢᵀBⱼ AⱼAᵢᵀ) = Σ (P ∘ Q) over block (i, j).
-// Two GEMMs and a block reduction: O((Mr)²(m + n)) instead of O(M·mnr + M²mn), over panels of
-// models, lower triangle only, so memory stays bounded for large M.
+// Two GEMMs and a block reduction: O((Mr)²(m + n)) instead of O(M·mnr + M²mn), over tiles (CPU,
+// csrc/cpu/lora_gram_cpu.cpp) or row panels (elsewhere) of models, lower triangle only, so memory
+// stays bounded for large M.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
@@ -11,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "cpu/lora_gram_cpu.h"
 #include "ops/checks.h"
 #include "ops/decompositions.h"
 #include "unisub/decompositions.h"
@@ -35,10 +37,18 @@ void check_factors(const at::Tensor& B, const at::Tensor& A) {
 }
 }  // namespace
 
-// Rows of P and Q per GEMM panel. Measured on 2 cores (M = 200, r = 16, m = n = 1024): 256-row
-// panels were fastest in float32 and float64 alike (128: more GEMM calls; 512 and up: the panels
-// on the diagonal compute more of the upper triangle that is thrown away).
+// Rows of P and Q per GEMM panel on the device-independent route (CUDA). Chosen on CPU when that
+// was the CPU route too (2 cores, M = 200, r = 16, m = n = 1024: 256-row panels were fastest; 128:
+// more GEMM calls; 512 and up: more of the upper triangle computed and thrown away); not measured
+// on a GPU.
 constexpr int64_t kPanelRows = 256;
+// Tile of the CPU route (csrc/cpu/lora_gram_cpu.cpp): 256 rows × 1024 columns of P and Q (16 × 64
+// models at r = 16). Measured on 2 cores at that size, interleaved, best of 5–10: tiles from
+// 128 × 512 to 512 × 1024 and full-width 256-row panels were within the run-to-run noise of each
+// other (±10 % under the shared machine's load); this one was never far from the best, keeps the
+// thrown-away upper halves of the diagonal tiles at 256/(2·Mr) of the work and each worker's two
+// buffers at 2 MB (float64: 4 MB) whatever M.
+constexpr int64_t kCpuTileRows = 256, kCpuTileCols = 1024;
 
 namespace {
 
@@ -87,18 +97,23 @@ at::Tensor lora_gram_impl(const at::Tensor& B, const at::Tensor& A, bool center)
     // legitimate.
     const auto compute = compute_dtype(B, center);
     const int eb = factor_exponent(B, "B", compute), ea = factor_exponent(A, "A", compute);
-    const auto Bc = scaled(B, compute, eb).permute({1, 0, 2}).reshape({m, M * r});  // [m, M r]
-    const auto Ac = scaled(A, compute, ea).reshape({M * r, n});                      // [M r, n]
-    // Row panels of whole models; each panel's GEMMs stop at the diagonal (lower triangle only).
-    const int64_t tile = std::max<int64_t>(1, kPanelRows / r);
-    for (int64_t i0 = 0; i0 < M; i0 += tile) {
-      const int64_t ni = std::min(tile, M - i0);
-      const auto Bi = Bc.narrow(1, i0 * r, ni * r), Ai = Ac.narrow(0, i0 * r, ni * r);
-      const int64_t nj = i0 + ni;  // all models up to and including this panel
-      const auto P = at::matmul(Bi.t(), Bc.narrow(1, 0, nj * r));  // [ni r, nj r]
-      const auto Q = at::matmul(Ai, Ac.narrow(0, 0, nj * r).t());
-      K.narrow(0, i0, ni).narrow(1, 0, nj).copy_(
-          P.mul_(Q).reshape({ni, r, nj, r}).sum({1, 3}, /*keepdim=*/false, at::kDouble));
+    // Bt = [B₁ᵀ; …; B_Mᵀ] (one copy; P = Bt Btᵀ), Ac = [A₁; …; A_M] (a view).
+    const auto Bt = scaled(B, compute, eb).transpose(1, 2).reshape({M * r, m});  // [M r, m]
+    const auto Ac = scaled(A, compute, ea).reshape({M * r, n});                   // [M r, n]
+    if (B.device().is_cpu()) {
+      lora_gram_lower_cpu(Bt, Ac, r, K, kCpuTileRows, kCpuTileCols);
+    } else {
+      // Row panels of whole models; each panel's GEMMs stop at the diagonal (lower triangle only).
+      const int64_t tile = std::max<int64_t>(1, kPanelRows / r);
+      for (int64_t i0 = 0; i0 < M; i0 += tile) {
+        const int64_t ni = std::min(tile, M - i0);
+        const int64_t nj = i0 + ni;  // all models up to and including this panel
+        const auto Bi = Bt.narrow(0, i0 * r, ni * r), Ai = Ac.narrow(0, i0 * r, ni * r);
+        const auto P = at::matmul(Bi, Bt.narrow(0, 0, nj * r).t());  // [ni r, nj r]
+        const auto Q = at::matmul(Ai, Ac.narrow(0, 0, nj * r).t());
+        K.narrow(0, i0, ni).narrow(1, 0, nj).copy_(
+            P.mul_(Q).reshape({ni, r, nj, r}).sum({1, 3}, /*keepdim=*/false, at::kDouble));
+      }
     }
     const auto lower = K.tril(-1);
     K = lower + lower.t() + K.diagonal().diag();

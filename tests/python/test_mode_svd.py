@@ -144,6 +144,48 @@ def test_lora_gram_tiles_many_models(gen):
     torch.testing.assert_close(unisub.lora_gram(B, A), D @ D.T, rtol=1e-12, atol=1e-10)
 
 
+# CPU tiles are 256 rows × 1024 columns of BᵀB and AAᵀ, in whole models: these shapes give row
+# panels and column chunks with remainders (r = 16: 16 × 64 models; r = 5: 51 × 204), ranks that
+# divide neither, and a rank past a tile's rows (r = 300: one model per tile row).
+@pytest.mark.parametrize("M,r", [(150, 16), (230, 5), (5, 300), (1, 3)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lora_gram_tile_shapes(M, r, dtype, gen):
+    m, n = 11, 13
+    B = torch.randn(M, m, r, generator=gen, dtype=torch.float64)
+    A = torch.randn(M, r, n, generator=gen, dtype=torch.float64)
+    K = unisub.lora_gram(B.to(dtype), A.to(dtype))
+    assert torch.equal(K, K.T)
+    D = (B @ A).reshape(M, -1)
+    ref = D @ D.T
+    if dtype == torch.float64:
+        torch.testing.assert_close(K, ref, rtol=1e-12, atol=1e-12 * ref.abs().max().item())
+    else:  # the float32 route's bound (test_lora_gram_float32_error_bound), on the rounded factors
+        u = 2.0 ** -24
+        gamma = lambda k: k * u / (1 - k * u)
+        B32, A32 = B.float().double(), A.float().double()
+        D32 = (B32 @ A32).reshape(M, -1)
+        ref32 = D32 @ D32.T
+        s = (B32.norm(dim=1) * A32.norm(dim=2)).sum(1)
+        bound = (gamma(m) + gamma(n) + 2 * u) * s[:, None] * s[None, :] + u * ref32.abs()
+        assert ((K.double() - ref32).abs() <= bound).all()
+
+
+def test_lora_gram_same_result_on_any_thread_count(gen):
+    # The CPU route shares its tiles among the threads as they come free; each K entry is still
+    # computed by one tile in a fixed order, so the thread count must not change a bit.
+    B = torch.randn(150, 40, 16, generator=gen)
+    A = torch.randn(150, 16, 30, generator=gen)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = unisub.lora_gram(B, A)
+        torch.set_num_threads(max(2, threads))
+        many = unisub.lora_gram(B, A)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, many)
+
+
 def test_lora_gram_float32_error_bound(gen):
     # Uncentred float32 factors take float32 GEMMs. Rigorous bound from |fl(xᵀy) − xᵀy| ≤ γ_k‖x‖‖y‖
     # on every entry of BᵀB (k = m) and AAᵀ (k = n), summed over each r × r block:

@@ -1,0 +1,113 @@
+// lora_gram on CPU (see lora_gram_cpu.h and ops/lora_gram.cpp for the algebra).
+//
+// Why tiles shared out by the threads rather than one multithreaded GEMM per row panel (the
+// device-independent route in ops/lora_gram.cpp): measured on 2 cores at M = 200, r = 16,
+// m = n = 1024, a 2-thread BLAS call on a machine where another process holds one core is no
+// faster than a 1-thread call (its threads wait for each other at every step), while independent
+// 1-thread GEMMs on tiles, taken from a shared counter, keep both cores busy whatever the load.
+// Why a reduction of our own: ATen's (P ∘ Q).reshape(ni, r, nj, r).sum({1, 3}, float64)
+// materialises P ∘ Q, converts it and reduces over two strided axes, which took about a third of
+// lora_gram's time; here each tile of P and Q is read once, contiguously, while it is still in
+// cache: the r rows of a block row are accumulated column by column into a float64 vector (an
+// elementwise update the compiler vectorises, no reassociation needed), then each group of r
+// columns is summed.
+#include "cpu/lora_gram_cpu.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <atomic>
+#include <vector>
+
+namespace unisub::detail {
+namespace {
+
+struct Tile {
+  int64_t i0, ni, j0, nj;  // models [i0, i0 + ni) × [j0, j0 + nj), j0 ≤ i0
+};
+
+// K[i0 + a, j0 + b] for every b with j0 + b ≤ i0 + a, from the [ni·r, nj·r] tiles P and Q.
+template <typename T>
+void reduce_tile(const T* P, const T* Q, int64_t r, const Tile& t, double* K, int64_t ldk, double* acc) {
+  const int64_t ld = t.nj * r;
+  for (int64_t a = 0; a < t.ni; ++a) {
+    const int64_t nb = std::min(t.nj, t.i0 + a - t.j0 + 1);  // lower triangle only
+    const int64_t cols = nb * r;
+    double* __restrict s = acc;
+    for (int64_t c = 0; c < cols; ++c) s[c] = 0.0;
+    for (int64_t k = 0; k < r; ++k) {
+      const T* __restrict p = P + (a * r + k) * ld;
+      const T* __restrict q = Q + (a * r + k) * ld;
+      for (int64_t c = 0; c < cols; ++c) s[c] += static_cast<double>(p[c]) * static_cast<double>(q[c]);
+    }
+    double* row = K + (t.i0 + a) * ldk + t.j0;
+    for (int64_t b = 0; b < nb; ++b) {
+      double sum = 0.0;
+      for (int64_t l = 0; l < r; ++l) sum += s[b * r + l];
+      row[b] = sum;
+    }
+  }
+}
+
+}  // namespace
+
+void lora_gram_lower_cpu(const at::Tensor& Bt, const at::Tensor& Ac, int64_t r, const at::Tensor& K,
+                         int64_t panel_rows, int64_t panel_cols) {
+  TORCH_CHECK(r > 0 && Bt.dim() == 2 && Ac.dim() == 2 && Bt.size(0) == Ac.size(0) && Bt.size(0) % r == 0,
+              "unisub.lora_gram: internal error: factor panels ", Bt.sizes(), " and ", Ac.sizes(),
+              " do not hold whole rank-", r, " models");
+  TORCH_CHECK(Bt.device().is_cpu() && Ac.device().is_cpu() && K.device().is_cpu(),
+              "unisub.lora_gram: internal error: the CPU route got tensors on ", Bt.device(), ", ", Ac.device(),
+              " and ", K.device());
+  TORCH_CHECK(Bt.scalar_type() == Ac.scalar_type() &&
+                  (Bt.scalar_type() == at::kFloat || Bt.scalar_type() == at::kDouble),
+              "unisub.lora_gram: internal error: the CPU route computes in float32 or float64, got ",
+              Bt.scalar_type(), " and ", Ac.scalar_type());
+  const int64_t M = Bt.size(0) / r;
+  TORCH_CHECK(K.scalar_type() == at::kDouble && K.dim() == 2 && K.size(0) == M && K.size(1) == M &&
+                  K.is_contiguous(),
+              "unisub.lora_gram: internal error: K must be a contiguous float64 [", M, ", ", M, "], got ",
+              K.sizes(), " ", K.scalar_type());
+  const auto B = Bt.contiguous(), A = Ac.contiguous();
+  const int64_t ti = std::max<int64_t>(1, panel_rows / r), tj = std::max<int64_t>(1, panel_cols / r);
+
+  // The lower block triangle as tiles of ti × tj models; a tile never reaches past the diagonal
+  // block of its row panel, so the only work thrown away is the upper half of the diagonal blocks.
+  std::vector<Tile> tiles;
+  for (int64_t i0 = 0; i0 < M; i0 += ti) {
+    const int64_t ni = std::min(ti, M - i0);
+    for (int64_t j0 = 0; j0 < i0 + ni; j0 += tj) tiles.push_back({i0, ni, j0, std::min(tj, i0 + ni - j0)});
+  }
+  // Largest tiles first, so the last ones taken are small and the threads finish together.
+  std::stable_sort(tiles.begin(), tiles.end(),
+                   [](const Tile& x, const Tile& y) { return x.ni * x.nj > y.ni * y.nj; });
+
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tiles.size()));
+  std::atomic<int64_t> next{0};
+  double* k = K.data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES(B.scalar_type(), "unisub_lora_gram_lower_cpu", [&] {
+    at::parallel_for(0, workers, 1, [&](int64_t w0, int64_t w1) {
+      // Inside at::parallel_for, ATen's and the BLAS's own threading is off: each GEMM runs on
+      // this thread. Buffers once per worker (fresh multi-megabyte tensors per tile would cost
+      // their page faults every time).
+      const auto bufP = at::empty({ti * r * tj * r}, B.options()), bufQ = at::empty({ti * r * tj * r}, B.options());
+      std::vector<double> acc(static_cast<size_t>(tj * r));
+      for (int64_t w = w0; w < w1; ++w) {
+        for (int64_t t = next.fetch_add(1); t < static_cast<int64_t>(tiles.size()); t = next.fetch_add(1)) {
+          const Tile& tile = tiles[t];
+          const int64_t rows = tile.ni * r, cols = tile.nj * r;
+          auto P = bufP.narrow(0, 0, rows * cols).view({rows, cols});
+          auto Q = bufQ.narrow(0, 0, rows * cols).view({rows, cols});
+          at::mm_out(P, B.narrow(0, tile.i0 * r, rows), B.narrow(0, tile.j0 * r, cols).t());  // BᵢᵀBⱼ
+          at::mm_out(Q, A.narrow(0, tile.i0 * r, rows), A.narrow(0, tile.j0 * r, cols).t());  // AᵢAⱼᵀ
+          reduce_tile(P.const_data_ptr<scalar_t>(), Q.const_data_ptr<scalar_t>(), r, tile, k, M, acc.data());
+        }
+      }
+    });
+  });
+}
+
+}  // namespace unisub::detail

@@ -1,0 +1,22 @@
+#pragma once
+// lora_gram on CPU: the lower block triangle of K from the concatenated factors, as independent
+// tiles (two GEMMs and a fused float64 block reduction each) shared out among the threads.
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+namespace unisub::detail {
+
+// Bt = [B₁ᵀ; …; B_Mᵀ] (M·r × m) and Ac = [A₁; …; A_M] (M·r × n): contiguous CPU tensors of one
+// dtype, float32 or float64. K: contiguous float64 [M, M]. For every j ≤ i, writes
+//   K[i, j] = Σ_{k, l < r} (BᵢᵀBⱼ)[k, l] · (AᵢAⱼᵀ)[k, l]
+// with the GEMMs in the factors' dtype and the sum in float64 (float32 products are exact there);
+// entries above the diagonal are left as they are. Each entry is computed by one tile, whose
+// reduction runs in an order fixed by the shape, so which thread takes which tile does not matter;
+// the GEMMs are the BLAS's (single-threaded inside the workers, with its own threading when one
+// worker runs alone).
+// panel_rows / panel_cols: tile size in rows of Bt (rounded to whole models, at least one).
+void lora_gram_lower_cpu(const at::Tensor& Bt, const at::Tensor& Ac, int64_t r, const at::Tensor& K,
+                         int64_t panel_rows, int64_t panel_cols);
+
+}  // namespace unisub::detail
