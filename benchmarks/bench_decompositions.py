@@ -4,7 +4,9 @@
   Gram route, on a decaying spectrum (auto keeps its certified sketch) and a noise floor (auto
   falls back to the Gram route);
 - lora_gram for M = 200, r = 16, m = n = 1024 vs forming every ΔW and their Gram (and the centred
-  variant vs forming, centring and the Gram)."""
+  variant vs forming, centring and the Gram), and vs the plain-PyTorch factored formulations
+  (issue #17: two full (Mr)² Grams and a block reduction; the best of them is the yardstick;
+  benchmarks/lora_gram_speed.py times them interleaved, best of N)."""
 import torch
 
 import unisub
@@ -23,6 +25,40 @@ def lora_like_stack(M, r, n, gen, dtype, directions=64, decay=0.85, noise=1e-4):
     weights = decay ** torch.arange(directions, dtype=torch.float64)
     coeffs = torch.randn(M, r, directions, generator=gen, dtype=torch.float64) * weights
     return (coeffs @ basis.T + noise * torch.randn(M, r, n, generator=gen, dtype=torch.float64)).to(dtype)
+
+
+def factored_baselines(B, A):
+    """What a competent PyTorch user writes for Kᵢⱼ = ⟨BᵢAᵢ, BⱼAⱼ⟩_F without forming ΔW: the
+    concatenated factors' full Grams P = BcᵀBc and Q = AcAcᵀ ((Mr)² each, no symmetry saved) and
+    Σ over each r × r block of P ∘ Q. Variants differ in the reduction; all sum in float64 except
+    the einsum one (float32 sums for float32 factors, the fastest a user would find)."""
+    M, m, r = B.shape
+    n = A.shape[2]
+
+    def grams():
+        Bc = B.permute(1, 0, 2).reshape(m, M * r)
+        Ac = A.reshape(M * r, n)
+        return Bc.T @ Bc, Ac @ Ac.T
+
+    def plain():
+        P, Q = grams()
+        return (P * Q).reshape(M, r, M, r).sum((1, 3), dtype=torch.float64)
+
+    def in_place_last_first():  # no third (Mr)² tensor; the contiguous last axis reduced first
+        P, Q = grams()
+        return P.mul_(Q).view(M, r, M, r).sum(3, dtype=torch.float64).sum(1)
+
+    def einsum_reduce():
+        P, Q = grams()
+        return torch.einsum("akbl,akbl->ab", P.view(M, r, M, r), Q.view(M, r, M, r))
+
+    def einsum_grams():  # the Grams by einsum straight on the stacked factors
+        P = torch.einsum("amk,bml->akbl", B, B)
+        Q = torch.einsum("akn,bln->akbl", A, A)
+        return (P * Q).sum((1, 3), dtype=torch.float64)
+
+    return {"factored": plain, "factored in place": in_place_last_first,
+            "factored einsum-reduce": einsum_reduce, "factored einsum-Grams": einsum_grams}
 
 
 def cases(device: str, size: str = "quick", dtypes=(torch.float32,)):
@@ -64,7 +100,8 @@ def cases(device: str, size: str = "quick", dtypes=(torch.float32,)):
             return D @ D.T
 
         yield Case(op="lora_gram", shape=f"M={M} m={m} r={r} n={n}", dtype=dtype, device=device,
-                   ours=lambda B=B, A=A: unisub.lora_gram(B, A), baselines={"form ΔW + Gram": dense})
+                   ours=lambda B=B, A=A: unisub.lora_gram(B, A),
+                   baselines={"form ΔW + Gram": dense, **factored_baselines(B, A)})
         # center=True computes in float64 whatever the input (the double centring cancels).
         yield Case(op="lora_gram[center]", shape=f"M={M} m={m} r={r} n={n}", dtype=dtype, device=device,
                    ours=lambda B=B, A=A: unisub.lora_gram(B, A, True),
