@@ -55,7 +55,7 @@ void reduce_tile(const T* P, const T* Q, int64_t r, const Tile& t, double* K, in
 }  // namespace
 
 void lora_gram_lower_cpu(const at::Tensor& Bt, const at::Tensor& Ac, int64_t r, const at::Tensor& K,
-                         int64_t panel_rows, int64_t panel_cols) {
+                         int64_t panel_rows, int64_t panel_cols, int64_t diagonal_rows) {
   TORCH_CHECK(r > 0 && Bt.dim() == 2 && Ac.dim() == 2 && Bt.size(0) == Ac.size(0) && Bt.size(0) % r == 0,
               "unisub.lora_gram: internal error: factor panels ", Bt.sizes(), " and ", Ac.sizes(),
               " do not hold whole rank-", r, " models");
@@ -73,13 +73,20 @@ void lora_gram_lower_cpu(const at::Tensor& Bt, const at::Tensor& Ac, int64_t r, 
               K.sizes(), " ", K.scalar_type());
   const auto B = Bt.contiguous(), A = Ac.contiguous();
   const int64_t ti = std::max<int64_t>(1, panel_rows / r), tj = std::max<int64_t>(1, panel_cols / r);
+  const int64_t td = std::max<int64_t>(1, std::min(ti, diagonal_rows / r));
 
-  // The lower block triangle as tiles of ti × tj models; a tile never reaches past the diagonal
-  // block of its row panel, so the only work thrown away is the upper half of the diagonal blocks.
+  // The lower block triangle: row panels of ti models; left of the panel's diagonal block, tiles
+  // of ti × tj models; the diagonal block itself in strips of td models that stop at the diagonal,
+  // so the work thrown away (above the diagonal) is about td·r/(M·r) of the whole, not ti·r/(M·r)
+  // (M = 50, r = 16: 8 % instead of 32 %).
   std::vector<Tile> tiles;
   for (int64_t i0 = 0; i0 < M; i0 += ti) {
     const int64_t ni = std::min(ti, M - i0);
-    for (int64_t j0 = 0; j0 < i0 + ni; j0 += tj) tiles.push_back({i0, ni, j0, std::min(tj, i0 + ni - j0)});
+    for (int64_t j0 = 0; j0 < i0; j0 += tj) tiles.push_back({i0, ni, j0, std::min(tj, i0 - j0)});
+    for (int64_t s = 0; s < ni; s += td) {
+      const int64_t ns = std::min(td, ni - s);
+      tiles.push_back({i0 + s, ns, i0, s + ns});
+    }
   }
   // Largest tiles first, so the last ones taken are small and the threads finish together.
   std::stable_sort(tiles.begin(), tiles.end(),

@@ -15,8 +15,9 @@ namespace unisub::detail {
 // reduction runs in an order fixed by the shape, so which thread takes which tile does not matter;
 // the GEMMs are the BLAS's (single-threaded inside the workers, with its own threading when one
 // worker runs alone).
-// panel_rows / panel_cols: tile size in rows of Bt (rounded to whole models, at least one).
+// panel_rows × panel_cols: tile size below the diagonal, diagonal_rows: height of the strips that
+// cover the diagonal blocks, all in rows of Bt (rounded down to whole models, at least one).
 void lora_gram_lower_cpu(const at::Tensor& Bt, const at::Tensor& Ac, int64_t r, const at::Tensor& K,
-                         int64_t panel_rows, int64_t panel_cols);
+                         int64_t panel_rows, int64_t panel_cols, int64_t diagonal_rows);
 
 }  // namespace unisub::detail
