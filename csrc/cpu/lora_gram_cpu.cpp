@@ -92,16 +92,23 @@ void lora_gram_lower_cpu(const at::Tensor& Bt, const at::Tensor& Ac, int64_t r, 
   std::stable_sort(tiles.begin(), tiles.end(),
                    [](const Tile& x, const Tile& y) { return x.ni * x.nj > y.ni * y.nj; });
 
+  // Each worker's buffers fit the largest tile and the widest row it reduces, whatever the sizes.
+  int64_t tile_elems = 0, tile_cols = 0;
+  for (const Tile& t : tiles) {
+    tile_elems = std::max(tile_elems, t.ni * r * t.nj * r);
+    tile_cols = std::max(tile_cols, t.nj * r);
+  }
   const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tiles.size()));
   std::atomic<int64_t> next{0};
   double* k = K.data_ptr<double>();
   AT_DISPATCH_FLOATING_TYPES(B.scalar_type(), "unisub_lora_gram_lower_cpu", [&] {
     at::parallel_for(0, workers, 1, [&](int64_t w0, int64_t w1) {
-      // Inside at::parallel_for, ATen's and the BLAS's own threading is off: each GEMM runs on
-      // this thread. Buffers once per worker (fresh multi-megabyte tensors per tile would cost
-      // their page faults every time).
-      const auto bufP = at::empty({ti * r * tj * r}, B.options()), bufQ = at::empty({ti * r * tj * r}, B.options());
-      std::vector<double> acc(static_cast<size_t>(tj * r));
+      // Inside at::parallel_for, ATen runs its own parallel loops inline and the BLAS (OpenMP,
+      // inside a parallel region) runs single-threaded: each GEMM stays on this thread. Buffers
+      // once per worker (fresh multi-megabyte tensors per tile would cost their page faults every
+      // time).
+      const auto bufP = at::empty({tile_elems}, B.options()), bufQ = at::empty({tile_elems}, B.options());
+      std::vector<double> acc(static_cast<size_t>(tile_cols));
       for (int64_t w = w0; w < w1; ++w) {
         for (int64_t t = next.fetch_add(1); t < static_cast<int64_t>(tiles.size()); t = next.fetch_add(1)) {
           const Tile& tile = tiles[t];
