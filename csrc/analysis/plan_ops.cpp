@@ -52,6 +52,16 @@ std::vector<PlanModel> models_of(const std::string& text) {
   return models;
 }
 
+// A planning error as the front ends read it: {"path", "slot", "message", "what"}.
+Json error_json(const PlanError& error) {
+  Json e = Json::object();
+  e["path"] = error.path;
+  e["slot"] = error.slot;
+  e["message"] = error.message;
+  e["what"] = error.what();
+  return e;
+}
+
 // {"plan": {...}, "text": "...", "totals": "..."} or {"error": {"path", "slot", "message"}} or {"usage": "..."}:
 // the front ends raise their own error types (CheckpointError, exit status 2) from these.
 std::string plan_slots_op(const std::string& models_json, std::optional<std::vector<std::string>> patterns,
@@ -62,12 +72,7 @@ std::string plan_slots_op(const std::string& models_json, std::optional<std::vec
   try {
     const auto res = plan_slots(models, o);
     if (res.error) {
-      Json e = Json::object();
-      e["path"] = res.error->path;
-      e["slot"] = res.error->slot;
-      e["message"] = res.error->message;
-      e["what"] = res.error->what();
-      out["error"] = std::move(e);
+      out["error"] = error_json(*res.error);
     } else {
       out["plan"] = res.plan->to_json();
       out["text"] = res.plan->text();
@@ -84,12 +89,7 @@ std::string plan_deltas_op(const std::string& models_json, std::vector<std::stri
   const auto res = plan_deltas(models_of(models_json), selected);
   Json out = Json::object();
   if (res.error) {
-    Json e = Json::object();
-    e["path"] = res.error->path;
-    e["slot"] = res.error->slot;
-    e["message"] = res.error->message;
-    e["what"] = res.error->what();
-    out["error"] = std::move(e);
+    out["error"] = error_json(*res.error);
     return out.dump();
   }
   Json list = Json::array();
