@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -255,14 +256,23 @@ def _run(checkpoints, chosen, deltas, slot_modes, folder, rank_id, world, device
         def save(next_batch):
             writer_call(folder.save_partial_modes, key, next_batch, halves[0]._impl, halves[1]._impl, rank_id)
 
-        for _, batch in batches_from(start, key, save):
-            mats = {i: _read(checkpoints[i], key, shape) for i in batch}
-            for h in (0, 1):
-                part = [mats[i] for i in batch if i % 2 == h]
-                if part:
-                    halves[h].update(part)
-            del mats, part
-            _release_memory()
+        def read(bi, key=key, shape=shape):
+            return {i: _read(checkpoints[i], key, shape) for i in batches[bi]}
+
+        # The next batch is read on a second thread while this one is accumulated (libunisub's
+        # reader and accumulator release the GIL): on a cold disk the read hides behind the Grams.
+        # Two batches are alive at once.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="unisub-read") as reader:
+            pending = reader.submit(read, start) if start < len(batches) else None
+            for bi, batch in batches_from(start, key, save):
+                mats = pending.result()
+                pending = reader.submit(read, bi + 1) if bi + 1 < len(batches) else None
+                for h in (0, 1):
+                    part = [mats[i] for i in batch if i % 2 == h]
+                    if part:
+                        halves[h].update(part)
+                del mats, part
+                _release_memory()
         if world > 1:
             for h in halves:
                 h.all_reduce(group)
