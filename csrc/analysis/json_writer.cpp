@@ -67,8 +67,7 @@ std::string format_double(double value) {
   return out;
 }
 
-namespace {
-void write_string(std::string& out, const std::string& s) {
+void append_json_string(std::string& out, const std::string& s) {
   out += '"';
   for (unsigned char c : s) {
     switch (c) {
@@ -91,7 +90,6 @@ void write_string(std::string& out, const std::string& s) {
   }
   out += '"';
 }
-}  // namespace
 
 void Json::write(std::string& out) const {
   switch (kind_) {
@@ -99,7 +97,7 @@ void Json::write(std::string& out) const {
     case Kind::Bool: out += int_ ? "true" : "false"; break;
     case Kind::Int: out += std::to_string(int_); break;
     case Kind::Double: out += format_double(double_); break;
-    case Kind::String: write_string(out, string_); break;
+    case Kind::String: append_json_string(out, string_); break;
     case Kind::Raw: out += string_; break;
     case Kind::Array: {
       out += '[';
@@ -114,7 +112,7 @@ void Json::write(std::string& out) const {
       out += '{';
       for (size_t i = 0; i < members_.size(); ++i) {
         if (i) out += ", ";
-        write_string(out, members_[i].first);
+        append_json_string(out, members_[i].first);
         out += ": ";
         members_[i].second.write(out);
       }

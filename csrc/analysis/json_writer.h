@@ -51,6 +51,9 @@ class Json {
   std::vector<std::pair<std::string, Json>> members_;
 };
 
+// `s` as a JSON string (quoted, escaped as RFC 8259 requires, UTF-8 kept), appended to `out`.
+void append_json_string(std::string& out, const std::string& s);
+
 // The text of a finite double as Python's repr writes it (shortest round-trip digits); "null" for
 // NaN and ±inf.
 std::string format_double(double value);

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "analysis/json_writer.h"
 #include "analysis/profile.h"
 #include "analysis/reader.h"
 
@@ -17,23 +18,6 @@ namespace unisub::analysis {
 namespace {
 
 std::string system_reason(int err) { return std::strerror(err); }
-
-// Compact JSON string (the header's keys and metadata): escapes as RFC 8259 requires, UTF-8 kept.
-void append_string(std::string& out, const std::string& s) {
-  out += '"';
-  for (unsigned char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\', out += static_cast<char>(c);
-    } else if (c < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", c);
-      out += buf;
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  out += '"';
-}
 
 const std::string& dtype_name(at::ScalarType t, const std::string& key) {
   for (const auto& [name, info] : safetensors_dtypes())
@@ -98,9 +82,9 @@ std::string safetensors_bytes(const std::vector<std::pair<std::string, at::Tenso
     const auto& name = dtype_name(t.scalar_type(), key);
     const uint64_t nbytes = static_cast<uint64_t>(t.numel()) * t.element_size();
     if (header.size() > 1) header += ',';
-    append_string(header, key);
+    append_json_string(header, key);
     header += ":{\"dtype\":";
-    append_string(header, name);
+    append_json_string(header, name);
     header += ",\"shape\":[";
     for (int64_t d = 0; d < t.dim(); ++d) header += (d ? "," : "") + std::to_string(t.size(d));
     header += "],\"data_offsets\":[" + std::to_string(offset) + "," + std::to_string(offset + nbytes) + "]}";
@@ -114,9 +98,9 @@ std::string safetensors_bytes(const std::vector<std::pair<std::string, at::Tenso
     for (const auto& [k, v] : metadata) {
       if (!first) header += ',';
       first = false;
-      append_string(header, k);
+      append_json_string(header, k);
       header += ':';
-      append_string(header, v);
+      append_json_string(header, v);
     }
     header += '}';
   }

@@ -170,7 +170,6 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
     deltas = _plan_deltas(checkpoints, slot_plan["selected"]) if "delta" in modes else {}
     chosen = list(slot_plan["slots"])
     slot_modes = {key: list(p["modes"]) for key, p in slot_plan["slots"].items()}  # within the Gram budget
-    M = len(checkpoints)
     names = [ck.name for ck in checkpoints]
     options = torch.ops.unisub.analysis_options_json(
         chosen, modes, None if energy is None else float(energy), rank, center, batch_size, world, scale_lora,

@@ -9,7 +9,6 @@ code. ``.pt`` / ``.bin`` files are read here, with ``torch.load``."""
 import abc
 import os
 import json
-import re
 from pathlib import Path
 from typing import Dict, List, Tuple
 

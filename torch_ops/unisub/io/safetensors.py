@@ -10,7 +10,6 @@ bytes of JSON, then the data; each tensor entry gives ``dtype``, ``shape`` and `
 "Reading rules"). A tensor is read straight from the file into its own memory.
 """
 import json
-import struct
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,6 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from .atomic import atomic_path
 from .errors import CheckpointError, reader_call
 
 DTYPES = {
