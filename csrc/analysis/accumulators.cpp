@@ -5,11 +5,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <set>
 #include <tuple>
 
+#include "analysis/json_writer.h"
 #include "analysis/profile.h"
 #include "unisub/decompositions.h"
+#include "ops/decompositions.h"
+#include "ops/gram.h"
 #include "unisub/gram.h"
 
 namespace unisub::analysis {
@@ -37,7 +41,39 @@ at::Tensor double_center(const at::Tensor& K) {
   return K - (row + row.t()) + K.mean();
 }
 
+GramPrecision parse_gram_precision(const std::string& name) {
+  if (name == "float64") return GramPrecision::Float64;
+  if (name == "float32") return GramPrecision::Float32;
+  if (name == "auto") return GramPrecision::Auto;
+  TORCH_CHECK_VALUE(false, "gram_precision must be \"auto\", \"float64\" or \"float32\", got \"", name, "\"");
+}
+
+std::string gram_precision_name(GramPrecision p) {
+  switch (p) {
+    case GramPrecision::Float64: return "float64";
+    case GramPrecision::Float32: return "float32";
+    case GramPrecision::Auto: return "auto";
+  }
+  return "float64";
+}
+
+double unit_roundoff(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kHalf: return std::ldexp(1.0, -11);
+    case at::kBFloat16: return std::ldexp(1.0, -8);
+    case at::kFloat: return std::ldexp(1.0, -24);
+    default: return std::ldexp(1.0, -53);
+  }
+}
+
 // ---- ModeAccumulator ----------------------------------------------------------------------------
+
+namespace {
+bool is_16_bit(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
+
+// The shifted unfolding whose Gram is a mode's: S itself for "out" ([m, n] · ᵀ), Sᵀ for "in".
+at::Tensor unfolding(const at::Tensor& x, const std::string& mode) { return mode == "out" ? x : x.t(); }
+}  // namespace
 
 ModeAccumulator::ModeAccumulator(int64_t m, int64_t n, std::vector<std::string> modes, bool center,
                                  at::Device device)
@@ -50,16 +86,54 @@ ModeAccumulator::ModeAccumulator(int64_t m, int64_t n, std::vector<std::string> 
     TORCH_CHECK_VALUE(seen.insert(mo).second, "ModeAccumulator: mode \"", mo, "\" is given twice");
   }
   const auto opts = kF64.device(device);
-  mean_ = at::zeros({m, n}, opts);
+  shift_ = at::zeros({m, n}, opts);
+  shift_sum_ = at::zeros({m, n}, opts);
   for (const auto& mo : modes_) {
     const int64_t d = mo == "out" ? m : n;
     grams_.push_back(at::zeros({d, d}, opts));
   }
 }
 
+void ModeAccumulator::invalidate() {
+  folded_ = false;
+  mean_cache_ = at::Tensor();  // frees a folded copy until it is read again
+  grams_cache_.clear();
+}
+
+void ModeAccumulator::fold() const {
+  if (folded_) return;
+  at::NoGradGuard no_grad;
+  const bool plain = sum_is_zero_ || count_ == 0;
+  mean_cache_ = plain ? shift_ : shift_ + shift_sum_ / static_cast<double>(count_);
+  grams_cache_.clear();
+  for (size_t k = 0; k < modes_.size(); ++k) {
+    unisub::detail::mirror_lower_(grams_[k]);  // the upper triangle is free to rewrite: not state
+    if (plain || !center_) {
+      grams_cache_.push_back(grams_[k]);
+      continue;
+    }
+    // G = G₀ − S Sᵀ/n: the lower triangle, then mirrored
+    auto G = grams_[k].clone();
+    unisub::detail::syrk_lower(G, unfolding(shift_sum_, modes_[k]), 1.0, -1.0 / static_cast<double>(count_));
+    unisub::detail::mirror_lower_(G);
+    grams_cache_.push_back(std::move(G));
+  }
+  folded_ = true;
+}
+
+const at::Tensor& ModeAccumulator::mean() const {
+  fold();
+  return mean_cache_;
+}
+
+const std::vector<at::Tensor>& ModeAccumulator::grams() const {
+  fold();
+  return grams_cache_;
+}
+
 const at::Tensor& ModeAccumulator::gram(const std::string& mode) const {
   for (size_t i = 0; i < modes_.size(); ++i)
-    if (modes_[i] == mode) return grams_[i];
+    if (modes_[i] == mode) return grams()[i];
   TORCH_CHECK_VALUE(false, "ModeAccumulator: mode \"", mode, "\" was not accumulated");
 }
 
@@ -74,22 +148,12 @@ void ModeAccumulator::update(at::TensorList models) {
                       m_, ", ", n_, "], got ", shape_text(x.sizes()), " (model ", i, " of the batch)");
   }
   at::NoGradGuard no_grad;
-  if (!model_.defined()) {
-    const auto opts = kF64.device(mean_.device());
-    batch_mean_ = at::empty({m_, n_}, opts);
-    model_ = at::empty({m_, n_}, opts);
-    for (const auto& G : grams_) batch_grams_.push_back(at::empty_like(G));
-  }
-  // One model at a time in float64: the batch is never copied to float64 as a whole (for a float16
-  // batch that copy alone was 4x its size), and one model's unfolding is a plain view that
-  // gram_update_ hands to BLAS without packing.
+  const auto dev = shift_.device();
+  if (!batch_mean_.defined()) batch_mean_ = at::empty({m_, n_}, kF64.device(dev));
   {
     ScopedStage stage("convert");
     batch_mean_.zero_();
-    for (const auto& x : models) {
-      model_.copy_(x);
-      batch_mean_ += model_;
-    }
+    for (const auto& x : models) batch_mean_.add_(x.to(dev));  // promoted to float64 element by element
     batch_mean_ /= static_cast<double>(models.size());
   }
   if (!at::isfinite(batch_mean_).all().item<bool>()) {
@@ -100,25 +164,97 @@ void ModeAccumulator::update(at::TensorList models) {
                         " of the batch holds NaN or infinity; every model must be finite");
     TORCH_CHECK_VALUE(false, "ModeAccumulator.update: the batch's mean overflows float64");
   }
+  invalidate();
+  if (center_ && count_ == 0) shift_.copy_(batch_mean_);  // μ₀: the first batch's mean
+  bool all_16_bit = true;
+  for (const auto& x : models) all_16_bit = all_16_bit && is_16_bit(x.scalar_type());
+  const bool float32 = precision_ == GramPrecision::Float32 || (precision_ == GramPrecision::Auto && all_16_bit);
   // the unavoidable work: each mode's Gram of each model, d(d+1)/2 · (the other size) multiply-adds
   double madds = 0;
   for (const auto& mo : modes_) {
     const double d = mo == "out" ? m_ : n_, other = mo == "out" ? n_ : m_;
     madds += d * (d + 1) / 2 * other * static_cast<double>(models.size());
   }
-  for (auto& G : batch_grams_) G.zero_();
-  for (const auto& x : models) {
+  // float32 and float64 Grams are timed apart, each against the GEMM rate of its precision
+  const char* gram_stage = float32 ? "gram_float32" : "gram";
+  accumulate_shifted(models, float32, gram_stage);
+  ScopedStage stage(gram_stage, 0, madds);
+  // S += Σ (x − μ₀) = b·(batch mean − μ₀)
+  const auto b = static_cast<double>(models.size());
+  shift_sum_.add_(center_ ? batch_mean_.sub_(shift_) : batch_mean_, b);
+  sum_is_zero_ = false;
+  count_ += static_cast<int64_t>(models.size());
+  if (float32) float32_models_ += static_cast<int64_t>(models.size());
+}
+
+void ModeAccumulator::accumulate_shifted(at::TensorList models, bool float32, const char* gram_stage) {
+  const auto dev = shift_.device();
+  const auto dtype = float32 ? at::kFloat : at::kDouble;
+  const int64_t size = m_ * n_, elem = float32 ? 4 : 8;
+  // Models per chunk: enough that a thin slot's GEMMs get a long inner dimension, few enough that
+  // the chunk stays small next to the batch itself (one model at least).
+  constexpr int64_t kChunkBytes = 32LL << 20;
+  const int64_t per_chunk = std::clamp<int64_t>(kChunkBytes / (size * elem), 1, static_cast<int64_t>(models.size()));
+  if (!chunk_.defined() || chunk_.scalar_type() != dtype || chunk_.numel() < per_chunk * size)
+    chunk_ = at::empty({per_chunk * size}, at::TensorOptions().dtype(dtype).device(dev));
+  if (float32 && grams32_.empty())
+    for (const auto& G : grams_) grams32_.push_back(at::empty_like(G, at::kFloat));
+  for (size_t first = 0; first < models.size(); first += per_chunk) {
+    const int64_t g = std::min<int64_t>(per_chunk, static_cast<int64_t>(models.size() - first));
+    // [m, g, n]: the "out" unfolding [m, g·n] and the rows of the "in" one [m·g, n] are plain views
+    const auto chunk = chunk_.narrow(0, 0, g * size).view({m_, g, n_});
     {
       ScopedStage stage("convert");
-      model_.copy_(x);  // a copy: centring must never touch the caller's tensor
-      if (center_) model_ -= batch_mean_;
+      // shifted in float64 (a 16-bit model minus the float64 μ₀), then stored: a float32 chunk
+      // holds each shifted entry to its own relative rounding, whatever the common offset
+      for (int64_t i = 0; i < g; ++i) {
+        auto slot = chunk.select(1, i);
+        if (center_) {
+          at::sub_out(slot, models[first + i].to(dev), shift_);
+        } else {
+          slot.copy_(models[first + i]);
+        }
+      }
+      // what the float32 part's error bound is relative to (one read of the chunk)
+      if (float32) float32_energy_ += chunk.square().sum(at::kDouble).item<double>();
     }
-    ScopedStage stage("gram");
-    const auto one = model_.unsqueeze(0);
-    for (size_t k = 0; k < modes_.size(); ++k) unisub::gram_update_(batch_grams_[k], one, mode_dim(modes_[k]));
+    ScopedStage stage(gram_stage);
+    for (size_t k = 0; k < modes_.size(); ++k) {
+      const auto A = modes_[k] == "out" ? chunk.view({m_, g * n_}) : chunk.view({m_ * g, n_}).t();
+      if (!float32) {
+        unisub::detail::syrk_lower(grams_[k], A);
+        continue;
+      }
+      // float32 GEMMs over at most kFloat32Columns columns each, every partial Gram summed in float64
+      for (int64_t c0 = 0; c0 < A.size(1); c0 += kFloat32Columns) {
+        unisub::detail::syrk_lower(grams32_[k], A.narrow(1, c0, std::min(kFloat32Columns, A.size(1) - c0)), 0.0);
+        unisub::detail::add_lower_(grams_[k], grams32_[k]);
+      }
+    }
   }
-  ScopedStage stage("gram", 0, madds);  // the merge's rank-1 updates count as Gram time, not work
-  merge_parts(static_cast<int64_t>(models.size()), batch_mean_, batch_grams_, model_);
+}
+
+std::string ModeAccumulator::precision_json() const {
+  Json j = Json::object();
+  j["rule"] = gram_precision_name(precision_);
+  j["gemm"] = float32_models_ == 0 ? "float64" : float32_models_ == count_ ? "float32" : "float32+float64";
+  j["reduction"] = "float64";
+  j["float32_models"] = float32_models_;
+  // Weyl: every eigenvalue moves by at most ‖E‖₂ <= ‖E‖_F <= (k + 2)·u₃₂·Σ‖xᵢ − μ₀‖² over the
+  // float32 part (|E_ij| <= (k + 2)·u₃₂·‖x_i‖‖x_j‖ for rows of its shifted unfolding, k columns per
+  // GEMM, one rounding of the shifted entries), given relative to the centred Gram's trace
+  double bound = 0;
+  if (float32_models_ > 0) {
+    const double trace = grams().front().trace().item<double>();
+    bound = trace > 0 ? (kFloat32Columns + 2) * unit_roundoff(at::kFloat) * float32_energy_ / trace
+                      : std::numeric_limits<double>::infinity();
+  }
+  j["relative_error_bound"] = bound;
+  // "auto" runs float32 GEMMs on 16-bit models only: rounding them to float16 already moves the
+  // centred Gram by up to 2·u₁₆·Σ‖xᵢ − μ‖‖xᵢ‖ >= 2·u₁₆·trace (first order; Cauchy–Schwarz), and the
+  // rule is to add under a sixteenth of that
+  if (precision_ == GramPrecision::Auto && float32_models_ > 0) j["tolerance"] = kAutoTolerance16;
+  return j.dump();
 }
 
 void ModeAccumulator::check_compatible(const ModeAccumulator& o, const char* what) const {
@@ -129,48 +265,80 @@ void ModeAccumulator::check_compatible(const ModeAccumulator& o, const char* wha
 
 void ModeAccumulator::merge(const ModeAccumulator& other) {
   check_compatible(other, "merge");
+  if (other.count_ == 0) return;
   at::NoGradGuard no_grad;
-  merge_parts(other.count_, other.mean_, other.grams_, std::nullopt);
-}
-
-void ModeAccumulator::merge_parts(int64_t nb, const at::Tensor& mean_b, const std::vector<at::Tensor>& grams_b,
-                                  std::optional<at::Tensor> delta_buffer) {
-  if (nb == 0) return;
-  const int64_t na = count_, n = na + nb;
-  const auto dev = mean_.device();
-  at::Tensor delta = delta_buffer ? *delta_buffer : at::empty_like(mean_);
-  at::sub_out(delta, mean_b.to(dev), mean_);
-  for (size_t k = 0; k < modes_.size(); ++k) grams_[k] += grams_b[k].to(dev);
-  double mean_step = static_cast<double>(nb) / n;
-  if (center_ && na) {
-    // G += c·δδᵀ as the Gram of √c·δ through gram_update_: its in-place route computes the lower
-    // triangle only (the Grams stay exactly symmetric: sums of mirrored Grams), half the work of
-    // a full product, which cost as much as one more model's Gram per batch
-    const double scale = std::sqrt(static_cast<double>(na) * static_cast<double>(nb) / n);
-    delta.mul_(scale);
-    const auto scaled = delta.unsqueeze(0);
-    for (size_t k = 0; k < modes_.size(); ++k) unisub::gram_update_(grams_[k], scaled, mode_dim(modes_[k]));
-    mean_step /= scale;
+  const auto dev = shift_.device();
+  const auto mean_b = other.mean().to(dev);
+  const auto& grams_b = other.grams();
+  if (count_ == 0) {
+    load(other.count_, mean_b, grams_b, other.float32_models_, other.float32_energy_);
+    return;
   }
-  mean_ += delta.mul_(mean_step);
+  // this part folded in place (μ₀ := its mean, S := 0), then the pairwise update
+  fold();
+  const auto mean_a = mean_cache_.clone();
+  for (size_t k = 0; k < modes_.size(); ++k)
+    if (!grams_cache_[k].is_same(grams_[k])) grams_[k].copy_(grams_cache_[k]);
+  invalidate();
+  const int64_t na = count_, nb = other.count_, n = na + nb;
+  const auto delta = mean_b - mean_a;
+  for (size_t k = 0; k < modes_.size(); ++k) {
+    grams_[k] += grams_b[k].to(dev);
+    if (center_)
+      unisub::detail::syrk_lower(grams_[k], unfolding(delta, modes_[k]), 1.0,
+                                 static_cast<double>(na) * static_cast<double>(nb) / static_cast<double>(n));
+  }
+  shift_.copy_(mean_a.add_(delta, static_cast<double>(nb) / static_cast<double>(n)));
+  shift_sum_.zero_();
+  sum_is_zero_ = true;
   count_ = n;
+  float32_models_ += other.float32_models_;
+  float32_energy_ += other.float32_energy_;
 }
 
-void ModeAccumulator::load(int64_t count, const at::Tensor& mean, at::TensorList grams) {
+void ModeAccumulator::load(int64_t count, const at::Tensor& mean, at::TensorList grams, int64_t float32_models,
+                           double float32_energy) {
   TORCH_CHECK_VALUE(count >= 0, "ModeAccumulator.load: count must be >= 0, got ", count);
+  TORCH_CHECK_VALUE(float32_models >= 0 && float32_models <= count, "ModeAccumulator.load: float32_models must lie in [0, ",
+                    count, "], got ", float32_models);
+  TORCH_CHECK_VALUE(float32_energy >= 0, "ModeAccumulator.load: float32_energy must be >= 0, got ", float32_energy);
   TORCH_CHECK_VALUE(grams.size() == modes_.size(), "ModeAccumulator.load: need one Gram per mode (",
                     modes_.size(), "), got ", grams.size());
   // copy_ would broadcast a wrong-shaped tensor into the buffer without a word
-  TORCH_CHECK_VALUE(mean.defined() && mean.sizes() == mean_.sizes(), "ModeAccumulator.load: mean must have shape ",
-                    shape_text(mean_.sizes()), ", got ", mean.defined() ? shape_text(mean.sizes()) : "None");
+  TORCH_CHECK_VALUE(mean.defined() && mean.sizes() == shift_.sizes(), "ModeAccumulator.load: mean must have shape ",
+                    shape_text(shift_.sizes()), ", got ", mean.defined() ? shape_text(mean.sizes()) : "None");
   for (size_t k = 0; k < modes_.size(); ++k)
     TORCH_CHECK_VALUE(grams[k].defined() && grams[k].sizes() == grams_[k].sizes(), "ModeAccumulator.load: the Gram of mode ",
                       modes_[k], " must have shape ", shape_text(grams_[k].sizes()), ", got ",
                       grams[k].defined() ? shape_text(grams[k].sizes()) : "None");
   at::NoGradGuard no_grad;
-  mean_.copy_(mean);
+  invalidate();
+  shift_.copy_(mean);
+  shift_sum_.zero_();
+  sum_is_zero_ = true;
   for (size_t k = 0; k < modes_.size(); ++k) grams_[k].copy_(grams[k]);
   count_ = count;
+  float32_models_ = float32_models;
+  float32_energy_ = float32_energy;
+}
+
+ModeAccumulator::RawState ModeAccumulator::raw_state() const {
+  RawState s;
+  s.count = count_, s.float32_models = float32_models_, s.float32_energy = float32_energy_;
+  s.shift = shift_, s.shift_sum = shift_sum_;
+  for (const auto& G : grams_) {
+    unisub::detail::mirror_lower_(G);  // symmetric on disk; the upper triangle is not state
+    s.grams.push_back(G);
+  }
+  return s;
+}
+
+void ModeAccumulator::load_raw(const RawState& s) {
+  load(s.count, s.shift, s.grams, s.float32_models, s.float32_energy);
+  TORCH_CHECK_VALUE(s.shift_sum.defined() && s.shift_sum.sizes() == shift_.sizes(),
+                    "ModeAccumulator.load_raw: the shift sum must have shape ", shape_text(shift_.sizes()));
+  shift_sum_.copy_(s.shift_sum);
+  sum_is_zero_ = false;
 }
 
 // ---- DeltaAccumulator ---------------------------------------------------------------------------
@@ -253,19 +421,80 @@ std::pair<at::Tensor, at::Tensor> DeltaAccumulator::factors(at::ScalarType dtype
   return {B, A};
 }
 
+namespace {
+
+// Σ_i-blocks of the diagonal, exactly: K_ii = ⟨s_i B_i A_i, s_i B_i A_i⟩ from float64 factors.
+at::Tensor exact_diagonal(const std::vector<at::Tensor>& B, const std::vector<at::Tensor>& A,
+                          const std::vector<double>& s) {
+  std::vector<double> d(B.size());
+  for (size_t i = 0; i < B.size(); ++i) {
+    const auto b = B[i].to(at::kDouble), a = A[i].to(at::kDouble);
+    d[i] = s[i] * s[i] * (b.t().mm(b) * a.mm(a.t())).sum().item<double>();
+  }
+  return at::tensor(d, kF64);
+}
+
+}  // namespace
+
 at::Tensor DeltaAccumulator::gram(bool center) {
   if (!K_.defined()) {
     at::NoGradGuard no_grad;
-    at::Tensor B, A;
-    {
-      ScopedStage stage("convert");
-      std::tie(B, A) = factors(at::kDouble);
-    }
     // the unavoidable work: K = Σ-blocks of (BᵀB)∘(AAᵀ) over the stored ranks, (Σr)²(m+n)/2
     double rank_sum = 0;
     for (auto r : ranks()) rank_sum += static_cast<double>(r);
-    ScopedStage stage("gram", 0, rank_sum * rank_sum * static_cast<double>(m_ + n_) / 2);
-    K_ = unisub::lora_gram(B, A, /*center=*/false);
+    const double madds = rank_sum * rank_sum * static_cast<double>(m_ + n_) / 2;
+    bool all_16_bit = true;
+    double u_in = 0;  // the coarsest rounding among the factors
+    for (size_t i = 0; i < B_.size(); ++i) {
+      all_16_bit = all_16_bit && is_16_bit(B_[i].scalar_type()) && is_16_bit(A_[i].scalar_type());
+      u_in = std::max({u_in, unit_roundoff(B_[i].scalar_type()), unit_roundoff(A_[i].scalar_type())});
+    }
+    Json info = Json::object();
+    info["rule"] = gram_precision_name(precision_);
+    info["reduction"] = "float64";
+    const bool try_float32 = precision_ == GramPrecision::Float32 || (precision_ == GramPrecision::Auto && all_16_bit);
+    if (try_float32) {
+      at::Tensor B, A;
+      {
+        ScopedStage stage("convert");
+        std::tie(B, A) = factors(at::kFloat);  // s·B formed in float64, then rounded once
+      }
+      {
+        ScopedStage stage("gram_float32", 0, madds);
+        // lora_gram's float64 K (the op casts it to the factors' float32)
+        K_ = unisub::detail::lora_gram_f64(B, A, /*center=*/false);
+      }
+      if (precision_ == GramPrecision::Auto) {
+        // The float32 GEMMs' error, measured where an exact value is cheap (the diagonal: M·r²(m+n)
+        // multiply-adds, 2/M of K's), taken 4× as the error of every K_ij relative to
+        // √(K_ii K_jj); then ‖E‖₂ <= ‖E‖_F <= est·trace K bounds what every centred eigenvalue
+        // moves (Weyl). Centring cancels what the models share, so trace K / trace HKH amplifies it.
+        ScopedStage stage("gram_check");
+        const auto exact = exact_diagonal(B_, A_, scalings_).to(K_.device());
+        const auto diag = K_.diagonal();
+        const double rel = ((diag - exact).abs() / exact.clamp_min(std::numeric_limits<double>::min())).max().item<double>();
+        const double est = std::max(4 * rel, unit_roundoff(at::kFloat));
+        const double trace = exact.sum().item<double>();
+        diag.copy_(exact);
+        const double trace_c = trace - K_.sum().item<double>() / static_cast<double>(count());
+        const double relative = trace_c > 0 ? est * trace / trace_c : std::numeric_limits<double>::infinity();
+        info["estimated_relative_error"] = relative;
+        info["tolerance"] = u_in / 8;
+        if (!(relative <= u_in / 8)) K_ = at::Tensor();  // not good enough for these inputs: float64
+      }
+      if (K_.defined()) info["gemm"] = "float32";
+    }
+    if (!K_.defined()) {
+      at::Tensor B, A;
+      {
+        ScopedStage stage("convert");
+        std::tie(B, A) = factors(at::kDouble);
+      }
+      ScopedStage stage("gram", 0, madds);
+      K_ = unisub::lora_gram(B, A, /*center=*/false);
+      info["gemm"] = "float64";
+    }
+    precision_json_ = info.dump();
   }
   return center ? double_center(K_) : K_.clone();
 }

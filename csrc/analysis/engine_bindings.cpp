@@ -100,13 +100,14 @@ TORCH_LIBRARY_FRAGMENT(unisub, m) {
   m.def("write_file_atomically(str path, str text) -> ()", &write_file_op);
   m.def("analysis_options_json(str[] slots, str[] modes, float? energy, int? rank, bool center, int batch_size, "
         "int world, bool scale_lora, bool include_1d, float[] taus, int[] error_ranks, str[] delta_slots, "
-        "int eigen_weights, int max_gram_bytes=2147483648) -> str",
+        "int eigen_weights, int max_gram_bytes=2147483648, str gram_precision=\"float64\") -> str",
         [](std::vector<std::string> slots, std::vector<std::string> modes, std::optional<double> energy,
            std::optional<int64_t> rank, bool center, int64_t batch_size, int64_t world, bool scale_lora, bool include_1d,
            std::vector<double> taus, std::vector<int64_t> error_ranks, std::vector<std::string> delta_slots,
-           int64_t eigen_weights, int64_t max_gram_bytes) {
+           int64_t eigen_weights, int64_t max_gram_bytes, std::string gram_precision) {
+          parse_gram_precision(gram_precision);  // a bad name is an error here, before any output
           return options_json({slots, modes, delta_slots, energy, rank, center, scale_lora, include_1d, batch_size,
-                               world, eigen_weights, taus, error_ranks, max_gram_bytes});
+                               world, eigen_weights, taus, error_ranks, max_gram_bytes, gram_precision});
         });
   m.def("analysis_run_json(str[] sources, int[] source_bytes, str options) -> str",
         [](std::vector<std::string> sources, std::vector<int64_t> bytes, std::string options) {
@@ -132,9 +133,17 @@ TORCH_LIBRARY_FRAGMENT(unisub, m) {
       .def(torch::init<int64_t, int64_t, std::vector<std::string>, bool, std::string>())
       .def("update", [](const ModePtr& self, std::vector<at::Tensor> models) { self->acc.update(models); })
       .def("merge", [](const ModePtr& self, const ModePtr& other) { self->acc.merge(other->acc); })
-      .def("load", [](const ModePtr& self, int64_t count, at::Tensor mean, std::vector<at::Tensor> grams) {
-        self->acc.load(count, mean, grams);
+      .def("load", [](const ModePtr& self, int64_t count, at::Tensor mean, std::vector<at::Tensor> grams,
+                      int64_t float32_models, double float32_energy) {
+        self->acc.load(count, mean, grams, float32_models, float32_energy);
       })
+      .def("set_gram_precision", [](const ModePtr& self, std::string p) {
+        self->acc.set_gram_precision(parse_gram_precision(p));
+      })
+      .def("gram_precision", [](const ModePtr& self) { return gram_precision_name(self->acc.gram_precision()); })
+      .def("float32_models", [](const ModePtr& self) { return self->acc.float32_models(); })
+      .def("float32_energy", [](const ModePtr& self) { return self->acc.float32_energy(); })
+      .def("precision_json", [](const ModePtr& self) { return self->acc.precision_json(); })
       .def("count", [](const ModePtr& self) { return self->acc.count(); })
       .def("shape", [](const ModePtr& self) { return std::vector<int64_t>{self->acc.rows(), self->acc.cols()}; })
       .def("modes", [](const ModePtr& self) { return self->acc.modes(); })
@@ -173,6 +182,11 @@ TORCH_LIBRARY_FRAGMENT(unisub, m) {
         return std::make_tuple(B, A);
       })
       .def("gram", [](const DeltaPtr& self, bool center) { return self->acc.gram(center); })
+      .def("set_gram_precision", [](const DeltaPtr& self, std::string p) {
+        self->acc.set_gram_precision(parse_gram_precision(p));
+      })
+      .def("gram_precision", [](const DeltaPtr& self) { return gram_precision_name(self->acc.gram_precision()); })
+      .def("precision_json", [](const DeltaPtr& self) { return self->acc.precision_json(); })
       .def("combine", [](const DeltaPtr& self, at::Tensor weights) { return self->acc.combine(weights); })
       .def("finalize_slot", [](const DeltaPtr& self, std::string slot, std::optional<int64_t> rank,
                                std::optional<double> energy, int64_t eigen_weights, int64_t null_seed,

@@ -128,4 +128,17 @@ std::string Json::dump() const {
   return out;
 }
 
+std::string with_member(const std::string& object_text, const std::string& key, const std::string& value_json) {
+  const auto close = object_text.find_last_of('}');
+  TORCH_CHECK(close != std::string::npos && object_text.find_first_not_of(" \t\r\n") != std::string::npos &&
+                  object_text[object_text.find_first_not_of(" \t\r\n")] == '{',
+              "with_member: not a JSON object: ", object_text.substr(0, 80));
+  const auto last = object_text.find_last_not_of(" \t\r\n", close - 1);
+  std::string out = object_text.substr(0, close);
+  if (object_text[last] != '{') out += ", ";
+  append_json_string(out, key);
+  out += ": " + value_json + object_text.substr(close);
+  return out;
+}
+
 }  // namespace unisub::analysis

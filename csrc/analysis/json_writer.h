@@ -51,6 +51,9 @@ class Json {
   std::vector<std::pair<std::string, Json>> members_;
 };
 
+// A JSON object's text with one more member `key` (value: JSON text) appended at its end.
+std::string with_member(const std::string& object_text, const std::string& key, const std::string& value_json);
+
 // `s` as a JSON string (quoted, escaped as RFC 8259 requires, UTF-8 kept), appended to `out`.
 void append_json_string(std::string& out, const std::string& s);
 

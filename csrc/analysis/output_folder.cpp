@@ -169,15 +169,21 @@ void OutputFolder::write_report(const std::string& json_text) const {
 
 void OutputFolder::save_partial(const std::string& slot, int64_t next_batch, const ModeAccumulator& even,
                                 const ModeAccumulator& odd, int64_t rank_id) const {
+  // the accumulators as accumulated (shift, shift sum, shifted Grams): a resumed run continues bit
+  // for bit as one that never stopped
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   Json extra = Json::object();
   extra["counts"] = Json(std::vector<int64_t>{even.count(), odd.count()});
+  extra["float32_models"] = Json(std::vector<int64_t>{even.float32_models(), odd.float32_models()});
+  extra["float32_energy"] = Json(std::vector<double>{even.float32_energy(), odd.float32_energy()});
   extra["modes"] = Json(even.modes());
   int h = 0;
   for (const auto* acc : {&even, &odd}) {
     const auto prefix = "half" + std::to_string(h++) + ".";
-    tensors.emplace_back(prefix + "mean", acc->mean());
-    for (size_t k = 0; k < acc->modes().size(); ++k) tensors.emplace_back(prefix + "gram." + acc->modes()[k], acc->grams()[k]);
+    const auto raw = acc->raw_state();
+    tensors.emplace_back(prefix + "shift", raw.shift);
+    tensors.emplace_back(prefix + "shift_sum", raw.shift_sum);
+    for (size_t k = 0; k < acc->modes().size(); ++k) tensors.emplace_back(prefix + "gram." + acc->modes()[k], raw.grams[k]);
   }
   save_safetensors(partial_path(rank_id), tensors, partial_meta(slot, "modes", next_batch, extra));
 }
@@ -226,12 +232,23 @@ int64_t OutputFolder::load_partial(const std::string& slot, ModeAccumulator& eve
   const auto& [h, meta] = *found;
   const auto* counts = meta.find("counts");
   TORCH_CHECK_VALUE(counts && counts->is_array() && counts->items.size() == 2, "'", path, "': bad counts");
+  const auto* f32 = meta.find("float32_models");
+  const auto* energy = meta.find("float32_energy");
+  TORCH_CHECK_VALUE(f32 && f32->is_array() && f32->items.size() == 2 && energy && energy->is_array() &&
+                        energy->items.size() == 2 && h.tensors.count("half0.shift_sum"),
+                    "'", path, "': not a partial state of this unisub release (no shifted state); "
+                    "run again without --resume");
   int h_index = 0;
   for (auto* acc : {&even, &odd}) {
     const auto prefix = "half" + std::to_string(h_index) + ".";
-    std::vector<at::Tensor> grams;
-    for (const auto& mo : acc->modes()) grams.push_back(read_safetensors_tensor(h, prefix + "gram." + mo));
-    acc->load(counts->items[h_index].int_value, read_safetensors_tensor(h, prefix + "mean"), grams);
+    ModeAccumulator::RawState raw;
+    raw.count = counts->items[h_index].int_value;
+    raw.float32_models = f32->items[h_index].int_value;
+    raw.float32_energy = energy->items[h_index].number;
+    raw.shift = read_safetensors_tensor(h, prefix + "shift");
+    raw.shift_sum = read_safetensors_tensor(h, prefix + "shift_sum");
+    for (const auto& mo : acc->modes()) raw.grams.push_back(read_safetensors_tensor(h, prefix + "gram." + mo));
+    acc->load_raw(raw);
     ++h_index;
   }
   return next_batch_of(meta, path);

@@ -30,7 +30,7 @@ std::map<std::string, Stats>& stages() {
 }
 
 // The order stages are listed in: the pipeline's.
-const char* const kOrder[] = {"read", "convert", "gram", "eigh", "report", "write"};
+const char* const kOrder[] = {"read", "convert", "gram", "gram_float32", "gram_check", "eigh", "report", "write"};
 
 // Multiply-adds per second of a float GEMM of a size the Grams have (1024 × 1024 · 1024 × 512),
 // best of 3 after a warm-up.
@@ -86,9 +86,10 @@ std::string profile_json(bool measure_gemm) {
     j["bytes"] = static_cast<int64_t>(s.bytes);
     j["calls"] = static_cast<int64_t>(s.calls);
     j["multiply_adds"] = s.madds;
-    // the Grams run in float64 (gram_update_, lora_gram's exact route): their unavoidable work
-    // at the float64 GEMM rate is the yardstick
-    j["gemm_fraction"] = s.madds > 0 && s.seconds > 0 && rate64 > 0 ? Json(s.madds / s.seconds / rate64) : Json();
+    // a Gram's unavoidable work at the GEMM rate of its precision is the yardstick: "gram" runs
+    // float64 GEMMs, "gram_float32" float32 ones (accumulators.h, GramPrecision)
+    const double rate = name == "gram_float32" ? rate32 : rate64;
+    j["gemm_fraction"] = s.madds > 0 && s.seconds > 0 && rate > 0 ? Json(s.madds / s.seconds / rate) : Json();
     list[name] = j;
     total += s.seconds;
   };

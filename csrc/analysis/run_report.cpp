@@ -91,6 +91,7 @@ std::string options_json(const RunOptions& o) {
   j["taus"] = Json(o.taus);
   j["error_ranks"] = Json(o.error_ranks);
   j["max_gram_bytes"] = o.max_gram_bytes;
+  j["gram_precision"] = o.gram_precision;
   if (!o.delta_slots.empty()) {
     j["delta_slots"] = Json(o.delta_slots);
     j["eigen_weights"] = o.eigen_weights;

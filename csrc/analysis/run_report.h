@@ -19,6 +19,7 @@ struct RunOptions {
   std::vector<double> taus;
   std::vector<int64_t> error_ranks;
   int64_t max_gram_bytes = int64_t{2} << 30;  // the slot plan's Gram budget (plan.h kDefaultMaxGramBytes)
+  std::string gram_precision = "float64";      // "auto", "float64" or "float32" (accumulators.h)
 };
 
 std::string options_json(const RunOptions& o);

@@ -54,6 +54,7 @@ SlotResult finalize_mode_slot(const std::string& slot, const ModeAccumulator& ev
   parse_metadata(metadata_json, "finalize_mode_slot");
   at::NoGradGuard no_grad;
   ModeAccumulator total(even.rows(), even.cols(), even.modes(), even.center(), even.device());
+  total.set_gram_precision(even.gram_precision());
   total.merge(even);
   total.merge(odd);
   const auto spectra = mode_spectra(total, rank, energy);
@@ -70,6 +71,7 @@ SlotResult finalize_mode_slot(const std::string& slot, const ModeAccumulator& ev
   out.entry = slot_report(slot, total.mean(), total.count(), total.center(), modes, spectra.eigenvalues, ranks,
                           half_grams, split ? std::vector<int64_t>{even.count(), odd.count()} : std::vector<int64_t>{},
                           null_seed, options);
+  out.entry = with_member(out.entry, "gram", total.precision_json());
   out.tensors.emplace_back("mean", total.mean());
   for (size_t k = 0; k < modes.size(); ++k) {
     out.tensors.emplace_back("basis." + modes[k], spectra.bases[k]);
@@ -131,6 +133,7 @@ SlotResult finalize_delta_slot(const std::string& slot, DeltaAccumulator& acc, s
   ScopedStage stage("report");
   out.entry = delta_report(slot, K, ev, V.narrow(1, 0, r), acc.ids(), acc.rows(), acc.cols(), acc.center(), acc.ranks(),
                            scalings, factors, null_seed, options);
+  out.entry = with_member(out.entry, "gram", acc.precision_json());
   Json meta = Json::object();
   meta["slot"] = slot;
   meta["shape"] = Json(std::vector<int64_t>{acc.rows(), acc.cols()});

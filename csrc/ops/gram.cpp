@@ -59,28 +59,57 @@ at::Tensor model_mean_for_pack(const at::Tensor& X, const Unfolding& u, const Gr
   return mean.reshape({u.period, u.mean_per_row ? u.rows : 1, u.inner});
 }
 
-namespace {
-
-// acc += A Aᵀ, computing only the block lower triangle (about half the flops of one GEMM for
-// wide Grams); mirror_lower() later fills the upper triangle.
-void syrk_lower(at::Tensor& acc, const at::Tensor& A) {
+// acc = beta·acc + alpha·A Aᵀ, computing only the block lower triangle (about half the flops of one
+// GEMM for wide Grams); mirror_lower() later fills the upper triangle.
+void syrk_lower(const at::Tensor& acc, const at::Tensor& A, double beta, double alpha) {
   const int64_t d = A.size(0);
   const int64_t tile = A.is_cuda() ? 1024 : 256;
   if (d <= tile) {
-    acc.addmm_(A, A.t());
+    acc.addmm_(A, A.t(), beta, alpha);
     return;
   }
   for (int64_t i0 = 0; i0 < d; i0 += tile) {
     const int64_t ni = std::min(tile, d - i0);
     const auto Ai = A.narrow(0, i0, ni);
-    auto acc_row = acc.narrow(0, i0, ni);
     // One GEMM per block row: all tiles left of and on the diagonal at once.
-    auto left = acc_row.narrow(1, 0, i0 + ni);
-    left.addmm_(Ai, A.narrow(0, 0, i0 + ni).t());
+    auto left = acc.narrow(0, i0, ni).narrow(1, 0, i0 + ni);
+    left.addmm_(Ai, A.narrow(0, 0, i0 + ni).t(), beta, alpha);
   }
 }
 
+void add_lower_(const at::Tensor& acc, const at::Tensor& part) {
+  const int64_t d = acc.size(0);
+  const int64_t tile = acc.is_cuda() ? 1024 : 256;
+  for (int64_t i0 = 0; i0 < d; i0 += tile) {
+    const int64_t ni = std::min(tile, d - i0);
+    acc.narrow(0, i0, ni).narrow(1, 0, i0 + ni).add_(part.narrow(0, i0, ni).narrow(1, 0, i0 + ni));
+  }
+}
+
+namespace {
+// Only the lower triangle is accumulated; an exactly symmetric result is what eigensolvers expect.
+at::Tensor mirror_lower(const at::Tensor& G) {
+  const auto lower = G.tril(-1);
+  return (lower + lower.t()).add_(G.diagonal().diag());
+}
+
 }  // namespace
+
+// The same in place, for a contiguous float64 G: the strict upper triangle becomes the lower's
+// transpose (on CPU without any temporary; elsewhere the caching allocator makes one cheap).
+void mirror_lower_(const at::Tensor& G) {
+  if (!G.is_cpu()) {
+    G.copy_(mirror_lower(G));
+    return;
+  }
+  const int64_t d = G.size(0);
+  double* g = G.data_ptr<double>();
+  // Blocks of rows of the upper triangle, each written from the matching columns of the lower.
+  at::parallel_for(0, d, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t c = r + 1; c < d; ++c) g[r * d + c] = g[c * d + r];
+  });
+}
 
 void accumulate_gram(at::Tensor& acc, const at::Tensor& X, int64_t dim, bool center, const GramKernels& k) {
   const Unfolding u = describe_unfolding(X, dim);
@@ -109,29 +138,6 @@ void accumulate_gram(at::Tensor& acc, const at::Tensor& X, int64_t dim, bool cen
   }
 }
 
-namespace {
-// Only the lower triangle is accumulated; an exactly symmetric result is what eigensolvers expect.
-at::Tensor mirror_lower(const at::Tensor& G) {
-  const auto lower = G.tril(-1);
-  return (lower + lower.t()).add_(G.diagonal().diag());
-}
-
-// The same in place, for a contiguous float64 G: the strict upper triangle becomes the lower's
-// transpose (on CPU without any temporary; elsewhere the caching allocator makes one cheap).
-void mirror_lower_(at::Tensor& G) {
-  if (!G.is_cpu()) {
-    G.copy_(mirror_lower(G));
-    return;
-  }
-  const int64_t d = G.size(0);
-  double* g = G.data_ptr<double>();
-  // Blocks of rows of the upper triangle, each written from the matching columns of the lower.
-  at::parallel_for(0, d, 64, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r)
-      for (int64_t c = r + 1; c < d; ++c) g[r * d + c] = g[c * d + r];
-  });
-}
-}  // namespace
 
 namespace {
 // The in-place route below rebuilds G's upper triangle from its lower one, which is G + XXᵀ only

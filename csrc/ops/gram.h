@@ -38,6 +38,16 @@ struct GramKernels {
 // Mean over the model axis in float64, shaped for `pack` ([period, rows or 1, inner]).
 at::Tensor model_mean_for_pack(const at::Tensor& X, const Unfolding& u, const GramKernels& k);
 
+// acc [d, d] = beta·acc + alpha·A Aᵀ for A [d, k] (any strides), lower triangle only: one GEMM per
+// block row of 256 rows (1024 on CUDA) covering the tiles left of and on the diagonal, about half
+// the work of the full product. What lies above the diagonal is unspecified (beta = 0 need not
+// clear it); callers mirror the lower triangle.
+void syrk_lower(const at::Tensor& acc, const at::Tensor& A, double beta = 1.0, double alpha = 1.0);
+// acc += part on the blocks syrk_lower writes (a dtype-promoting add: float32 part into float64 acc).
+void add_lower_(const at::Tensor& acc, const at::Tensor& part);
+// G's strict upper triangle := its lower one's transpose (float64, contiguous; in place on CPU).
+void mirror_lower_(const at::Tensor& G);
+
 // acc (float64 [rows, rows]) += unfolding · unfoldingᵀ, in column blocks of bounded memory.
 // Only the lower triangle of acc is guaranteed; mode_gram/gram_update_ mirror it.
 void accumulate_gram(at::Tensor& acc, const at::Tensor& X, int64_t dim, bool center, const GramKernels& k);

@@ -90,6 +90,10 @@ at::ScalarType compute_dtype(const at::Tensor& B, bool center) {
 }
 
 at::Tensor lora_gram_impl(const at::Tensor& B, const at::Tensor& A, bool center) {
+  return lora_gram_f64(B, A, center).to(result_dtype(B));
+}
+
+at::Tensor lora_gram_f64(const at::Tensor& B, const at::Tensor& A, bool center) {
   const at::NoGradGuard no_grad;  // not differentiable (see checks.h)
   check_factors(B, A);
   const int64_t M = B.size(0), m = B.size(1), r = B.size(2), n = A.size(2);
@@ -134,7 +138,7 @@ at::Tensor lora_gram_impl(const at::Tensor& B, const at::Tensor& A, bool center)
     const auto row = K.mean(1, /*keepdim=*/true);
     K = K - (row + row.t()) + K.mean();  // (row + rowᵀ) first: keeps K bit-symmetric
   }
-  return K.to(result_dtype(B));
+  return K;
 }
 
 }  // namespace unisub::detail

@@ -20,6 +20,7 @@ import torch
 from . import _library  # noqa: F401  (loads libunisub: torch.classes.unisub.*)
 
 MODE_DIMS = {"out": 1, "in": 2}
+GRAM_PRECISIONS = ("float64", "float32", "auto")
 
 
 @torch.library.register_fake("unisub::sorted_eigh")
@@ -62,12 +63,22 @@ class SubspaceAccumulator:
     ``torch.ops.unisub.lora_gram``, never forming ΔW); ``modes=("delta",)`` is rejected here with
     a pointer to it.
 
-    Memory: the mean and the Grams (8·m·n + 8·d² per mode bytes), plus update buffers of the same
-    size kept between batches (so a long stream allocates nothing per batch).
+    Memory: the mean and the Grams (8·m·n + 8·d² per mode bytes), plus update buffers kept between
+    batches (so a long stream allocates nothing per batch): the batch mean, up to 32 MiB of
+    centred models and, with float32 GEMMs, a float32 copy of each Gram.
+
+    ``gram_precision``: "float64" (default: float64 GEMMs), "float32" (float32 GEMMs of at most
+    448 columns each, summed in float64) or "auto" (float32 for batches of float16 / bfloat16
+    models, whose Gram then gains less error than 1/16 of their own rounding; float64 otherwise).
+    ``precision`` says what was used (docs/analysis.md, "Precision of the Grams").
     """
 
     def __init__(self, shape: Optional[Tuple[int, int]] = None, modes: Sequence[str] = ("out", "in"),
-                 center: bool = True, device=None):
+                 center: bool = True, device=None, gram_precision: str = "float64"):
+        if gram_precision not in GRAM_PRECISIONS:
+            raise ValueError(f"SubspaceAccumulator: gram_precision must be one of {list(GRAM_PRECISIONS)}, "
+                             f"got {gram_precision!r}")
+        self.gram_precision = gram_precision
         modes = tuple(modes)
         if "delta" in modes:
             raise ValueError("SubspaceAccumulator: mode 'delta' (the model axis of LoRA deltas ΔW = s·B·A) is "
@@ -87,6 +98,12 @@ class SubspaceAccumulator:
         self.device = torch.device(device)
         self._impl = torch.classes.unisub.ModeAccumulator(shape[0], shape[1], list(self.modes), self.center,
                                                           str(self.device))
+        self._impl.set_gram_precision(self.gram_precision)
+
+    @property
+    def precision(self) -> dict:
+        """How the Grams were computed: GEMM precision, models through float32, error bound."""
+        return json.loads(self._impl.precision_json()) if self._impl is not None else {}
 
     @property
     def shape(self) -> Optional[Tuple[int, int]]:
@@ -145,7 +162,7 @@ class SubspaceAccumulator:
         return self
 
     def merged(self, other: "SubspaceAccumulator") -> "SubspaceAccumulator":
-        out = SubspaceAccumulator(None, self.modes, self.center, self.device)
+        out = SubspaceAccumulator(None, self.modes, self.center, self.device, self.gram_precision)
         return out.merge(self).merge(other)
 
     def all_reduce(self, group=None) -> "SubspaceAccumulator":
@@ -158,9 +175,11 @@ class SubspaceAccumulator:
         if self._impl is None:
             raise RuntimeError("SubspaceAccumulator.all_reduce: the shape is unknown on this rank; "
                                "construct the accumulator with shape=(m, n)")
-        count = torch.tensor([float(self.count)], dtype=torch.float64, device=self.device)
+        count = torch.tensor([float(self.count), float(self._impl.float32_models()), self._impl.float32_energy()],
+                             dtype=torch.float64, device=self.device)
         dist.all_reduce(count, group=group)
-        total = int(round(count.item()))
+        total, float32_models, float32_energy = count.tolist()
+        total, float32_models = int(round(total)), int(round(float32_models))
         if total == 0:
             return self
         weighted = self.mean * self.count
@@ -174,13 +193,15 @@ class SubspaceAccumulator:
                 G += self.count * _outer(delta, m)
             dist.all_reduce(G, group=group)
             grams.append(G)
-        self._impl.load(total, mean, grams)
+        self._impl.load(total, mean, grams, float32_models, float32_energy)
         return self
 
     def state_dict(self) -> dict:
         """Tensors and plain values only: loadable with ``torch.load(weights_only=True)``."""
         state = {"modes": list(self.modes), "center": self.center, "count": self.count,
-                 "shape": list(self.shape) if self.shape else None}
+                 "shape": list(self.shape) if self.shape else None,
+                 "float32_models": self._impl.float32_models() if self._impl is not None else 0,
+                 "float32_energy": self._impl.float32_energy() if self._impl is not None else 0.0}
         if self._impl is not None:
             state["mean"] = self.mean.cpu().clone()
             for m, G in self.grams.items():
@@ -201,7 +222,8 @@ class SubspaceAccumulator:
                 raise ValueError(f"SubspaceAccumulator.load_state_dict: state[{key!r}] must be a tensor of shape "
                                  f"{list(want)}, got {list(got.shape) if isinstance(got, torch.Tensor) else got!r}")
         self._init(shape, self.device or torch.device("cpu"))
-        self._impl.load(int(state["count"]), state["mean"], [state[f"gram.{m}"] for m in self.modes])
+        self._impl.load(int(state["count"]), state["mean"], [state[f"gram.{m}"] for m in self.modes],
+                        int(state.get("float32_models", 0)), float(state.get("float32_energy", 0.0)))
         return self
 
     @classmethod
@@ -249,7 +271,12 @@ class LoraDeltaAccumulator:
     them by id, so every rank ends with the K of all models, equal to a single process's.
     """
 
-    def __init__(self, shape: Optional[Tuple[int, int]] = None, center: bool = True, device=None):
+    def __init__(self, shape: Optional[Tuple[int, int]] = None, center: bool = True, device=None,
+                 gram_precision: str = "float64"):
+        if gram_precision not in GRAM_PRECISIONS:
+            raise ValueError(f"LoraDeltaAccumulator: gram_precision must be one of {list(GRAM_PRECISIONS)}, "
+                             f"got {gram_precision!r}")
+        self.gram_precision = gram_precision
         self.center = bool(center)
         self.device = torch.device(device) if device is not None else None
         self._impl = None
@@ -262,6 +289,14 @@ class LoraDeltaAccumulator:
     def _init(self, shape, device):
         self.device = torch.device(device)
         self._impl = torch.classes.unisub.DeltaAccumulator(shape[0], shape[1], self.center, str(self.device))
+        self._impl.set_gram_precision(self.gram_precision)
+
+    @property
+    def precision(self) -> dict:
+        """How K was computed (after ``gram``/``finalize``): GEMM precision, the estimate behind an
+        "auto" choice and its tolerance."""
+        text = self._impl.precision_json() if self._impl is not None else ""
+        return json.loads(text) if text else {}
 
     shape = property(lambda self: tuple(self._impl.shape()) if self._impl is not None else None)
     count = property(lambda self: self._impl.count() if self._impl is not None else 0)
@@ -328,7 +363,7 @@ class LoraDeltaAccumulator:
 
         states = [None] * dist.get_world_size(group)
         dist.all_gather_object(states, self.state_dict(), group=group)
-        me = LoraDeltaAccumulator(self.shape, self.center, self.device)
+        me = LoraDeltaAccumulator(self.shape, self.center, self.device, self.gram_precision)
         for st in states:
             me.merge(LoraDeltaAccumulator.from_state_dict(st, self.device))
         me.sort_by_id()
@@ -343,6 +378,7 @@ class LoraDeltaAccumulator:
     def state_dict(self) -> dict:
         """Tensors and plain values only: loadable with ``torch.load(weights_only=True)``."""
         return {"kind": "lora_delta", "center": self.center, "shape": list(self.shape) if self.shape else None,
+                "gram_precision": self.gram_precision,
                 "B": [b.cpu() for b in self.B], "A": [a.cpu() for a in self.A],
                 "scalings": list(self.scalings), "ids": list(self.ids)}
 
@@ -359,7 +395,7 @@ class LoraDeltaAccumulator:
 
     @classmethod
     def from_state_dict(cls, state: dict, device=None) -> "LoraDeltaAccumulator":
-        return cls(None, state["center"], device).load_state_dict(state)
+        return cls(None, state["center"], device, state.get("gram_precision", "float64")).load_state_dict(state)
 
     def factors(self, dtype=torch.float64) -> Tuple[torch.Tensor, torch.Tensor]:
         """All models' factors stacked, zero-padded to the largest rank, with the scaling folded

@@ -19,7 +19,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from .accumulator import LoraDeltaAccumulator, SubspaceAccumulator, _check_rank_energy, finalize_mode_slot
+from .accumulator import (GRAM_PRECISIONS, LoraDeltaAccumulator, SubspaceAccumulator, _check_rank_energy,
+                          finalize_mode_slot)
 from .io import DEFAULT_MAX_GRAM_BYTES, CheckpointError, PeftAdapter, discover, matrix_shape, plan
 from .io.slots import plan_deltas
 from .io.atomic import write_bytes
@@ -118,7 +119,7 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
             progress: bool = True, resume: bool = False, device=None, group=None,
             checkpoint_every: float = 60.0, on_batch: Optional[Callable[[str, int], None]] = None,
             eigen_weights: int = 0, profile: bool = False,
-            max_gram_bytes: int = DEFAULT_MAX_GRAM_BYTES) -> AnalysisResult:
+            max_gram_bytes: int = DEFAULT_MAX_GRAM_BYTES, gram_precision: str = "auto") -> AnalysisResult:
     """Analyse ``sources`` (files or folders of checkpoints); see ``unisub analyze --help``.
 
     ``modes``: any of "out", "in" (mode Grams of every selected tensor) and "delta" (PEFT adapters
@@ -138,6 +139,10 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
     ``max_gram_bytes``: a mode whose float64 Gram (8·d² bytes) is larger is skipped, with its reason
     in the report's "skipped" (default 2 GiB). The plan (slots, skipped, peak memory, rough time) is
     libunisub's, made before anything is read, and printed to stderr when ``progress``.
+    ``gram_precision``: "auto" (default: float32 GEMMs summed in float64 where the inputs are 16-bit
+    and the Gram's added error stays under 1/16 of their own rounding, float64 otherwise),
+    "float64" or "float32"; each slot's report entry says what was used ("gram";
+    docs/analysis.md, "Precision of the Grams").
 
     The accumulators, each slot's finalisation and report entry, the file formats and the
     folder's rules are libunisub's (csrc/analysis/), the code ``unisub-analyze`` runs: for the same
@@ -153,6 +158,8 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
         raise ValueError(f"analyze: modes must be distinct values from {list(MODES)}, got {modes}")
     if eigen_weights < 0:
         raise ValueError(f"analyze: eigen_weights must be >= 0, got {eigen_weights}")
+    if gram_precision not in GRAM_PRECISIONS:
+        raise ValueError(f"analyze: gram_precision must be one of {list(GRAM_PRECISIONS)}, got {gram_precision!r}")
     _check_rank_energy(rank, energy)
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
@@ -174,7 +181,7 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
     options = torch.ops.unisub.analysis_options_json(
         chosen, modes, None if energy is None else float(energy), rank, center, batch_size, world, scale_lora,
         include_1d, [float(t) for t in taus], [int(k) for k in error_ranks], [mod + DELTA_SUFFIX for mod in deltas],
-        int(eigen_weights) if deltas else 0, int(max_gram_bytes))
+        int(eigen_weights) if deltas else 0, int(max_gram_bytes), gram_precision)
     folder = None
     if out is not None:
         out = Path(out)
@@ -187,7 +194,7 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
     try:
         reports, subspaces = _run(checkpoints, chosen, deltas, slot_modes, folder, rank_id, world, device, center,
                                   rank, energy, batch_size, taus, error_ranks, eigen_weights, progress, group,
-                                  checkpoint_every, on_batch, out is None)
+                                  checkpoint_every, on_batch, out is None, gram_precision)
         stages = torch.ops.unisub.analysis_profile_json(True) if profile else ""
         text = torch.ops.unisub.analysis_report_json("unisub analyze", names, options, list(skipped),
                                                      list(skipped.values()), list(reports), list(reports.values()),
@@ -206,7 +213,7 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
 
 
 def _run(checkpoints, chosen, deltas, slot_modes, folder, rank_id, world, device, center, rank, energy, batch_size,
-         taus, error_ranks, eigen_weights, progress, group, checkpoint_every, on_batch, keep):
+         taus, error_ranks, eigen_weights, progress, group, checkpoint_every, on_batch, keep, gram_precision):
     """Every slot, batch by batch: the entries (slot -> JSON text) and, when ``keep``, the
     subspaces in memory."""
     M = len(checkpoints)
@@ -249,7 +256,7 @@ def _run(checkpoints, chosen, deltas, slot_modes, folder, rank_id, world, device
         if finished(key):
             continue
         shape = matrix_shape(checkpoints[0].slots[key][1])
-        halves = [SubspaceAccumulator(shape, slot_modes[key], center, device) for _ in range(2)]
+        halves = [SubspaceAccumulator(shape, slot_modes[key], center, device, gram_precision) for _ in range(2)]
         start = folder.load_partial_modes(key, halves[0]._impl, halves[1]._impl, rank_id) if folder is not None else 0
 
         def save(next_batch):
@@ -284,7 +291,7 @@ def _run(checkpoints, chosen, deltas, slot_modes, folder, rank_id, world, device
         key = mod + DELTA_SUFFIX
         if finished(key):
             continue
-        acc = LoraDeltaAccumulator(shape, center, device)
+        acc = LoraDeltaAccumulator(shape, center, device, gram_precision)
         start = folder.load_partial_delta(key, acc._impl, rank_id) if folder is not None else 0
 
         def save(next_batch):

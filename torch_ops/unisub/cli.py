@@ -93,6 +93,10 @@ def _add_analyze(sub):
     p.add_argument("--max-gram-bytes", type=int, default=2 << 30, metavar="BYTES",
                    help="skip (with its reason in the report) a mode whose float64 Gram, 8*d*d bytes, is larger "
                         "(default 2 GiB: d = 16384)")
+    p.add_argument("--gram-precision", choices=["auto", "float64", "float32"], default="auto",
+                   help="GEMMs of the Grams: auto (default) takes float32 GEMMs summed in float64 for 16-bit "
+                        "inputs when the added error stays under 1/16 of their own rounding, float64 otherwise; "
+                        "each slot's report entry says which (\"gram\")")
     p.add_argument("--no-lora-scaling", action="store_true",
                    help="analyse lora_B as stored, without folding in lora_alpha / r")
     p.add_argument("--no-center", action="store_true", help="do not subtract the mean over models")
@@ -146,7 +150,7 @@ def _run_analyze(args) -> int:
                          scale_lora=not args.no_lora_scaling, center=not args.no_center,
                          plots=not args.no_plots, progress=not args.quiet, resume=args.resume, device=device,
                          eigen_weights=args.eigen_weights, profile=args.profile,
-                         max_gram_bytes=args.max_gram_bytes)
+                         max_gram_bytes=args.max_gram_bytes, gram_precision=args.gram_precision)
     except WriteError as e:  # the output side: a full disk, no permission, a folder in use (exit 1, as the C++ tool)
         print(f"unisub analyze: error: {e}", file=sys.stderr)
         return 1

@@ -2,7 +2,7 @@
 //
 //   unisub-analyze PATH... --out DIR [--slots PATTERN...] [--modes out in delta] [--energy 0.9]
 //                  [--rank R] [--batch-size 8] [--no-lora-scaling] [--eigen-weights K] [--include-1d]
-//                  [--max-gram-bytes BYTES] [--resume] [--profile]
+//                  [--max-gram-bytes BYTES] [--gram-precision auto|float64|float32] [--resume] [--profile]
 //   unisub-analyze --check-headers FILE...     (validate headers only: one line per file)
 //   unisub-analyze --check PATH...             (read every tensor of each model as analysed: "ok PATH" and a
 //                                               line per tensor with its FNV-1a hash, or "error MESSAGE")
@@ -47,7 +47,7 @@ namespace {
 
 struct Options {
   std::vector<std::string> paths, slots, modes{"out", "in"};
-  std::string out;
+  std::string out, gram_precision = "auto";
   double energy = 0.9;
   int64_t rank = -1, batch_size = 8, eigen_weights = 0, max_gram_bytes = unisub::analysis::kDefaultMaxGramBytes;
   bool check_headers = false, check = false, scale = true, resume = false, profile = false, include_1d = false;
@@ -70,6 +70,7 @@ Options parse_args(int argc, char** argv) {
     else if (a == "--batch-size") o.batch_size = std::stoll(value()), list = &o.paths;
     else if (a == "--eigen-weights") o.eigen_weights = std::stoll(value()), list = &o.paths;
     else if (a == "--max-gram-bytes") o.max_gram_bytes = std::stoll(value()), list = &o.paths;
+    else if (a == "--gram-precision") o.gram_precision = value(), list = &o.paths;
     else if (a == "--include-1d") o.include_1d = true, list = &o.paths;
     else if (a == "--slots") list = &o.slots;
     else if (a == "--modes") o.modes.clear(), list = &o.modes;
@@ -89,6 +90,8 @@ Options parse_args(int argc, char** argv) {
   if (!(o.energy > 0 && o.energy <= 1)) usage_error(fmt::format("--energy must lie in (0, 1], got {}", o.energy));
   if (o.batch_size < 1) usage_error(fmt::format("--batch-size must be >= 1, got {}", o.batch_size));
   if (o.max_gram_bytes < 1) usage_error(fmt::format("--max-gram-bytes must be >= 1, got {}", o.max_gram_bytes));
+  if (o.gram_precision != "auto" && o.gram_precision != "float64" && o.gram_precision != "float32")
+    usage_error(fmt::format("--gram-precision takes auto, float64 or float32, got '{}'", o.gram_precision));
   if (o.eigen_weights < 0) usage_error(fmt::format("--eigen-weights must be >= 0, got {}", o.eigen_weights));
   if (o.eigen_weights > 0 && std::find(o.modes.begin(), o.modes.end(), "delta") == o.modes.end())
     usage_error("--eigen-weights needs --modes delta");
@@ -202,8 +205,10 @@ int run(const Options& o) {
   if (o.rank > 0) run_options.rank = o.rank;
   run_options.scale_lora = o.scale, run_options.batch_size = o.batch_size, run_options.eigen_weights = o.eigen_weights;
   run_options.include_1d = o.include_1d, run_options.max_gram_bytes = o.max_gram_bytes;
+  run_options.gram_precision = o.gram_precision;
   run_options.taus = report_options.taus, run_options.error_ranks = report_options.error_ranks;
   const auto options = unisub::analysis::options_json(run_options);
+  const auto precision = unisub::analysis::parse_gram_precision(o.gram_precision);
   // created only now: bad input has been found above, before any output exists
   unisub::analysis::OutputFolder folder(o.out, unisub::analysis::run_json(sources, source_bytes, options), o.resume);
   const std::optional<int64_t> rank = o.rank > 0 ? std::optional<int64_t>(o.rank) : std::nullopt;
@@ -235,6 +240,7 @@ int run(const Options& o) {
     const auto& modes = plan_modes.at(key);  // the requested ones within the Gram budget
     const auto [m, n] = *unisub::analysis::matrix_shape(first.info(key).shape);  // planned: >= 1-D
     unisub::analysis::ModeAccumulator even(m, n, modes, /*center=*/true, torch::kCPU), odd(m, n, modes, true, torch::kCPU);
+    even.set_gram_precision(precision), odd.set_gram_precision(precision);
     const int64_t start = o.resume ? folder.load_partial(key, even, odd, 0) : 0;
     done += start;
     // batch b's models, split into the even and odd halves by their index
@@ -276,6 +282,7 @@ int run(const Options& o) {
       continue;
     }
     unisub::analysis::DeltaAccumulator acc(d.m, d.n, /*center=*/true, torch::kCPU);
+    acc.set_gram_precision(precision);
     const int64_t start = o.resume ? folder.load_partial(slot, acc, 0) : 0;
     done += start;
     for (int64_t b = start; b < nbatches; ++b) {
@@ -337,7 +344,7 @@ int main(int argc, char** argv) {
   } catch (const std::invalid_argument& e) {
     fmt::print(stderr, "unisub-analyze: error: {}\nusage: unisub-analyze PATH... --out DIR [--slots P...] [--modes out in delta] "
                        "[--energy T] [--rank R] [--batch-size B] [--no-lora-scaling] [--eigen-weights K] [--include-1d] "
-                       "[--max-gram-bytes BYTES] [--resume] [--profile]\n", e.what());
+                       "[--max-gram-bytes BYTES] [--gram-precision auto|float64|float32] [--resume] [--profile]\n", e.what());
     return 2;
   } catch (const unisub::analysis::ReadError& e) {  // bad input, found by the reader
     fmt::print(stderr, "\nunisub-analyze: error: {}\n", e.what());
