@@ -168,7 +168,11 @@ void ModeAccumulator::update(at::TensorList models) {
   if (center_ && count_ == 0) shift_.copy_(batch_mean_);  // μ₀: the first batch's mean
   bool all_16_bit = true;
   for (const auto& x : models) all_16_bit = all_16_bit && is_16_bit(x.scalar_type());
-  const bool float32 = precision_ == GramPrecision::Float32 || (precision_ == GramPrecision::Auto && all_16_bit);
+  // A thin batch (LoRA factors: 16 columns a model) gives float32 GEMMs too short an inner
+  // dimension to pay for adding their float32 Gram into the float64 one: float64 then.
+  const int64_t columns = static_cast<int64_t>(models.size()) * std::min(m_, n_);
+  const bool float32 = precision_ == GramPrecision::Float32 ||
+                       (precision_ == GramPrecision::Auto && all_16_bit && columns >= kFloat32MinColumns);
   // the unavoidable work: each mode's Gram of each model, d(d+1)/2 · (the other size) multiply-adds
   double madds = 0;
   for (const auto& mo : modes_) {
