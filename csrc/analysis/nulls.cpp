@@ -160,26 +160,100 @@ at::Tensor projected_norm_matched_null(const at::Tensor& variances_in, int64_t d
               ", got ", Q.sizes());
   auto out = at::zeros({draws, M}, f64);
   if (M == 0) return out;
-  const auto scale = t.sqrt().unsqueeze(1);  // S = diag(√t), applied to the rows of L
-  const double D = static_cast<double>(dim);
-  for (int64_t k = 0; k < draws; ++k) {
-    // W = L Lᵀ / D is the Gram of M i.i.d. N(0, I_D / D) vectors (unit expected norm). Bartlett:
-    // L lower triangular with N(0, 1) below the diagonal and L_ii = √χ²_{D−i}: O(M³), never the
-    // M × D Gaussian stack. When D < M, W has rank D and the M × D stack itself is the smaller draw.
-    at::Tensor L;
-    if (dim >= M) {
-      L = at::randn({M, M}, gen, f64).tril(-1);
-      const auto shapes = (D - at::arange(M, f64)) / 2;
-      L.diagonal().copy_((2 * at::_standard_gamma(shapes, gen)).sqrt());
-    } else {
-      L = at::randn({M, dim}, gen, f64);
-    }
-    auto Y = L * scale;             // S L: S W S = (S L)(S L)ᵀ / D
-    if (Q.defined()) Y = Q.mm(Y);  // H S L (centred), or a residual's projector
-    const auto evals = at::linalg_eigvalsh(Y.mm(Y.t()) / D).flip(0).clamp_min(0);
-    out[k].copy_(evals);
-  }
+  const auto scale = t.sqrt();
+  for (int64_t k = 0; k < draws; ++k) out[k].copy_(null_spectrum(bartlett_factor(M, dim, gen), scale, Q, dim));
   return out;
+}
+
+at::Tensor bartlett_factor(int64_t M, int64_t dim, at::Generator& gen) {
+  // W = L Lᵀ / D is the Gram of M i.i.d. N(0, I_D / D) vectors (unit expected norm). Bartlett:
+  // L lower triangular with N(0, 1) below the diagonal and L_ii = √χ²_{D−i}: O(M³), never the
+  // M × D Gaussian stack. When D < M, W has rank D and the M × D stack itself is the smaller draw.
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  if (dim < M) return at::randn({M, dim}, gen, f64);
+  auto L = at::randn({M, M}, gen, f64).tril(-1);
+  const auto shapes = (static_cast<double>(dim) - at::arange(M, f64)) / 2;
+  L.diagonal().copy_((2 * at::_standard_gamma(shapes, gen)).sqrt());
+  return L;
+}
+
+at::Tensor null_spectrum(const at::Tensor& L, const at::Tensor& scale, const at::Tensor& Q, int64_t dim) {
+  auto Y = L * scale.unsqueeze(1);  // S L: S W S = (S L)(S L)ᵀ / D
+  if (Q.defined()) Y = Q.mm(Y);     // H S L (centred), or a residual's projector
+  return at::linalg_eigvalsh(Y.mm(Y.t()) / static_cast<double>(dim)).flip(0).clamp_min(0);
+}
+
+namespace {
+
+// The largest eigenvalue of a symmetric positive semidefinite operator on R^M, by Lanczos with full
+// reorthogonalisation (twice per step) from `start`: stops when the top Ritz pair's residual
+// β_j·|s_j| is at most kLanczosTolerance·θ (then an eigenvalue lies within that of θ, and Ritz
+// values never exceed the largest one), or at M steps, where the tridiagonal's spectrum is the
+// operator's. `start` becomes the top Ritz vector (a warm start for a nearby operator).
+constexpr double kLanczosTolerance = 1e-12;
+
+template <typename Apply>
+double lanczos_top(const Apply& apply, at::Tensor& start) {
+  const int64_t M = start.numel();
+  const double norm0 = start.norm().item<double>();
+  if (!(norm0 > 0)) return 0.0;
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  auto V = at::empty({M, std::min<int64_t>(M, 64)}, f64);  // the Lanczos basis, grown when full
+  std::vector<double> alpha, beta;
+  at::Tensor q = start / norm0;
+  for (int64_t j = 0; j < M; ++j) {
+    if (j == V.size(1)) V = at::cat({V, at::empty({M, std::min(M - j, j)}, f64)}, 1);
+    V.select(1, j).copy_(q);
+    at::Tensor w = apply(q);
+    alpha.push_back(at::dot(q, w).item<double>());
+    const auto basis = V.narrow(1, 0, j + 1);
+    for (int pass = 0; pass < 2; ++pass) w -= basis.mv(basis.t().mv(w));
+    const double b = w.norm().item<double>();
+    auto T = at::zeros({j + 1, j + 1}, f64);
+    T.diagonal().copy_(at::tensor(alpha, f64));
+    if (j > 0) {
+      T.diagonal(1).copy_(at::tensor(beta, f64));
+      T.diagonal(-1).copy_(at::tensor(beta, f64));
+    }
+    const auto [evals, evecs] = at::linalg_eigh(T);
+    const double theta = evals[j].item<double>();
+    const double residual = b * std::abs(evecs[j][j].item<double>());
+    if (residual <= kLanczosTolerance * std::max(theta, 0.0) || !(b > 0) || j + 1 == M) {
+      start = basis.mv(evecs.select(1, j));
+      return std::max(theta, 0.0);
+    }
+    beta.push_back(b);
+    q = w / b;
+  }
+  return 0.0;  // not reached
+}
+
+}  // namespace
+
+double null_top_eigenvalue(const at::Tensor& L, const at::Tensor& scale, const at::Tensor& Q, int64_t dim,
+                           at::Tensor& start) {
+  // v ↦ Q S L Lᵀ S Q v / D, never forming the M × M matrix: four matrix-vector products a step
+  const double D = static_cast<double>(dim);
+  auto apply = [&](const at::Tensor& v) {
+    auto x = Q.defined() ? Q.mv(v) : v;
+    x = scale * L.mv(L.t().mv(scale * x)) / D;
+    return Q.defined() ? Q.mv(x) : x;
+  };
+  // The start (a warm one: the previous operator's top Ritz vector) plus a hundredth of a fixed
+  // generic vector, so that no eigenvector is missing from it (a start orthogonal to the top
+  // eigenvector would converge to a lower eigenvalue; equal scales give t ∝ 1, which H annihilates).
+  const int64_t M = L.size(0);
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  const auto generic = at::cos(at::arange(M, f64) * 1.7 + 0.3);
+  const double sn = start.norm().item<double>();
+  start = start / (sn > 0 ? sn : 1.0) + 0.01 * generic / generic.norm();
+  if (Q.defined()) start = Q.mv(start);
+  if (!(start.norm().item<double>() > 1e-8)) {
+    // nothing of it on Q's range: the exact spectrum instead (a tiny or degenerate operator)
+    start = at::zeros({M}, f64);
+    return null_spectrum(L, scale, Q, dim)[0].item<double>();
+  }
+  return lanczos_top(apply, start);
 }
 
 }  // namespace unisub::analysis

@@ -178,11 +178,35 @@ void norm_matched_entry(Json& null, const at::Tensor& K, const std::vector<doubl
   const auto Kc = center ? K - K.mean(0, true) - K.mean(1, true) + K.mean() : K;
   auto gen = at::detail::createCPUGenerator(static_cast<uint64_t>(seed));
   const auto t = null_model_variances(Kc.diagonal(), center);
-  const auto samples = norm_matched_null(t, dim, center, kDeltaNullDraws, gen);
+  const int64_t M = K.size(0);
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  at::Tensor H;  // the first test's projector: centring, or none
+  if (center) H = at::eye(M, f64) - 1.0 / static_cast<double>(M);
+  // The draws W_d = L_d L_dᵀ / D, each the null's exact sample: their spectra under S = diag(√t) give
+  // the band (the same draws as norm_matched_null with this seed), and every later test projects and
+  // rescales the same W_d (its own null, exactly drawn). The factors are kept while they take at most
+  // 256 MiB, and drawn again from a copy of the generator's state otherwise.
+  const bool keep = static_cast<double>(kDeltaNullDraws) * static_cast<double>(M) *
+                        static_cast<double>(std::min(M, dim)) * 8 <= 256.0 * (1 << 20);
+  std::vector<at::Tensor> factors;
+  std::vector<at::Generator> states;
+  auto samples = at::empty({kDeltaNullDraws, M}, f64);
+  for (int64_t d = 0; d < kDeltaNullDraws; ++d) {
+    if (!keep) states.push_back(gen.clone());
+    const auto L = bartlett_factor(M, dim, gen);
+    samples[d].copy_(null_spectrum(L, t.sqrt(), H, dim));
+    if (keep) factors.push_back(L);
+  }
+  auto factor = [&](int64_t d) {
+    if (keep) return factors[d];
+    auto g = states[d].clone();
+    return bartlett_factor(M, dim, g);
+  };
   const auto mean = doubles(samples.mean(0)), upper = doubles(std::get<0>(samples.max(0)));
   std::vector<double> edges;  // the edge each tested component was compared with
   int64_t above = 0;
   at::Tensor lam, V;
+  std::vector<at::Tensor> starts(kDeltaNullDraws, t.clone());  // Lanczos warm starts, one per draw
   while (above < p && ev[above] > 0) {
     double edge = upper[0];
     if (above > 0) {
@@ -191,13 +215,13 @@ void norm_matched_entry(Json& null, const at::Tensor& K, const std::vector<doubl
       // left is spread over as many dimensions in the null as in the data
       if (!V.defined()) std::tie(lam, V) = sorted_eigh(Kc);
       const auto top = V.narrow(1, 0, above);
-      const int64_t M = K.size(0);
       auto Q = at::eye(M, K.options()) - top.mm(top.t());
       if (center) Q = Q - 1.0 / static_cast<double>(M);
       const auto residual_diag = at::diagonal(Q.mm(Kc).mm(Q)).clamp_min(0);
-      const auto more = projected_norm_matched_null(projected_null_variances(Q, residual_diag), dim, Q,
-                                                    kDeltaNullDraws, gen);
-      edge = more.select(1, 0).max().item<double>();
+      const auto scale = projected_null_variances(Q, residual_diag).sqrt();
+      edge = 0;
+      for (int64_t d = 0; d < kDeltaNullDraws; ++d)
+        edge = std::max(edge, null_top_eigenvalue(factor(d), scale, Q, dim, starts[d]));
     }
     edges.push_back(edge);
     if (!(ev[above] > edge)) break;
