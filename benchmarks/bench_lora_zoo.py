@@ -544,8 +544,9 @@ def fmt_profile(profile):
         if not sec:
             continue
         frac = st.get("gemm_fraction")
-        # libunisub's gemm_fraction is against the float64 GEMM rate, whichever GEMMs ran
-        parts.append(f"{name} {sec:.2f}" + (f" ({100 * frac:.0f}% of f64 GEMM)" if frac else ""))
+        # libunisub's gemm_fraction is against the GEMM rate of the stage's precision ("gram":
+        # float64, "gram_float32": float32), measured in the same run
+        parts.append(f"{name} {sec:.2f}" + (f" ({100 * frac:.0f}% of its GEMM rate)" if frac else ""))
     return ", ".join(parts)
 
 

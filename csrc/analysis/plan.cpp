@@ -65,6 +65,34 @@ std::optional<std::pair<int64_t, int64_t>> matrix_shape(const std::vector<int64_
   return std::pair<int64_t, int64_t>{shape[0], n};
 }
 
+namespace {
+// The delta modules' costs in the plan (what the run will hold and compute); a module plan_deltas
+// refuses adds nothing here, and the front ends report plan_deltas' error themselves.
+void add_delta_costs(SlotPlan& plan, const std::vector<PlanModel>& models) {
+  const auto deltas = plan_deltas(models, plan.selected);
+  if (deltas.error) return;
+  const double M = static_cast<double>(models.size());
+  for (const auto& d : deltas.modules) {
+    PlannedDelta c{d.module, d.m, d.n};
+    int64_t stored = 0, r_max = 0;
+    for (const auto& model : models) {
+      const auto& b = model.tensors.at(d.b_key);
+      const int64_t r = matrix_shape(b.shape)->second;
+      c.rank_sum += r, r_max = std::max(r_max, r);
+      stored += r * (d.m + d.n) * itemsize(b.dtype);
+    }
+    const double R = static_cast<double>(c.rank_sum);
+    c.multiply_adds = R * R * static_cast<double>(d.m + d.n) / 2 + 4 * M * M * M;
+    // the factors as stored, float64 copies padded to the largest rank (B twice: lora_gram's
+    // transposed copy), K and a few M × M temporaries of the report
+    c.peak_bytes = stored + 8 * static_cast<int64_t>(M) * r_max * (2 * d.m + d.n) + 4 * 8 * static_cast<int64_t>(M * M);
+    plan.peak_bytes = std::max(plan.peak_bytes, c.peak_bytes);
+    plan.multiply_adds += c.multiply_adds;
+    plan.deltas.push_back(std::move(c));
+  }
+}
+}  // namespace
+
 PlanResult plan_slots(const std::vector<PlanModel>& models, const PlanOptions& o) {
   for (const auto& mo : o.modes)
     if (mo != "out" && mo != "in" && mo != "delta")
@@ -124,7 +152,11 @@ PlanResult plan_slots(const std::vector<PlanModel>& models, const PlanOptions& o
   if (plan.models < 4)
     plan.split_half_note = std::to_string(plan.models) + " models: the split halves (even and odd model indices) need 2 models "
                                                                  "each, so no split-half stability is reported";
-  if (factor_modes.empty()) return {plan, std::nullopt};
+  if (std::find(o.modes.begin(), o.modes.end(), "delta") != o.modes.end()) add_delta_costs(plan, models);
+  if (factor_modes.empty()) {
+    plan.seconds = plan.multiply_adds / kMultiplyAddsPerSecond;
+    return {plan, std::nullopt};
+  }
 
   // 2. every model must hold each slot with the reference's shape and an analysable dtype: a named
   // slot that does not is an error naming the file; a default-selected one is skipped with why
@@ -262,6 +294,18 @@ Json SlotPlan::to_json() const {
     sl[s.key] = std::move(e);
   }
   j["slots"] = std::move(sl);
+  if (!deltas.empty()) {
+    Json dl = Json::object();
+    for (const auto& d : deltas) {
+      Json e = Json::object();
+      e["matrix"] = std::vector<int64_t>{d.m, d.n};
+      e["rank_sum"] = d.rank_sum;
+      e["peak_bytes"] = d.peak_bytes;
+      e["multiply_adds"] = d.multiply_adds;
+      dl[d.module] = std::move(e);
+    }
+    j["deltas"] = std::move(dl);
+  }
   Json sk = Json::object();
   for (const auto& [k, v] : skipped) sk[k] = v;
   j["skipped"] = std::move(sk);
@@ -272,15 +316,18 @@ std::string SlotPlan::totals_json() const { return totals_of(*this).dump(); }
 
 std::string SlotPlan::text() const {
   std::string out;
-  if (slots.empty()) {
+  if (slots.empty() && deltas.empty()) {
     out = "plan: " + std::to_string(models) + " models, " + std::to_string(selected.size()) + " tensors selected";
   } else {
     int64_t modes = 0;
     for (const auto& s : slots) modes += static_cast<int64_t>(s.modes.size());
-    out = "plan: " + std::to_string(models) + " models, " + std::to_string(slots.size()) + " slots (" +
-          std::to_string(modes) + " slot-modes), " + std::to_string(skipped.size()) + " skipped; peak memory ~" +
-          bytes_str(static_cast<double>(peak_bytes)) + " (largest slot), " +
-          format("~%.2g multiply-adds, roughly %.0f s at %.0e/s", multiply_adds, seconds, kMultiplyAddsPerSecond);
+    out = "plan: " + std::to_string(models) + " models, ";
+    if (!slots.empty())
+      out += std::to_string(slots.size()) + " slots (" + std::to_string(modes) + " slot-modes), " +
+             std::to_string(skipped.size()) + " skipped";
+    if (!deltas.empty()) out += std::string(slots.empty() ? "" : ", ") + std::to_string(deltas.size()) + " delta modules";
+    out += "; peak memory ~" + bytes_str(static_cast<double>(peak_bytes)) + " (largest slot), " +
+           format("~%.2g multiply-adds, roughly %.0f s at %.0e/s", multiply_adds, seconds, kMultiplyAddsPerSecond);
   }
   for (const auto& [k, v] : skipped)
     if (v.find("budget") != std::string::npos) out += "\n  skipped " + k + ": " + v;

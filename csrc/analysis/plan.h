@@ -59,10 +59,20 @@ struct PlannedSlot {
   double multiply_adds = 0;
 };
 
+// A --modes delta module's cost: its factors are kept, K is M × M.
+struct PlannedDelta {
+  std::string module;
+  int64_t m = 0, n = 0;
+  int64_t rank_sum = 0;      // Σ over models of the LoRA rank
+  int64_t peak_bytes = 0;    // the factors as stored, a float64 working copy and K's
+  double multiply_adds = 0;  // (Σr)²(m + n)/2 for K, ~M³ for its eigh and the nulls
+};
+
 struct SlotPlan {
   int64_t models = 0;
   std::vector<std::string> selected;           // every tensor taken (the delta modules are found among these)
   std::vector<PlannedSlot> slots;              // those analysed along out / in (empty without those modes)
+  std::vector<PlannedDelta> deltas;            // with --modes delta: the modules (their errors are plan_deltas')
   std::map<std::string, std::string> skipped;  // tensor (or "tensor [mode]") -> why
   int64_t peak_bytes = 0;                      // the largest slot's
   double multiply_adds = 0, seconds = 0;       // all slots; seconds at kMultiplyAddsPerSecond

@@ -166,3 +166,18 @@ def test_python_front_end_prints_the_plan_before_reading(tmp_path, gen, capsys, 
     err = capsys.readouterr().err
     assert err.index("plan: 4 models, 3 slots (5 slot-modes)") < err.index("READ")
     assert "skipped " + WORD + " [out]: the 'out' Gram is 60 x 60 float64 = 28.1 KiB, above the budget 28.1 KiB" in err
+
+
+def test_delta_modules_are_in_the_plan(tmp_path, gen):
+    """--modes delta alone used to print an empty plan (no cost, no memory): the modules' K and
+    factors are counted now, the same in both front ends."""
+    from test_analyze_cpp import _adapters
+
+    ads = _adapters(tmp_path, gen)
+    py, cpp, err = _both(ads, tmp_path, "--modes", "delta", py_kwargs={"modes": ["delta"]})
+    plan = py["plan"]
+    assert plan == cpp["plan"]
+    M = py["models"]
+    # at least the Gram's multiply-adds, (Σr)²(m + n)/2 ≥ M², and M × M float64 K per module
+    assert plan["multiply_adds"] >= M * M and plan["peak_bytes"] >= 8 * M * M and plan["seconds"] > 0
+    assert re.search(r"plan: \d+ models, \d+ delta modules; peak memory ~", err), err

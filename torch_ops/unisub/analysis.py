@@ -67,20 +67,24 @@ def _dist():
     return 0, 1
 
 
+def _plan_models(checkpoints):
+    """Each model's slot table as the planner reads it: (name, slots, file_of, is_adapter, is_dora)."""
+    return [(ck.name, ck.slots, ck.file_of, isinstance(ck, PeftAdapter),
+             isinstance(ck, PeftAdapter) and bool(ck.config.get("use_dora", False))) for ck in checkpoints]
+
+
 def _plan(checkpoints, patterns, include_1d, modes, max_gram_bytes, batch_size):
     """libunisub's slot plan (``unisub.io.plan``), the one ``unisub-analyze`` makes: the selected
     tensors, the slots analysed along out / in with their modes (a Gram beyond ``max_gram_bytes`` is
-    skipped), what is skipped and why, and the cost estimate; bad input raises ``CheckpointError``."""
-    return plan([(ck.name, ck.slots, ck.file_of) for ck in checkpoints], patterns, include_1d, modes,
-                max_gram_bytes, batch_size)
+    skipped), the delta modules' costs, what is skipped and why, and the cost estimate; bad input
+    raises ``CheckpointError``."""
+    return plan(_plan_models(checkpoints), patterns, include_1d, modes, max_gram_bytes, batch_size)
 
 
 def _plan_deltas(checkpoints, chosen):
     """module -> (lora_A key, lora_B key, (m, n)) for every module of which a factor was selected:
     libunisub's delta plan (``unisub.io.plan_deltas``), the one ``unisub-analyze`` makes."""
-    return plan_deltas([(ck.name, ck.slots, ck.file_of, isinstance(ck, PeftAdapter),
-                         isinstance(ck, PeftAdapter) and bool(ck.config.get("use_dora", False)))
-                        for ck in checkpoints], chosen)
+    return plan_deltas(_plan_models(checkpoints), chosen)
 
 
 def _read_factors(ck, a_key, b_key):
