@@ -201,8 +201,10 @@ void ModeAccumulator::accumulate_shifted(at::TensorList models, bool float32, co
   const int64_t per_chunk = std::clamp<int64_t>(kChunkBytes / (size * elem), 1, static_cast<int64_t>(models.size()));
   if (!chunk_.defined() || chunk_.scalar_type() != dtype || chunk_.numel() < per_chunk * size)
     chunk_ = at::empty({per_chunk * size}, at::TensorOptions().dtype(dtype).device(dev));
-  if (float32 && grams32_.empty())
-    for (const auto& G : grams_) grams32_.push_back(at::empty_like(G, at::kFloat));
+  if (float32 && grams32_.empty())  // one block row of float32 partial Gram per mode
+    for (const auto& G : grams_)
+      grams32_.push_back(at::empty({std::min<int64_t>(G.size(0), dev.is_cuda() ? 1024 : 128), G.size(0)},
+                                   at::TensorOptions().dtype(at::kFloat).device(dev)));
   for (size_t first = 0; first < models.size(); first += per_chunk) {
     const int64_t g = std::min<int64_t>(per_chunk, static_cast<int64_t>(models.size() - first));
     // [m, g, n]: the "out" unfolding [m, g·n] and the rows of the "in" one [m·g, n] are plain views
@@ -230,10 +232,7 @@ void ModeAccumulator::accumulate_shifted(at::TensorList models, bool float32, co
         continue;
       }
       // float32 GEMMs over at most kFloat32Columns columns each, every partial Gram summed in float64
-      for (int64_t c0 = 0; c0 < A.size(1); c0 += kFloat32Columns) {
-        unisub::detail::syrk_lower(grams32_[k], A.narrow(1, c0, std::min(kFloat32Columns, A.size(1) - c0)), 0.0);
-        unisub::detail::add_lower_(grams_[k], grams32_[k]);
-      }
+      unisub::detail::syrk_lower_float32(grams_[k], A, kFloat32Columns, grams32_[k]);
     }
   }
 }

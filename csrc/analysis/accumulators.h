@@ -124,7 +124,7 @@ class ModeAccumulator {
   mutable std::vector<at::Tensor> grams_cache_;
   // update()'s buffers, allocated on first use and kept: the batch mean, the shifted models of a
   // chunk laid out [m, models, n] (both unfoldings are plain views of it) and, for float32 GEMMs,
-  // one float32 Gram per mode. Without them every batch allocated and freed slot-sized blocks,
+  // one block row of float32 partial Gram per mode. Without them every batch allocated and freed slot-sized blocks,
   // and glibc's heap kept their pages resident (the streamed job's peak grew with its batches).
   at::Tensor batch_mean_, chunk_;
   std::vector<at::Tensor> grams32_;

@@ -77,12 +77,37 @@ void syrk_lower(const at::Tensor& acc, const at::Tensor& A, double beta, double 
   }
 }
 
-void add_lower_(const at::Tensor& acc, const at::Tensor& part) {
-  const int64_t d = acc.size(0);
-  const int64_t tile = acc.is_cuda() ? 1024 : 256;
+namespace {
+// acc += part for two [rows, cols] blocks (acc float64, part float32) with unit column strides
+void add_block_f32(const at::Tensor& acc, const at::Tensor& part) {
+  if (!acc.is_cpu() || acc.stride(1) != 1 || part.stride(1) != 1) {
+    acc.add_(part);
+    return;
+  }
+  double* a = acc.data_ptr<double>();
+  const float* b = part.const_data_ptr<float>();
+  const int64_t rows = acc.size(0), cols = acc.size(1), sa = acc.stride(0), sb = part.stride(0);
+  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t c = 0; c < cols; ++c) a[r * sa + c] += static_cast<double>(b[r * sb + c]);
+  });
+}
+}  // namespace
+
+void syrk_lower_float32(const at::Tensor& acc, const at::Tensor& A, int64_t columns, const at::Tensor& scratch) {
+  const int64_t d = A.size(0), k = A.size(1);
+  // 128-row tiles on CPU: measured 10 % faster than 256 for float32 GEMMs of 768 rows
+  const int64_t tile = A.is_cuda() ? 1024 : 128;
   for (int64_t i0 = 0; i0 < d; i0 += tile) {
     const int64_t ni = std::min(tile, d - i0);
-    acc.narrow(0, i0, ni).narrow(1, 0, i0 + ni).add_(part.narrow(0, i0, ni).narrow(1, 0, i0 + ni));
+    const auto row = acc.narrow(0, i0, ni).narrow(1, 0, i0 + ni);
+    const auto part = scratch.narrow(0, 0, ni).narrow(1, 0, i0 + ni);
+    // this block row's float32 partial Grams, each added while it is still in cache
+    for (int64_t c0 = 0; c0 < k; c0 += columns) {
+      const int64_t c = std::min(columns, k - c0);
+      part.addmm_(A.narrow(0, i0, ni).narrow(1, c0, c), A.narrow(0, 0, i0 + ni).narrow(1, c0, c).t(), 0.0, 1.0);
+      add_block_f32(row, part);
+    }
   }
 }
 
