@@ -3,9 +3,12 @@
 // mean's share of the energy and the compression counts. Sums run left to right in float64.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <tuple>
 
@@ -190,18 +193,28 @@ void norm_matched_entry(Json& null, const at::Tensor& K, const std::vector<doubl
                         static_cast<double>(std::min(M, dim)) * 8 <= 256.0 * (1 << 20);
   std::vector<at::Tensor> factors;
   std::vector<at::Generator> states;
-  auto samples = at::empty({kDeltaNullDraws, M}, f64);
   for (int64_t d = 0; d < kDeltaNullDraws; ++d) {
     if (!keep) states.push_back(gen.clone());
-    const auto L = bartlett_factor(M, dim, gen);
-    samples[d].copy_(null_spectrum(L, t.sqrt(), H, dim));
-    if (keep) factors.push_back(L);
+    auto L = bartlett_factor(M, dim, gen);  // in order: the generator's sequence fixes the draws
+    if (keep) factors.push_back(std::move(L));
   }
   auto factor = [&](int64_t d) {
     if (keep) return factors[d];
     auto g = states[d].clone();
     return bartlett_factor(M, dim, g);
   };
+  // The draws are independent: one per thread, each running its small linear algebra alone (inside
+  // a parallel region ATen and the BLAS do not split work further), instead of every small product
+  // being split across the threads and waiting at each join. Each result is the same whichever
+  // thread computes it.
+  auto each_draw = [&](const std::function<void(int64_t)>& work) {
+    at::parallel_for(0, kDeltaNullDraws, 1, [&](int64_t b, int64_t e) {
+      for (int64_t d = b; d < e; ++d) work(d);
+    });
+  };
+  auto samples = at::empty({kDeltaNullDraws, M}, f64);
+  const auto scale0 = t.sqrt();
+  each_draw([&](int64_t d) { samples[d].copy_(null_spectrum(factor(d), scale0, H, dim)); });
   const auto mean = doubles(samples.mean(0)), upper = doubles(std::get<0>(samples.max(0)));
   std::vector<double> edges;  // the edge each tested component was compared with
   int64_t above = 0;
@@ -217,11 +230,11 @@ void norm_matched_entry(Json& null, const at::Tensor& K, const std::vector<doubl
       const auto top = V.narrow(1, 0, above);
       auto Q = at::eye(M, K.options()) - top.mm(top.t());
       if (center) Q = Q - 1.0 / static_cast<double>(M);
-      const auto residual_diag = at::diagonal(Q.mm(Kc).mm(Q)).clamp_min(0);
+      const auto residual_diag = (Q.mm(Kc) * Q).sum(1).clamp_min(0);  // diag(Q K_c Q), one product
       const auto scale = projected_null_variances(Q, residual_diag).sqrt();
-      edge = 0;
-      for (int64_t d = 0; d < kDeltaNullDraws; ++d)
-        edge = std::max(edge, null_top_eigenvalue(factor(d), scale, Q, dim, starts[d]));
+      std::vector<double> tops(kDeltaNullDraws);
+      each_draw([&](int64_t d) { tops[d] = null_top_eigenvalue(factor(d), scale, Q, dim, starts[d]); });
+      edge = *std::max_element(tops.begin(), tops.end());
     }
     edges.push_back(edge);
     if (!(ev[above] > edge)) break;

@@ -244,13 +244,16 @@ def _run(checkpoints, chosen, deltas, slot_modes, folder, rank_id, world, device
         elif keep:
             subspaces[key] = kind.from_result(result)
 
-    def batches_from(start, key, save):
+    def batches_from(start, key, save, save_last=True):
+        # save_last: also save after the slot's last batch (not for a delta slot: its state is every
+        # factor read, which costs more to write than to read again, and the slot finishes next)
         bar.update(start)
         last_save = time.monotonic()
         for bi in range(start, len(batches)):
             yield bi, batches[bi]
             bar.update(1)
-            if folder is not None and (time.monotonic() - last_save >= checkpoint_every or bi + 1 == len(batches)):
+            last = save_last and bi + 1 == len(batches)
+            if folder is not None and (time.monotonic() - last_save >= checkpoint_every or last):
                 save(bi + 1)
                 last_save = time.monotonic()
             if on_batch is not None:
@@ -301,7 +304,7 @@ def _run(checkpoints, chosen, deltas, slot_modes, folder, rank_id, world, device
         def save(next_batch):
             writer_call(folder.save_partial_delta, key, next_batch, acc._impl, rank_id)
 
-        for _, batch in batches_from(start, key, save):
+        for _, batch in batches_from(start, key, save, save_last=False):
             for i in batch:
                 B, A, s = _read_factors(checkpoints[i], a_key, b_key)
                 acc.add(B, A, s, id=i)
