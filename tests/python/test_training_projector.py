@@ -189,6 +189,10 @@ DDP_SCRIPT = textwrap.dedent("""
     x, y = torch.randn(16, 10, generator=g, dtype=torch.float64), torch.randn(16, 2, generator=g, dtype=torch.float64)
     ((ddp(x) - y) ** 2).mean().backward()
     torch.save({"grad": model[0].weight.grad, "U": U, "x": x, "y": y}, sys.argv[3] + f".{rank}")
+    # both ranks done with gloo before either tears it down: without the barrier a rank exiting
+    # while the other's gloo threads still ran aborted once ("terminate called without an active
+    # exception") on the loaded 2-core machine
+    dist.barrier()
     dist.destroy_process_group()
 """)
 
