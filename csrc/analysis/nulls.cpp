@@ -237,14 +237,20 @@ double lanczos_top(const Apply& apply, at::Tensor& start) {
 
 }  // namespace
 
-double null_top_eigenvalue(const at::Tensor& L, const at::Tensor& scale, const at::Tensor& Q, int64_t dim,
-                           at::Tensor& start) {
-  // v ↦ Q S L Lᵀ S Q v / D, never forming the M × M matrix: four matrix-vector products a step
+double null_top_eigenvalue(const at::Tensor& L, const at::Tensor& scale, const at::Tensor& basis, bool center,
+                           int64_t dim, at::Tensor& start) {
+  // v ↦ Q S L Lᵀ S Q v / D with Q = (H or I) − V Vᵀ applied as such (O(M·k), not an M × M product),
+  // never forming the M × M matrix: two matrix-vector products with L a step
   const double D = static_cast<double>(dim);
+  const bool project = center || (basis.defined() && basis.size(1) > 0);
+  auto Q = [&](at::Tensor x) {
+    if (center) x = x - x.mean();
+    if (basis.defined() && basis.size(1) > 0) x = x - basis.mv(basis.t().mv(x));
+    return x;
+  };
   auto apply = [&](const at::Tensor& v) {
-    auto x = Q.defined() ? Q.mv(v) : v;
-    x = scale * L.mv(L.t().mv(scale * x)) / D;
-    return Q.defined() ? Q.mv(x) : x;
+    const auto x = scale * L.mv(L.t().mv(scale * (project ? Q(v) : v))) / D;
+    return project ? Q(x) : x;
   };
   // The start (a warm one: the previous operator's top Ritz vector) plus a hundredth of a fixed
   // generic vector, so that no eigenvector is missing from it (a start orthogonal to the top
@@ -254,11 +260,16 @@ double null_top_eigenvalue(const at::Tensor& L, const at::Tensor& scale, const a
   const auto generic = at::cos(at::arange(M, f64) * 1.7 + 0.3);
   const double sn = start.norm().item<double>();
   start = start / (sn > 0 ? sn : 1.0) + 0.01 * generic / generic.norm();
-  if (Q.defined()) start = Q.mv(start);
+  if (project) start = Q(start);
   if (!(start.norm().item<double>() > 1e-8)) {
     // nothing of it on Q's range: the exact spectrum instead (a tiny or degenerate operator)
     start = at::zeros({M}, f64);
-    return null_spectrum(L, scale, Q, dim)[0].item<double>();
+    at::Tensor dense;
+    if (project) {
+      dense = center ? at::eye(M, f64) - 1.0 / static_cast<double>(M) : at::eye(M, f64);
+      if (basis.defined() && basis.size(1) > 0) dense = dense - basis.mm(basis.t());
+    }
+    return null_spectrum(L, scale, dense, dim)[0].item<double>();
   }
   return lanczos_top(apply, start);
 }

@@ -230,10 +230,11 @@ void norm_matched_entry(Json& null, const at::Tensor& K, const std::vector<doubl
       const auto top = V.narrow(1, 0, above);
       auto Q = at::eye(M, K.options()) - top.mm(top.t());
       if (center) Q = Q - 1.0 / static_cast<double>(M);
-      const auto residual_diag = (Q.mm(Kc) * Q).sum(1).clamp_min(0);  // diag(Q K_c Q), one product
+      // diag(Q K_c Q) = diag(K_c) − Σ_j<k λ_j v_j² (V_k eigenvectors of K_c, orthogonal to 1)
+      const auto residual_diag = (Kc.diagonal() - (top.square() * lam.narrow(0, 0, above)).sum(1)).clamp_min(0);
       const auto scale = projected_null_variances(Q, residual_diag).sqrt();
       std::vector<double> tops(kDeltaNullDraws);
-      each_draw([&](int64_t d) { tops[d] = null_top_eigenvalue(factor(d), scale, Q, dim, starts[d]); });
+      each_draw([&](int64_t d) { tops[d] = null_top_eigenvalue(factor(d), scale, top, center, dim, starts[d]); });
       edge = *std::max_element(tops.begin(), tops.end());
     }
     edges.push_back(edge);
