@@ -221,10 +221,11 @@ void ModeAccumulator::accumulate_shifted(at::TensorList models, bool float32, co
           slot.copy_(models[first + i]);
         }
       }
-      // what the float32 part's error bound is relative to (one read of the chunk)
-      if (float32) float32_energy_ += chunk.square().sum(at::kDouble).item<double>();
     }
     ScopedStage stage(gram_stage);
+    // what the float32 part's error bound is relative to, Σ‖x − μ₀‖²: what this chunk adds to the
+    // first mode's trace (d reads before and after, instead of a pass over the chunk)
+    const double trace_before = float32 ? grams_[0].diagonal().sum().item<double>() : 0.0;
     for (size_t k = 0; k < modes_.size(); ++k) {
       const auto A = modes_[k] == "out" ? chunk.view({m_, g * n_}) : chunk.view({m_ * g, n_}).t();
       if (!float32) {
@@ -234,6 +235,7 @@ void ModeAccumulator::accumulate_shifted(at::TensorList models, bool float32, co
       // float32 GEMMs over at most kFloat32Columns columns each, every partial Gram summed in float64
       unisub::detail::syrk_lower_float32(grams_[k], A, kFloat32Columns, grams32_[k]);
     }
+    if (float32) float32_energy_ += grams_[0].diagonal().sum().item<double>() - trace_before;
   }
 }
 
