@@ -269,6 +269,8 @@ void ModeAccumulator::check_compatible(const ModeAccumulator& o, const char* wha
 }
 
 void ModeAccumulator::merge(const ModeAccumulator& other) {
+  // the other's folded Grams are read while this one's state changes: they must not be the same
+  TORCH_CHECK_VALUE(&other != this, "ModeAccumulator.merge: cannot merge an accumulator into itself");
   check_compatible(other, "merge");
   if (other.count_ == 0) return;
   at::NoGradGuard no_grad;

@@ -74,7 +74,7 @@ at::Tensor bartlett_factor(int64_t M, int64_t dim, at::Generator& gen);
 // The descending spectrum of Q S W S Q (Q undefined: S W S), S = diag(scale), W = L Lᵀ / dim.
 at::Tensor null_spectrum(const at::Tensor& L, const at::Tensor& scale, const at::Tensor& Q, int64_t dim);
 // Its largest eigenvalue alone, by Lanczos (O(M²) a step instead of O(M³)) to a relative residual of
-// 1e-12, for Q = (H if center, else I) − V Vᵀ, V = `basis` (M × k orthonormal, orthogonal to 1 when
+// 1e-9 (an eigenvalue within 1e-9 of the value; in practice the square of that over the gap), for Q = (H if center, else I) − V Vᵀ, V = `basis` (M × k orthonormal, orthogonal to 1 when
 // centred; undefined or k = 0: none); `start` (length M) is the start vector and becomes the top
 // Ritz vector.
 double null_top_eigenvalue(const at::Tensor& L, const at::Tensor& scale, const at::Tensor& basis, bool center,

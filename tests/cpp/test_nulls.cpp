@@ -45,8 +45,9 @@ BOOST_AUTO_TEST_CASE(lanczos_top_eigenvalue_matches_the_full_spectrum) {
           auto start = t.clone();
           const double top = null_top_eigenvalue(L, t.sqrt(), V, k >= 0, dim, start);
           BOOST_TEST_INFO("M " << M << " dim " << dim << " spread " << spread << " k " << k);
-          // Lanczos stops at a residual of 1e-12·θ; eigvalsh itself is backward stable to ~M·ε
-          BOOST_CHECK_SMALL(top - exact, 1e-11 * exact + 1e-300);
+          // Lanczos stops at a residual of 1e-9·θ, which bounds the error (Weyl); eigvalsh itself is
+          // backward stable to ~M·ε
+          BOOST_CHECK_SMALL(top - exact, 1e-9 * exact + 1e-300);
           // the start vector becomes the top Ritz vector: a unit vector (zero for a zero operator)
           if (exact > 0) BOOST_CHECK_CLOSE(start.norm().item<double>(), 1.0, 1e-9);
         }

@@ -119,6 +119,9 @@ def test_float32_count_survives_state_dict_and_merge():
     assert b.precision["float32_models"] == 4
     b.update([m.float() for m in models[4:]])
     assert b.precision["gemm"] == "float32+float64" and b.count == 10
+    # merging reads the other's folded Grams while this one changes: itself is refused, not misread
+    with pytest.raises(ValueError, match="into itself"):
+        b.merge(b)
 
 
 def lora_factors(seed, M, m, n, r, dtype, shared=0.0):
