@@ -69,7 +69,8 @@ class SubspaceAccumulator:
 
     ``gram_precision``: "float64" (default: float64 GEMMs), "float32" (float32 GEMMs of at most
     448 columns each, summed in float64) or "auto" (float32 for batches of float16 / bfloat16
-    models, whose Gram then gains less error than 1/16 of their own rounding; float64 otherwise).
+    models with at least 256 columns in each unfolding, whose Gram then gains less error than 1/16
+    of what their own rounding can do to it; float64 otherwise).
     ``precision`` says what was used (docs/analysis.md, "Precision of the Grams").
     """
 
@@ -259,7 +260,10 @@ class LoraDeltaAccumulator:
     K_ij = ⟨ΔW_i, ΔW_j⟩_F couples every pair of models, so unlike the mode Grams it cannot be
     summed batch by batch: the accumulator keeps every model's factors (B_i m × r_i, A_i r_i × n,
     as read: their own dtype and rank) with its scaling s_i and an integer id, and computes K once,
-    in float64 (s folded into B in float64), when it is first needed. Models may have different
+    in float64 (s folded into B in float64), when it is first needed. ``gram_precision``: "float64"
+    (default), "float32" (float32 GEMMs, float64 block sums) or "auto" (float32 for 16-bit factors
+    when the centred spectrum's estimated error, from an exactly recomputed diagonal, is under
+    u_in/8 of its trace; float64 otherwise); ``precision`` says what ran. Models may have different
     LoRA ranks (PEFT ``rank_pattern``, or adapters trained with different r): the factors are
     zero-padded to the largest rank, which leaves every B_i·A_i unchanged.
 

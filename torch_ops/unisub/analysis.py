@@ -138,13 +138,15 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
     subspaces stay in memory. ``checkpoint_every``: seconds between saves of the in-progress
     slot's state (0: every batch). ``on_batch(slot, batch_index)`` is called after each batch
     (progress hooks, tests). ``profile``: add a per-stage profile to the report (``"profile"``:
-    seconds, bytes and calls of read, convert, gram, eigh, report and write, and each Gram's
-    fraction of the float64 GEMM rate measured in the same run; ``format_profile`` prints it).
+    seconds, bytes and calls of read, convert, gram (float64 GEMMs), gram_float32, gram_check, eigh,
+    report and write, and each Gram stage's fraction of the GEMM rate of its precision measured in
+    the same run; ``format_profile`` prints it).
     ``max_gram_bytes``: a mode whose float64 Gram (8·d² bytes) is larger is skipped, with its reason
     in the report's "skipped" (default 2 GiB). The plan (slots, skipped, peak memory, rough time) is
     libunisub's, made before anything is read, and printed to stderr when ``progress``.
     ``gram_precision``: "auto" (default: float32 GEMMs summed in float64 where the inputs are 16-bit
-    and the Gram's added error stays under 1/16 of their own rounding, float64 otherwise),
+    and the Gram's added error stays under 1/16 of what their own rounding can do to it, float64
+    otherwise; thin batches of LoRA factors stay float64),
     "float64" or "float32"; each slot's report entry says what was used ("gram";
     docs/analysis.md, "Precision of the Grams").
 

@@ -95,7 +95,7 @@ def _add_analyze(sub):
                         "(default 2 GiB: d = 16384)")
     p.add_argument("--gram-precision", choices=["auto", "float64", "float32"], default="auto",
                    help="GEMMs of the Grams: auto (default) takes float32 GEMMs summed in float64 for 16-bit "
-                        "inputs when the added error stays under 1/16 of their own rounding, float64 otherwise; "
+                        "inputs when the added error stays under 1/16 of what their own rounding can do, float64 otherwise; "
                         "each slot's report entry says which (\"gram\")")
     p.add_argument("--no-lora-scaling", action="store_true",
                    help="analyse lora_B as stored, without folding in lora_alpha / r")
