@@ -183,9 +183,10 @@ void ModeAccumulator::update(at::TensorList models) {
   const char* gram_stage = float32 ? "gram_float32" : "gram";
   accumulate_shifted(models, float32, gram_stage);
   ScopedStage stage(gram_stage, 0, madds);
-  // S += Σ (x − μ₀) = b·(batch mean − μ₀)
+  // S += Σ (x − μ₀) = b·(batch mean − μ₀), centred or not: the mean is μ₀ + S/n either way (μ₀ is
+  // 0 for an uncentred accumulator until a load or merge sets it to the mean so far)
   const auto b = static_cast<double>(models.size());
-  shift_sum_.add_(center_ ? batch_mean_.sub_(shift_) : batch_mean_, b);
+  shift_sum_.add_(batch_mean_.sub_(shift_), b);
   sum_is_zero_ = false;
   count_ += static_cast<int64_t>(models.size());
   if (float32) float32_models_ += static_cast<int64_t>(models.size());

@@ -124,6 +124,19 @@ def test_float32_count_survives_state_dict_and_merge():
         b.merge(b)
 
 
+@pytest.mark.parametrize("center", [True, False])
+def test_state_dict_then_more_batches_keeps_mean_and_gram(center):
+    """A loaded accumulator's shift is the mean so far: later batches must add to it, centred or not."""
+    models = stack(9, 12, 20, 30, torch.float64, offset=5.0)
+    a = SubspaceAccumulator((20, 30), center=center).update(models[:5])
+    b = SubspaceAccumulator.from_state_dict(a.state_dict()).update(models[5:9])
+    b.merge(SubspaceAccumulator((20, 30), center=center).update(models[9:]))
+    X = torch.stack(models)
+    torch.testing.assert_close(b.mean, X.mean(0), rtol=1e-12, atol=1e-12)
+    D = X - X.mean(0) if center else X
+    torch.testing.assert_close(b.grams["out"], torch.einsum("bij,bkj->ik", D, D), rtol=1e-11, atol=1e-9)
+
+
 def lora_factors(seed, M, m, n, r, dtype, shared=0.0):
     """M adapters; `shared` scales a delta common to all (fine-tunes of one base share one)."""
     g = torch.Generator().manual_seed(seed)
