@@ -203,9 +203,7 @@ void ModeAccumulator::accumulate_shifted(at::TensorList models, bool float32, co
   if (!chunk_.defined() || chunk_.scalar_type() != dtype || chunk_.numel() < per_chunk * size)
     chunk_ = at::empty({per_chunk * size}, at::TensorOptions().dtype(dtype).device(dev));
   if (float32 && grams32_.empty())  // one block row of float32 partial Gram per mode
-    for (const auto& G : grams_)
-      grams32_.push_back(at::empty({std::min<int64_t>(G.size(0), dev.is_cuda() ? 1024 : 128), G.size(0)},
-                                   at::TensorOptions().dtype(at::kFloat).device(dev)));
+    for (const auto& G : grams_) grams32_.push_back(unisub::detail::syrk_lower_float32_scratch(G.size(0), dev));
   for (size_t first = 0; first < models.size(); first += per_chunk) {
     const int64_t g = std::min<int64_t>(per_chunk, static_cast<int64_t>(models.size() - first));
     // [m, g, n]: the "out" unfolding [m, g·n] and the rows of the "in" one [m·g, n] are plain views

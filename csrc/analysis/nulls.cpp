@@ -194,10 +194,11 @@ namespace {
 
 // The largest eigenvalue of a symmetric positive semidefinite operator on R^M, by Lanczos with full
 // reorthogonalisation (twice per step) from `start`: stops when the top Ritz pair's residual
-// β_j·|s_j| is at most kLanczosTolerance·θ (1e-9: the null's edges are Monte Carlo statistics of 20
-// draws; 1e-12 cost 8 % more of the report and changed no edge beyond its 14th digit) (then an eigenvalue lies within that of θ, and Ritz
-// values never exceed the largest one), or at M steps, where the tridiagonal's spectrum is the
-// operator's. `start` becomes the top Ritz vector (a warm start for a nearby operator).
+// β_j·|s_j| is at most kLanczosTolerance·θ (then an eigenvalue lies within that of θ, and Ritz values
+// never exceed the largest one), or at M steps, where the tridiagonal's spectrum is the operator's.
+// `start` becomes the top Ritz vector (a warm start for a nearby operator). 1e-9: the null's edges
+// are Monte Carlo statistics of 20 draws; 1e-12 cost 8 % more of the report and changed no edge
+// beyond its 14th digit.
 constexpr double kLanczosTolerance = 1e-9;
 
 template <typename Apply>

@@ -23,6 +23,12 @@ MODE_DIMS = {"out": 1, "in": 2}
 GRAM_PRECISIONS = ("float64", "float32", "auto")
 
 
+def _check_gram_precision(who: str, value: str) -> str:
+    if value not in GRAM_PRECISIONS:
+        raise ValueError(f"{who}: gram_precision must be one of {list(GRAM_PRECISIONS)}, got {value!r}")
+    return value
+
+
 @torch.library.register_fake("unisub::sorted_eigh")
 def _sorted_eigh_fake(G):
     torch._check(G.dim() == 2 and G.shape[0] == G.shape[1],
@@ -65,7 +71,7 @@ class SubspaceAccumulator:
 
     Memory: the mean and the Grams (8·m·n + 8·d² per mode bytes), plus update buffers kept between
     batches (so a long stream allocates nothing per batch): the batch mean, up to 32 MiB of
-    centred models and, with float32 GEMMs, a float32 copy of each Gram.
+    centred models and, with float32 GEMMs, one float32 block row of each Gram.
 
     ``gram_precision``: "float64" (default: float64 GEMMs), "float32" (float32 GEMMs of at most
     448 columns each, summed in float64) or "auto" (float32 for batches of float16 / bfloat16
@@ -76,10 +82,7 @@ class SubspaceAccumulator:
 
     def __init__(self, shape: Optional[Tuple[int, int]] = None, modes: Sequence[str] = ("out", "in"),
                  center: bool = True, device=None, gram_precision: str = "float64"):
-        if gram_precision not in GRAM_PRECISIONS:
-            raise ValueError(f"SubspaceAccumulator: gram_precision must be one of {list(GRAM_PRECISIONS)}, "
-                             f"got {gram_precision!r}")
-        self.gram_precision = gram_precision
+        self.gram_precision = _check_gram_precision("SubspaceAccumulator", gram_precision)
         modes = tuple(modes)
         if "delta" in modes:
             raise ValueError("SubspaceAccumulator: mode 'delta' (the model axis of LoRA deltas ΔW = s·B·A) is "
@@ -277,10 +280,7 @@ class LoraDeltaAccumulator:
 
     def __init__(self, shape: Optional[Tuple[int, int]] = None, center: bool = True, device=None,
                  gram_precision: str = "float64"):
-        if gram_precision not in GRAM_PRECISIONS:
-            raise ValueError(f"LoraDeltaAccumulator: gram_precision must be one of {list(GRAM_PRECISIONS)}, "
-                             f"got {gram_precision!r}")
-        self.gram_precision = gram_precision
+        self.gram_precision = _check_gram_precision("LoraDeltaAccumulator", gram_precision)
         self.center = bool(center)
         self.device = torch.device(device) if device is not None else None
         self._impl = None

@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from .accumulator import (GRAM_PRECISIONS, LoraDeltaAccumulator, SubspaceAccumulator, _check_rank_energy,
+from .accumulator import (LoraDeltaAccumulator, SubspaceAccumulator, _check_gram_precision, _check_rank_energy,
                           finalize_mode_slot)
 from .io import DEFAULT_MAX_GRAM_BYTES, CheckpointError, PeftAdapter, discover, matrix_shape, plan
 from .io.slots import plan_deltas
@@ -164,8 +164,7 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
         raise ValueError(f"analyze: modes must be distinct values from {list(MODES)}, got {modes}")
     if eigen_weights < 0:
         raise ValueError(f"analyze: eigen_weights must be >= 0, got {eigen_weights}")
-    if gram_precision not in GRAM_PRECISIONS:
-        raise ValueError(f"analyze: gram_precision must be one of {list(GRAM_PRECISIONS)}, got {gram_precision!r}")
+    _check_gram_precision("analyze", gram_precision)
     _check_rank_energy(rank, energy)
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
