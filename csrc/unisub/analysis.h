@@ -39,10 +39,15 @@ std::pair<at::Tensor, at::Tensor> sorted_eigh(const at::Tensor& G);
 at::Tensor marchenko_pastur_null(int64_t p, int64_t N, double total);
 // Upper edge s²(√p + √N)² of that law (0 when N ≤ 0 or total ≤ 0).
 double mp_upper_edge(int64_t p, int64_t N, double total);
-// One exact sample of the descending eigenvalues (length p, float64) of Z Zᵀ, drawn through the
-// Bartlett decomposition with torch's CPU generator seeded with `seed`: first randn(a, a), then
-// _standard_gamma of the a shapes (b − i)/2 (χ²_{b−i} = 2·Gamma((b − i)/2)); b = max(p, N).
+// One exact sample of the descending eigenvalues (length p, float64) of Z Zᵀ, drawn in O(a²) as
+// those of B Bᵀ, B the lower bidiagonal a × a with B_ii = χ_{b−i}, B_{i+1,i} = χ_{a−1−i} (the law of
+// Z's bidiagonal form; a = min(p, N), b = max(p, N)), from torch's CPU generator seeded with `seed`:
+// _standard_gamma of the shapes (b − i)/2, then of (a − 1 − i)/2 (χ²_k = 2·Gamma(k/2)).
 at::Tensor gaussian_null(int64_t p, int64_t N, double total, int64_t seed);
+// The eigenvalues, descending, of the symmetric tridiagonal matrix with diagonal `diag` (n) and
+// off-diagonal `off` (n − 1), by implicit QR steps with Wilkinson's shift: O(n²), each eigenvalue
+// within a few ε·‖T‖ of the exact one (what a dense eigvalsh of the same matrix gives).
+std::vector<double> symmetric_tridiagonal_eigenvalues(std::vector<double> diag, std::vector<double> off);
 
 // ---- the LoRA-delta null: independent isotropic deltas with the observed per-model norms ----
 // Models x_i = μ + √t_i·z_i with z_i i.i.d. isotropic in R^D (E‖z_i‖² = 1) and any μ: the model-axis

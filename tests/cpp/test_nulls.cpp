@@ -6,6 +6,9 @@
 #include <boost/test/unit_test.hpp>
 
 #include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
 
 #include "unisub/analysis.h"
 
@@ -14,6 +17,7 @@ namespace {
 using unisub::analysis::bartlett_factor;
 using unisub::analysis::null_spectrum;
 using unisub::analysis::null_top_eigenvalue;
+using unisub::analysis::symmetric_tridiagonal_eigenvalues;
 
 // k orthonormal vectors orthogonal to 1 (what a sequential test projects out, besides the mean).
 at::Tensor residual_basis(int64_t M, int64_t k, at::Generator& gen) {
@@ -62,6 +66,88 @@ BOOST_AUTO_TEST_CASE(a_zero_null_has_a_zero_top_eigenvalue) {
   const auto L = bartlett_factor(6, 50, gen);
   auto start = at::ones({6}, f64);
   BOOST_CHECK_EQUAL(null_top_eigenvalue(L, at::zeros({6}, f64), at::Tensor(), false, 50, start), 0.0);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// The Gaussian null's sample is the eigenvalues of a tridiagonal B Bᵀ, found by implicit QR steps:
+// they must be a dense eigvalsh's of the same matrix, for spread, graded, clustered (Wilkinson's
+// W21+, pairs agreeing to ~1e-14) and split (zero off-diagonal) spectra, and sizes 1 to 400.
+BOOST_AUTO_TEST_SUITE(tridiagonal_eigenvalues)
+
+namespace {
+
+std::vector<double> dense_eigenvalues(const std::vector<double>& a, const std::vector<double>& b) {
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  const int64_t n = static_cast<int64_t>(a.size());
+  auto T = at::diag(at::tensor(a, f64));
+  if (n > 1) {
+    const auto off = at::tensor(b, f64);
+    T = T + at::diag(off, 1) + at::diag(off, -1);
+  }
+  const auto ev = at::linalg_eigvalsh(T).flip(0).contiguous();
+  return {ev.data_ptr<double>(), ev.data_ptr<double>() + n};
+}
+
+void check_against_dense(const std::vector<double>& a, const std::vector<double>& b, const std::string& what) {
+  const auto got = symmetric_tridiagonal_eigenvalues(a, b), want = dense_eigenvalues(a, b);
+  BOOST_REQUIRE_EQUAL(got.size(), want.size());
+  double norm = 0;
+  for (double v : want) norm = std::max(norm, std::abs(v));
+  // both are backward stable: each eigenvalue within c·ε·‖T‖₂; c = 64 covers both solvers' constants
+  const double tol = 64 * std::numeric_limits<double>::epsilon() * norm + 1e-300;
+  for (size_t i = 0; i < got.size(); ++i) {
+    BOOST_TEST_INFO(what << " n " << a.size() << " eigenvalue " << i);
+    BOOST_CHECK_SMALL(got[i] - want[i], tol);
+    if (i > 0) BOOST_CHECK(got[i] <= got[i - 1]);
+  }
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(matches_a_dense_eigvalsh) {
+  auto gen = at::detail::createCPUGenerator(11);
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  auto draw = [&](int64_t n) {
+    const auto t = at::randn({n}, gen, f64).contiguous();
+    return std::vector<double>(t.data_ptr<double>(), t.data_ptr<double>() + n);
+  };
+  for (int64_t n : {int64_t{1}, int64_t{2}, int64_t{3}, int64_t{17}, int64_t{400}}) {
+    check_against_dense(draw(n), draw(n - 1), "gaussian");
+    // graded: entries spanning 12 decades
+    auto a = draw(n), b = draw(n - 1);
+    for (int64_t i = 0; i < n; ++i) a[i] *= std::pow(10.0, -12.0 * static_cast<double>(i) / n);
+    for (int64_t i = 0; i + 1 < n; ++i) b[i] *= std::pow(10.0, -12.0 * static_cast<double>(i) / n);
+    check_against_dense(a, b, "graded");
+    // split: every third off-diagonal entry zero
+    b = draw(n - 1);
+    for (int64_t i = 0; i + 1 < n; i += 3) b[i] = 0;
+    check_against_dense(draw(n), b, "split");
+    // a Wishart sample's own form, the way gaussian_null builds it (χ entries ~ √dof)
+    a = draw(n);
+    b = draw(n - 1);
+    std::vector<double> d(n), e(n > 1 ? n - 1 : 0);
+    for (int64_t i = 0; i < n; ++i) d[i] = std::sqrt(3.0 * n - i) + a[i];
+    for (int64_t i = 0; i + 1 < n; ++i) e[i] = std::sqrt(static_cast<double>(n - 1 - i)) + b[i];
+    std::vector<double> diag(n), off(n > 1 ? n - 1 : 0);
+    for (int64_t i = 0; i < n; ++i) diag[i] = d[i] * d[i] + (i > 0 ? e[i - 1] * e[i - 1] : 0.0);
+    for (int64_t i = 0; i + 1 < n; ++i) off[i] = d[i] * e[i];
+    check_against_dense(diag, off, "wishart");
+  }
+  // Wilkinson's W21+: pairs of eigenvalues closer than 1e-13
+  std::vector<double> a(21), b(20, 1.0);
+  for (int64_t i = 0; i < 21; ++i) a[i] = std::abs(10.0 - static_cast<double>(i));
+  check_against_dense(a, b, "W21+");
+  // constant diagonal, zero matrix
+  check_against_dense(std::vector<double>(50, 2.0), std::vector<double>(49, 1.0), "toeplitz");
+  check_against_dense(std::vector<double>(5, 0.0), std::vector<double>(4, 0.0), "zero");
+  BOOST_CHECK(symmetric_tridiagonal_eigenvalues({}, {}).empty());
+}
+
+BOOST_AUTO_TEST_CASE(bad_input_is_refused) {
+  BOOST_CHECK_THROW(symmetric_tridiagonal_eigenvalues({1.0, 2.0}, {}), c10::Error);
+  BOOST_CHECK_THROW(symmetric_tridiagonal_eigenvalues({1.0, NAN}, {0.5}), c10::Error);
+  BOOST_CHECK_THROW(symmetric_tridiagonal_eigenvalues({1.0, 2.0}, {INFINITY}), c10::Error);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
