@@ -202,90 +202,211 @@ at::Tensor null_spectrum(const at::Tensor& L, const at::Tensor& scale, const at:
   return at::linalg_eigvalsh(Y.mm(Y.t()) / static_cast<double>(dim)).flip(0).clamp_min(0);
 }
 
+at::Tensor wishart_of_factor(const at::Tensor& L, int64_t dim) { return L.mm(L.t()) / static_cast<double>(dim); }
+
+at::Tensor null_spectrum_of_wishart(const at::Tensor& W, const at::Tensor& scale, const at::Tensor& Q, bool center) {
+  auto A = W * scale.unsqueeze(1) * scale.unsqueeze(0);  // S W S
+  if (Q.defined()) {
+    A = Q.mm(A).mm(Q);
+  } else if (center) {
+    // H A H in O(M²): subtract the row and column means, add back the grand mean
+    A = A - A.mean(0, true) - A.mean(1, true) + A.mean();
+  }
+  return at::linalg_eigvalsh(A).flip(0).clamp_min(0);
+}
+
 namespace {
 
 // The largest eigenvalue of a symmetric positive semidefinite operator on R^M, by Lanczos with full
 // reorthogonalisation (twice per step) from `start`: stops when the top Ritz pair's residual
 // β_j·|s_j| is at most kLanczosTolerance·θ (then an eigenvalue lies within that of θ, and Ritz values
 // never exceed the largest one), or at M steps, where the tridiagonal's spectrum is the operator's.
-// `start` becomes the top Ritz vector (a warm start for a nearby operator). 1e-9: the null's edges
-// are Monte Carlo statistics of 20 draws; 1e-12 cost 8 % more of the report and changed no edge
-// beyond its 14th digit.
+// 1e-9: the null's edges are Monte Carlo statistics of 20 draws; 1e-12 cost 8 % more of the report
+// and changed no edge beyond its 14th digit.
 constexpr double kLanczosTolerance = 1e-9;
 
-template <typename Apply>
-double lanczos_top(const Apply& apply, at::Tensor& start) {
-  const int64_t M = start.numel();
-  const double norm0 = start.norm().item<double>();
-  if (!(norm0 > 0)) return 0.0;
-  const auto f64 = at::TensorOptions().dtype(at::kDouble);
-  auto V = at::empty({M, std::min<int64_t>(M, 64)}, f64);  // the Lanczos basis, grown when full
-  std::vector<double> alpha, beta;
-  at::Tensor q = start / norm0;
-  for (int64_t j = 0; j < M; ++j) {
-    if (j == V.size(1)) V = at::cat({V, at::empty({M, std::min(M - j, j)}, f64)}, 1);
-    V.select(1, j).copy_(q);
-    at::Tensor w = apply(q);
-    alpha.push_back(at::dot(q, w).item<double>());
-    const auto basis = V.narrow(1, 0, j + 1);
-    for (int pass = 0; pass < 2; ++pass) w -= basis.mv(basis.t().mv(w));
-    const double b = w.norm().item<double>();
-    auto T = at::zeros({j + 1, j + 1}, f64);
-    T.diagonal().copy_(at::tensor(alpha, f64));
-    if (j > 0) {
-      T.diagonal(1).copy_(at::tensor(beta, f64));
-      T.diagonal(-1).copy_(at::tensor(beta, f64));
+// Four partial sums: a single running sum is one dependent add chain (the compiler may not reorder
+// it), which left the products below at a quarter of their speed.
+double dot(const double* x, const double* y, int64_t n) {
+  double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    s0 += x[i] * y[i];
+    s1 += x[i + 1] * y[i + 1];
+    s2 += x[i + 2] * y[i + 2];
+    s3 += x[i + 3] * y[i + 3];
+  }
+  for (; i < n; ++i) s0 += x[i] * y[i];
+  return (s0 + s1) + (s2 + s3);
+}
+
+// x ↦ Q S W S Q x on plain arrays, Q = (H if center, else I) − V Vᵀ. Lanczos runs on one draw per
+// thread, some 20 steps a draw and 20 draws a test: ATen's per-call cost on vectors of ~500 was most
+// of the time, so only the product with the draw goes to BLAS. The draw is W itself (one gemv) or
+// its factor L with W = L Lᵀ / D (two).
+struct NullOperator {
+  at::Tensor W, L;      // one of them: W [M, M], or L [M, cols]
+  double D = 1;
+  const double* scale;  // M
+  const double* V;      // M × k, row-major (orthonormal columns), k = 0: none
+  int64_t M, k;
+  bool center;
+  std::vector<double> u, c;  // scratch: S x (M), Vᵀ x (k)
+
+  bool projects() const { return center || k > 0; }
+
+  void project(double* x) {
+    if (center) {
+      double mean = 0;
+      for (int64_t i = 0; i < M; ++i) mean += x[i];
+      mean /= static_cast<double>(M);
+      for (int64_t i = 0; i < M; ++i) x[i] -= mean;
     }
-    const auto [evals, evecs] = at::linalg_eigh(T);
-    const double theta = evals[j].item<double>();
-    const double residual = b * std::abs(evecs[j][j].item<double>());
+    if (k > 0) {
+      c.assign(k, 0.0);
+      for (int64_t i = 0; i < M; ++i)
+        for (int64_t j = 0; j < k; ++j) c[j] += V[i * k + j] * x[i];
+      for (int64_t i = 0; i < M; ++i) x[i] -= dot(V + i * k, c.data(), k);
+    }
+  }
+
+  // out = op(x); x is left projected
+  void apply(double* x, double* out) {
+    if (projects()) project(x);
+    u.resize(M);
+    for (int64_t i = 0; i < M; ++i) u[i] = scale[i] * x[i];
+    const auto f64 = at::TensorOptions().dtype(at::kDouble);
+    const auto ut = at::from_blob(u.data(), {M}, f64);
+    auto ot = at::from_blob(out, {M}, f64);
+    if (W.defined()) {
+      at::mv_out(ot, W, ut);
+    } else {
+      at::mv_out(ot, L, L.t().mv(ut));
+      ot.div_(D);
+    }
+    for (int64_t i = 0; i < M; ++i) out[i] *= scale[i];
+    if (projects()) project(out);
+  }
+};
+
+// The top eigenvector s of the symmetric tridiagonal T (alpha, beta) whose top eigenvalue is θ: two
+// steps of inverse iteration with σ just above θ, where σI − T is positive definite and its LDLᵀ
+// needs no pivoting.
+std::vector<double> top_tridiagonal_vector(const std::vector<double>& alpha, const std::vector<double>& beta,
+                                           double theta) {
+  const int64_t n = static_cast<int64_t>(alpha.size());
+  double norm = 0;
+  for (int64_t i = 0; i < n; ++i)
+    norm = std::max(norm, std::abs(alpha[i]) + (i > 0 ? std::abs(beta[i - 1]) : 0) + (i + 1 < n ? std::abs(beta[i]) : 0));
+  const double sigma = theta + 1e-10 * std::max(norm, 1e-300);
+  std::vector<double> x(n, 1.0), d(n), l(n);
+  // σI − T = L D Lᵀ with unit lower bidiagonal L
+  d[0] = sigma - alpha[0];
+  for (int64_t i = 1; i < n; ++i) {
+    l[i] = -beta[i - 1] / d[i - 1];
+    d[i] = sigma - alpha[i] + l[i] * beta[i - 1];
+  }
+  for (int pass = 0; pass < 2; ++pass) {
+    for (int64_t i = 1; i < n; ++i) x[i] -= l[i] * x[i - 1];
+    for (int64_t i = 0; i < n; ++i) x[i] /= d[i];
+    for (int64_t i = n - 2; i >= 0; --i) x[i] -= l[i + 1] * x[i + 1];
+    const double nx = std::sqrt(dot(x.data(), x.data(), n));
+    for (auto& v : x) v /= nx;
+  }
+  return x;
+}
+
+double lanczos_top(NullOperator& op, std::vector<double>& start) {
+  const int64_t M = op.M;
+  const double norm0 = std::sqrt(dot(start.data(), start.data(), M));
+  if (!(norm0 > 0)) return 0.0;
+  std::vector<double> basis;  // the Lanczos vectors, row j at j·M
+  basis.reserve(static_cast<size_t>(M) * 32);
+  std::vector<double> alpha, beta, w(M), coef;
+  std::vector<double> q(start);
+  for (auto& v : q) v /= norm0;
+  for (int64_t j = 0; j < M; ++j) {
+    basis.insert(basis.end(), q.begin(), q.end());
+    op.apply(q.data(), w.data());
+    alpha.push_back(dot(q.data(), w.data(), M));
+    for (int pass = 0; pass < 2; ++pass) {
+      coef.assign(j + 1, 0.0);
+      for (int64_t i = 0; i <= j; ++i) coef[i] = dot(basis.data() + i * M, w.data(), M);
+      for (int64_t i = 0; i <= j; ++i) {
+        const double* v = basis.data() + i * M;
+        for (int64_t t = 0; t < M; ++t) w[t] -= coef[i] * v[t];
+      }
+    }
+    const double b = std::sqrt(dot(w.data(), w.data(), M));
+    const double theta = symmetric_tridiagonal_eigenvalues(alpha, beta)[0];
+    const auto s = top_tridiagonal_vector(alpha, beta, theta);
+    const double residual = b * std::abs(s[j]);
     if (residual <= kLanczosTolerance * std::max(theta, 0.0) || !(b > 0) || j + 1 == M) {
-      start = basis.mv(evecs.select(1, j));
+      start.assign(M, 0.0);  // the top Ritz vector
+      for (int64_t i = 0; i <= j; ++i) {
+        const double* v = basis.data() + i * M;
+        for (int64_t t = 0; t < M; ++t) start[t] += s[i] * v[t];
+      }
       return std::max(theta, 0.0);
     }
     beta.push_back(b);
-    q = w / b;
+    for (int64_t t = 0; t < M; ++t) q[t] = w[t] / b;
   }
   return 0.0;  // not reached
 }
 
 }  // namespace
 
-double null_top_eigenvalue(const at::Tensor& L, const at::Tensor& scale, const at::Tensor& basis, bool center,
-                           int64_t dim, at::Tensor& start) {
-  // v ↦ Q S L Lᵀ S Q v / D with Q = (H or I) − V Vᵀ applied as such (O(M·k), not an M × M product),
-  // never forming the M × M matrix: two matrix-vector products with L a step
-  const double D = static_cast<double>(dim);
-  const bool project = center || (basis.defined() && basis.size(1) > 0);
-  auto Q = [&](at::Tensor x) {
-    if (center) x = x - x.mean();
-    if (basis.defined() && basis.size(1) > 0) x = x - basis.mv(basis.t().mv(x));
-    return x;
-  };
-  auto apply = [&](const at::Tensor& v) {
-    const auto x = scale * L.mv(L.t().mv(scale * (project ? Q(v) : v))) / D;
-    return project ? Q(x) : x;
-  };
+namespace {
+
+double top_eigenvalue(NullOperator& op, const at::Tensor& basis, at::Tensor& start) {
+  const int64_t M = op.M;
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
   // The start (a warm one: the previous operator's top Ritz vector) plus a hundredth of a fixed
   // generic vector, so that no eigenvector is missing from it (a start orthogonal to the top
   // eigenvector would converge to a lower eigenvalue; equal scales give t ∝ 1, which H annihilates).
-  const int64_t M = L.size(0);
-  const auto f64 = at::TensorOptions().dtype(at::kDouble);
-  const auto generic = at::cos(at::arange(M, f64) * 1.7 + 0.3);
-  const double sn = start.norm().item<double>();
-  start = start / (sn > 0 ? sn : 1.0) + 0.01 * generic / generic.norm();
-  if (project) start = Q(start);
-  if (!(start.norm().item<double>() > 1e-8)) {
+  const auto s0 = start.to(at::kCPU, at::kDouble).contiguous();
+  std::vector<double> x(s0.data_ptr<double>(), s0.data_ptr<double>() + M), generic(M);
+  for (int64_t i = 0; i < M; ++i) generic[i] = std::cos(static_cast<double>(i) * 1.7 + 0.3);
+  const double sn = std::sqrt(dot(x.data(), x.data(), M)), gn = std::sqrt(dot(generic.data(), generic.data(), M));
+  for (int64_t i = 0; i < M; ++i) x[i] = x[i] / (sn > 0 ? sn : 1.0) + 0.01 * generic[i] / gn;
+  if (op.projects()) op.project(x.data());
+  if (!(std::sqrt(dot(x.data(), x.data(), M)) > 1e-8)) {
     // nothing of it on Q's range: the exact spectrum instead (a tiny or degenerate operator)
     start = at::zeros({M}, f64);
-    at::Tensor dense;
-    if (project) {
-      dense = center ? at::eye(M, f64) - 1.0 / static_cast<double>(M) : at::eye(M, f64);
-      if (basis.defined() && basis.size(1) > 0) dense = dense - basis.mm(basis.t());
-    }
-    return null_spectrum(L, scale, dense, dim)[0].item<double>();
+    at::Tensor Q;
+    if (op.k > 0) Q = (op.center ? at::eye(M, f64) - 1.0 / static_cast<double>(M) : at::eye(M, f64)) - basis.mm(basis.t());
+    const auto W = op.W.defined() ? op.W : op.L.mm(op.L.t()) / op.D;
+    return null_spectrum_of_wishart(W, at::from_blob(const_cast<double*>(op.scale), {M}, f64), Q, op.center)[0]
+        .item<double>();
   }
-  return lanczos_top(apply, start);
+  const double top = lanczos_top(op, x);
+  start = at::tensor(x, f64);
+  return top;
+}
+
+}  // namespace
+
+double null_top_eigenvalue(const at::Tensor& L_in, const at::Tensor& scale_in, const at::Tensor& basis_in, bool center,
+                           int64_t dim, at::Tensor& start) {
+  const auto L = L_in.to(at::kCPU, at::kDouble).contiguous();
+  const auto scale = scale_in.to(at::kCPU, at::kDouble).contiguous();
+  const bool has_basis = basis_in.defined() && basis_in.size(1) > 0;
+  const auto V = has_basis ? basis_in.to(at::kCPU, at::kDouble).contiguous() : at::Tensor();
+  NullOperator op{at::Tensor(), L, static_cast<double>(dim), scale.data_ptr<double>(),
+                  has_basis ? V.data_ptr<double>() : nullptr, L.size(0), has_basis ? V.size(1) : 0, center, {}, {}};
+  return top_eigenvalue(op, V, start);
+}
+
+double null_top_eigenvalue_of_wishart(const at::Tensor& W_in, const at::Tensor& scale_in, const at::Tensor& basis_in,
+                                      bool center, at::Tensor& start) {
+  const auto W = W_in.to(at::kCPU, at::kDouble).contiguous();
+  const auto scale = scale_in.to(at::kCPU, at::kDouble).contiguous();
+  const bool has_basis = basis_in.defined() && basis_in.size(1) > 0;
+  const auto V = has_basis ? basis_in.to(at::kCPU, at::kDouble).contiguous() : at::Tensor();
+  NullOperator op{W, at::Tensor(), 1.0, scale.data_ptr<double>(), has_basis ? V.data_ptr<double>() : nullptr,
+                  W.size(0), has_basis ? V.size(1) : 0, center, {}, {}};
+  return top_eigenvalue(op, V, start);
 }
 
 }  // namespace unisub::analysis

@@ -183,23 +183,22 @@ void norm_matched_entry(Json& null, const at::Tensor& K, const std::vector<doubl
   const auto t = null_model_variances(Kc.diagonal(), center);
   const int64_t M = K.size(0);
   const auto f64 = at::TensorOptions().dtype(at::kDouble);
-  at::Tensor H;  // the first test's projector: centring, or none
-  if (center) H = at::eye(M, f64) - 1.0 / static_cast<double>(M);
   // The draws W_d = L_d L_dᵀ / D, each the null's exact sample: their spectra under S = diag(√t) give
   // the band (the same draws as norm_matched_null with this seed), and every later test projects and
-  // rescales the same W_d (its own null, exactly drawn). The factors are kept while they take at most
-  // 256 MiB, and drawn again from a copy of the generator's state otherwise.
-  const bool keep = static_cast<double>(kDeltaNullDraws) * static_cast<double>(M) *
-                        static_cast<double>(std::min(M, dim)) * 8 <= 256.0 * (1 << 20);
-  std::vector<at::Tensor> factors;
+  // rescales the same W_d (its own null, exactly drawn). The W_d are kept while they take at most
+  // 256 MiB (each Lanczos step is then one product with W_d); beyond, each test draws L_d again from
+  // a copy of the generator's state and multiplies by it twice (O(M²) a draw, not an O(M³) W_d).
+  const bool keep = static_cast<double>(kDeltaNullDraws) * static_cast<double>(M) * static_cast<double>(M) * 8 <=
+                    256.0 * (1 << 20);
+  std::vector<at::Tensor> grams(kDeltaNullDraws);
   std::vector<at::Generator> states;
+  std::vector<at::Tensor> factors(kDeltaNullDraws);
   for (int64_t d = 0; d < kDeltaNullDraws; ++d) {
     if (!keep) states.push_back(gen.clone());
     auto L = bartlett_factor(M, dim, gen);  // in order: the generator's sequence fixes the draws
-    if (keep) factors.push_back(std::move(L));
+    if (keep) factors[d] = std::move(L);
   }
   auto factor = [&](int64_t d) {
-    if (keep) return factors[d];
     auto g = states[d].clone();
     return bartlett_factor(M, dim, g);
   };
@@ -214,7 +213,12 @@ void norm_matched_entry(Json& null, const at::Tensor& K, const std::vector<doubl
   };
   auto samples = at::empty({kDeltaNullDraws, M}, f64);
   const auto scale0 = t.sqrt();
-  each_draw([&](int64_t d) { samples[d].copy_(null_spectrum(factor(d), scale0, H, dim)); });
+  each_draw([&](int64_t d) {
+    const auto W = wishart_of_factor(keep ? factors[d] : factor(d), dim);
+    factors[d] = at::Tensor();
+    samples[d].copy_(null_spectrum_of_wishart(W, scale0, at::Tensor(), center));
+    if (keep) grams[d] = W;
+  });
   const auto mean = doubles(samples.mean(0)), upper = doubles(std::get<0>(samples.max(0)));
   std::vector<double> edges;  // the edge each tested component was compared with
   int64_t above = 0;
@@ -234,7 +238,10 @@ void norm_matched_entry(Json& null, const at::Tensor& K, const std::vector<doubl
       const auto residual_diag = (Kc.diagonal() - (top.square() * lam.narrow(0, 0, above)).sum(1)).clamp_min(0);
       const auto scale = projected_null_variances(Q, residual_diag).sqrt();
       std::vector<double> tops(kDeltaNullDraws);
-      each_draw([&](int64_t d) { tops[d] = null_top_eigenvalue(factor(d), scale, top, center, dim, starts[d]); });
+      each_draw([&](int64_t d) {
+        tops[d] = keep ? null_top_eigenvalue_of_wishart(grams[d], scale, top, center, starts[d])
+                       : null_top_eigenvalue(factor(d), scale, top, center, dim, starts[d]);
+      });
       edge = *std::max_element(tops.begin(), tops.end());
     }
     edges.push_back(edge);

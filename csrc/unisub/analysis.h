@@ -78,12 +78,20 @@ at::Tensor projected_norm_matched_null(const at::Tensor& variances, int64_t dim,
 at::Tensor bartlett_factor(int64_t M, int64_t dim, at::Generator& gen);
 // The descending spectrum of Q S W S Q (Q undefined: S W S), S = diag(scale), W = L Lᵀ / dim.
 at::Tensor null_spectrum(const at::Tensor& L, const at::Tensor& scale, const at::Tensor& Q, int64_t dim);
+// The same draw as W = L Lᵀ / dim (M × M), formed once: then every spectrum or Lanczos step below
+// multiplies by W (one product) instead of by L twice.
+at::Tensor wishart_of_factor(const at::Tensor& L, int64_t dim);
+// The descending spectrum of P S W S P, P = Q when defined, else H when `center`, else I.
+at::Tensor null_spectrum_of_wishart(const at::Tensor& W, const at::Tensor& scale, const at::Tensor& Q, bool center);
 // Its largest eigenvalue alone, by Lanczos (O(M²) a step instead of O(M³)) to a relative residual of
 // 1e-9 (an eigenvalue within 1e-9 of the value; in practice the square of that over the gap), for Q = (H if center, else I) − V Vᵀ, V = `basis` (M × k orthonormal, orthogonal to 1 when
 // centred; undefined or k = 0: none); `start` (length M) is the start vector and becomes the top
 // Ritz vector.
 double null_top_eigenvalue(const at::Tensor& L, const at::Tensor& scale, const at::Tensor& basis, bool center,
                            int64_t dim, at::Tensor& start);
+// The same for the draw given as W = L Lᵀ / dim.
+double null_top_eigenvalue_of_wishart(const at::Tensor& W, const at::Tensor& scale, const at::Tensor& basis,
+                                      bool center, at::Tensor& start);
 // The t ≥ 0 whose Q S W S Q has the expected diagonal `diag`: Σ_j Q_ij² t_j = diag_i in least squares,
 // negatives clamped and the expected trace kept equal to Σ diag.
 at::Tensor projected_null_variances(const at::Tensor& Q, const at::Tensor& diag);

@@ -16,7 +16,10 @@ namespace {
 
 using unisub::analysis::bartlett_factor;
 using unisub::analysis::null_spectrum;
+using unisub::analysis::null_spectrum_of_wishart;
 using unisub::analysis::null_top_eigenvalue;
+using unisub::analysis::null_top_eigenvalue_of_wishart;
+using unisub::analysis::wishart_of_factor;
 using unisub::analysis::symmetric_tridiagonal_eigenvalues;
 
 // k orthonormal vectors orthogonal to 1 (what a sequential test projects out, besides the mean).
@@ -52,6 +55,15 @@ BOOST_AUTO_TEST_CASE(lanczos_top_eigenvalue_matches_the_full_spectrum) {
           // Lanczos stops at a residual of 1e-9·θ, which bounds the error (Weyl); eigvalsh itself is
           // backward stable to ~M·ε
           BOOST_CHECK_SMALL(top - exact, 1e-9 * exact + 1e-300);
+          // the same draw given as W = L Lᵀ / dim (what the report keeps): the same spectrum and top
+          const auto W = wishart_of_factor(L, dim);
+          const auto spectrum = null_spectrum_of_wishart(W, t.sqrt(), k > 0 ? Q : at::Tensor(), k == 0);
+          BOOST_CHECK_SMALL(spectrum[0].item<double>() - exact, 1e-12 * exact + 1e-300);
+          BOOST_CHECK_SMALL((spectrum - null_spectrum(L, t.sqrt(), Q, dim)).abs().max().item<double>(),
+                            1e-12 * exact + 1e-300);
+          auto start_w = t.clone();
+          BOOST_CHECK_SMALL(null_top_eigenvalue_of_wishart(W, t.sqrt(), V, k >= 0, start_w) - exact,
+                            1e-9 * exact + 1e-300);
           // the start vector becomes the top Ritz vector: a unit vector (zero for a zero operator)
           if (exact > 0) BOOST_CHECK_CLOSE(start.norm().item<double>(), 1.0, 1e-9);
         }
