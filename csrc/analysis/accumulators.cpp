@@ -413,7 +413,7 @@ void DeltaAccumulator::sort_by_id() {
   K_ = at::Tensor();
 }
 
-std::pair<at::Tensor, at::Tensor> DeltaAccumulator::factors(at::ScalarType dtype) const {
+std::pair<at::Tensor, at::Tensor> DeltaAccumulator::factors(at::ScalarType dtype, bool fold_scaling) const {
   TORCH_CHECK_VALUE(count() > 0, "DeltaAccumulator: no models were accumulated");
   const auto ranks_ = ranks();
   const int64_t M = count(), r = *std::max_element(ranks_.begin(), ranks_.end());
@@ -423,7 +423,10 @@ std::pair<at::Tensor, at::Tensor> DeltaAccumulator::factors(at::ScalarType dtype
   auto Bt = at::zeros({M, r, m_}, opts), A = at::zeros({M, r, n_}, opts);
   for (int64_t i = 0; i < M; ++i) {
     // s·B in float64, then cast: s·B rounded to B's own (e.g. float32) precision lost 1.7e-8
-    Bt[i].narrow(0, 0, ranks_[i]).copy_((B_[i].to(at::kDouble) * scalings_[i]).t());
+    if (fold_scaling)
+      Bt[i].narrow(0, 0, ranks_[i]).copy_((B_[i].to(at::kDouble) * scalings_[i]).t());
+    else
+      Bt[i].narrow(0, 0, ranks_[i]).copy_(B_[i].t());
     A[i].narrow(0, 0, ranks_[i]).copy_(A_[i]);
   }
   return {Bt.transpose(1, 2), A};
@@ -431,15 +434,17 @@ std::pair<at::Tensor, at::Tensor> DeltaAccumulator::factors(at::ScalarType dtype
 
 namespace {
 
-// Σ_i-blocks of the diagonal, exactly: K_ii = ⟨s_i B_i A_i, s_i B_i A_i⟩ from float64 factors.
-at::Tensor exact_diagonal(const std::vector<at::Tensor>& B, const std::vector<at::Tensor>& A,
-                          const std::vector<double>& s) {
-  std::vector<double> d(B.size());
-  for (size_t i = 0; i < B.size(); ++i) {
-    const auto b = B[i].to(at::kDouble), a = A[i].to(at::kDouble);
-    d[i] = s[i] * s[i] * (b.t().mm(b) * a.mm(a.t())).sum().item<double>();
+// K's diagonal without the scalings, exactly: K⁰_ii = ⟨B_i A_i, B_i A_i⟩ = Σ (B_iᵀB_i)∘(A_iA_iᵀ) in
+// float64 from the stacked factors (Bt [M, r, m], A [M, r, n]), 64 models a batched product.
+at::Tensor exact_unscaled_diagonal(const at::Tensor& Bt, const at::Tensor& A) {
+  const int64_t M = Bt.size(0), chunk = 64;
+  auto d = at::empty({M}, kF64.device(Bt.device()));
+  for (int64_t i = 0; i < M; i += chunk) {
+    const int64_t c = std::min(chunk, M - i);
+    const auto b = Bt.narrow(0, i, c).to(at::kDouble), a = A.narrow(0, i, c).to(at::kDouble);
+    d.narrow(0, i, c).copy_((b.bmm(b.transpose(1, 2)) * a.bmm(a.transpose(1, 2))).sum({1, 2}));
   }
-  return at::tensor(d, kF64);
+  return d;
 }
 
 }  // namespace
@@ -462,15 +467,20 @@ at::Tensor DeltaAccumulator::gram(bool center) {
     info["reduction"] = "float64";
     const bool try_float32 = precision_ == GramPrecision::Float32 || (precision_ == GramPrecision::Auto && all_16_bit);
     if (try_float32) {
+      // The factors as they are (a 16-bit factor's float32 copy is exact), the scalings applied to K
+      // afterwards in float64 (K_ij = s_i s_j K⁰_ij): no s·B is ever rounded, and the copy is one
+      // cast per factor.
       at::Tensor B, A;
       {
         ScopedStage stage("convert");
-        std::tie(B, A) = factors(at::kFloat);  // s·B formed in float64, then rounded once
+        std::tie(B, A) = factors(at::kFloat, /*fold_scaling=*/false);
       }
+      const auto s = at::tensor(scalings_, kF64).to(device_);
       {
         ScopedStage stage("gram_float32", 0, madds);
         // lora_gram's float64 K (the op casts it to the factors' float32)
         K_ = unisub::detail::lora_gram_f64(B, A, /*center=*/false);
+        K_.mul_(s.unsqueeze(1) * s.unsqueeze(0));
       }
       if (precision_ == GramPrecision::Auto) {
         // The float32 GEMMs' error, measured where an exact value is cheap (the diagonal: M·r²(m+n)
@@ -478,7 +488,7 @@ at::Tensor DeltaAccumulator::gram(bool center) {
         // √(K_ii K_jj); then ‖E‖₂ <= ‖E‖_F <= est·trace K bounds what every centred eigenvalue
         // moves (Weyl). Centring cancels what the models share, so trace K / trace HKH amplifies it.
         ScopedStage stage("gram_check");
-        const auto exact = exact_diagonal(B_, A_, scalings_).to(K_.device());
+        const auto exact = exact_unscaled_diagonal(B.transpose(1, 2), A) * s.square();
         const auto diag = K_.diagonal();
         const double rel = ((diag - exact).abs() / exact.clamp_min(std::numeric_limits<double>::min())).max().item<double>();
         const double est = std::max(4 * rel, unit_roundoff(at::kFloat));

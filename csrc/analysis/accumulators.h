@@ -155,8 +155,9 @@ class DeltaAccumulator {
   std::vector<int64_t> ranks() const;
 
   // All models' factors stacked, zero-padded to the largest rank (no B·A changes), the scaling
-  // folded into B in float64 before any cast: B [M, m, r_max], A [M, r_max, n] of `dtype`.
-  std::pair<at::Tensor, at::Tensor> factors(at::ScalarType dtype = at::kDouble) const;
+  // folded into B in float64 before any cast (unless fold_scaling is false: B as stored):
+  // B [M, m, r_max], A [M, r_max, n] of `dtype`.
+  std::pair<at::Tensor, at::Tensor> factors(at::ScalarType dtype = at::kDouble, bool fold_scaling = true) const;
   // K [M, M] (float64) over the models in their current order, double centred (H K H) when
   // `center`; the uncentred K is computed once (lora_gram) and cached until the models change.
   // Its GEMMs follow gram_precision(): Float64 unless set; Auto takes float32 GEMMs for 16-bit
