@@ -11,6 +11,7 @@
 
 #include "analysis/json_writer.h"
 #include "analysis/profile.h"
+#include "ops/checks.h"
 #include "unisub/decompositions.h"
 #include "ops/decompositions.h"
 #include "ops/gram.h"
@@ -156,11 +157,11 @@ void ModeAccumulator::update(at::TensorList models) {
     for (const auto& x : models) batch_mean_.add_(x.to(dev));  // promoted to float64 element by element
     batch_mean_ /= static_cast<double>(models.size());
   }
-  if (!at::isfinite(batch_mean_).all().item<bool>()) {
+  if (!unisub::detail::all_finite(batch_mean_)) {
     // Any NaN or infinity reaches the batch mean: caught before this accumulator changes, rather
     // than as an eigensolver failure at finalisation.
     for (size_t i = 0; i < models.size(); ++i)
-      TORCH_CHECK_VALUE(at::isfinite(models[i]).all().item<bool>(), "ModeAccumulator.update: model ", i,
+      TORCH_CHECK_VALUE(unisub::detail::all_finite(models[i]), "ModeAccumulator.update: model ", i,
                         " of the batch holds NaN or infinity; every model must be finite");
     TORCH_CHECK_VALUE(false, "ModeAccumulator.update: the batch's mean overflows float64");
   }
@@ -371,7 +372,7 @@ void DeltaAccumulator::add(const at::Tensor& B, const at::Tensor& A, double scal
   TORCH_CHECK_VALUE(B.size(0) == m_ && A.size(1) == n_, "DeltaAccumulator.add: expected ΔW of shape [", m_, ", ", n_,
                     "], got B ", shape_text(B.sizes()), " · A ", shape_text(A.sizes()));
   TORCH_CHECK_VALUE(std::isfinite(scaling), "DeltaAccumulator.add: scaling must be finite, got ", scaling);
-  TORCH_CHECK_VALUE(at::isfinite(B).all().item<bool>() && at::isfinite(A).all().item<bool>(),
+  TORCH_CHECK_VALUE(unisub::detail::all_finite(B) && unisub::detail::all_finite(A),
                     "DeltaAccumulator.add: the factors hold NaN or infinity; every model must be finite");
   if (id < 0) id = ids_.empty() ? 0 : *std::max_element(ids_.begin(), ids_.end()) + 1;
   TORCH_CHECK_VALUE(std::find(ids_.begin(), ids_.end(), id) == ids_.end(), "DeltaAccumulator.add: model id ", id,

@@ -20,6 +20,10 @@ inline bool is_supported_float(at::ScalarType t) {
   return t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble;
 }
 
+// True when no entry is NaN or infinite (integer tensors and empty ones are). A CPU tensor is read
+// once by its bit patterns (csrc/cpu/finite_cpu.cpp); others take aminmax and one host sync.
+bool all_finite(const at::Tensor& t);
+
 // float16/bfloat16/float32 are computed in float32 and returned as float32; float64 stays.
 inline at::ScalarType result_dtype(const at::Tensor& t) {
   return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;

@@ -98,7 +98,7 @@ def _read_factors(ck, a_key, b_key):
 
 
 def _check_finite(ck, key, t):
-    if not bool(torch.isfinite(t).all()):
+    if not torch.ops.unisub.all_finite(t):
         raise CheckpointError(ck.file_of(key), "holds NaN or infinity; the analysis needs finite weights", slot=key)
 
 

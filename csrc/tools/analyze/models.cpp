@@ -6,6 +6,7 @@
 #include <set>
 
 #include "analysis/discover.h"
+#include "ops/checks.h"
 #include "safetensors.h"
 
 namespace fs = std::filesystem;
@@ -14,7 +15,7 @@ namespace unisub_tool {
 namespace {
 
 torch::Tensor finite(const Model& model, const std::string& key, torch::Tensor t) {
-  if (t.is_floating_point() && !t.isfinite().all().item<bool>())
+  if (!unisub::detail::all_finite(t))
     throw CheckpointError(fmt::format("{}: slot '{}': holds NaN or infinity; the analysis needs finite weights",
                                       model.file_of(key), key));
   return t;
