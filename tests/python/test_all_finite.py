@@ -54,3 +54,13 @@ def test_agrees_with_torch_on_random_patterns(gen):
         for _ in range(k):
             x[int(torch.randint(x.numel(), (1,), generator=gen))] = [float("nan"), float("inf"), -float("inf")][k]
         assert torch.ops.unisub.all_finite(x) == bool(torch.isfinite(x).all())
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_every_device_agrees_with_torch(dtype, device, gen):
+    x = torch.randn(3000, generator=gen).to(dtype)
+    assert torch.ops.unisub.all_finite(x.to(device))
+    for bad in (float("nan"), float("inf")):
+        y = x.clone()
+        y[1234] = bad
+        assert not torch.ops.unisub.all_finite(y.to(device))
