@@ -42,6 +42,8 @@ bool scan_all_finite(const void* data, int64_t n, at::ScalarType type) {
 
 bool all_finite(const at::Tensor& t) {
   if (!t.is_floating_point() || t.numel() == 0) return true;
+  // a transposed view holds the same values in memory order: scan those (no contiguous copy)
+  if (!t.is_contiguous() && t.dim() >= 2 && t.mT().is_contiguous()) return all_finite(t.mT());
   if (!t.is_cpu() || !t.is_contiguous() || !is_supported_float(t.scalar_type()) || t.is_conj() || t.is_neg()) {
     // other devices and layouts: one pass and one host sync (NaN propagates through min and max)
     const auto [lo, hi] = at::aminmax(t);

@@ -7,6 +7,7 @@
 // stays bounded for large M.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -54,6 +55,12 @@ constexpr int64_t kCpuTileRows = 256, kCpuTileCols = 1024;
 // 32- and 128-row strips were within noise of 64.
 constexpr int64_t kCpuDiagonalRows = 64;
 
+int64_t lora_gram_cpu_workspace_bytes(int64_t m, int64_t n, at::ScalarType compute, bool convert) {
+  const int64_t item = c10::elementSize(compute), workers = std::max(1, at::get_num_threads());
+  const int64_t tiles = 2 * kCpuTileRows * kCpuTileCols, panels = convert ? (kCpuTileRows + kCpuTileCols) * (m + n) : 0;
+  return workers * (tiles + panels) * item;
+}
+
 namespace {
 
 // Checks that a factor is finite and returns the exponent e for which 2^e·max|x| lies in
@@ -61,7 +68,11 @@ namespace {
 // whose largest magnitude is far enough from the dtype's limits that BᵀB and AAᵀ cannot overflow
 // (2^±30 in float32, 2^±250 in float64): typical factors then cost no extra pass over them.
 int factor_exponent(const at::Tensor& F, std::string_view arg, at::ScalarType compute) {
-  const auto [lo, hi] = at::aminmax(F);
+  // min and max do not depend on the order: a transposed view (the analysis engine's B is one) is
+  // reduced in its memory order, since aminmax over it would first make a contiguous copy (131 MB
+  // for 500 float32 factors of 4096 × 16, the largest allocation of a delta slot's Gram)
+  const auto& in_memory_order = F.dim() >= 2 && !F.is_contiguous() && F.mT().is_contiguous() ? F.mT() : F;
+  const auto [lo, hi] = at::aminmax(in_memory_order);
   const double l = lo.item<double>(), h = hi.item<double>();
   TORCH_CHECK(std::isfinite(l) && std::isfinite(h), "unisub.lora_gram: ", arg,
               " contains NaN or infinity; decompositions need finite input");
@@ -93,7 +104,8 @@ at::Tensor lora_gram_impl(const at::Tensor& B, const at::Tensor& A, bool center)
   return lora_gram_f64(B, A, center).to(result_dtype(B));
 }
 
-at::Tensor lora_gram_f64(const at::Tensor& B, const at::Tensor& A, bool center) {
+at::Tensor lora_gram_f64(const at::Tensor& B, const at::Tensor& A, bool center,
+                         std::optional<at::ScalarType> compute_override) {
   const at::NoGradGuard no_grad;  // not differentiable (see checks.h)
   check_factors(B, A);
   const int64_t M = B.size(0), m = B.size(1), r = B.size(2), n = A.size(2);
@@ -103,13 +115,19 @@ at::Tensor lora_gram_f64(const at::Tensor& B, const at::Tensor& A, bool center) 
     // dtype's limits is scaled by a power of two to max|x| ≈ 1 (exact), so BᵀB and AAᵀ cannot
     // overflow where K itself does not: unbalanced factors (B ~ 1e18, A ~ 1e-18 in float32) are
     // legitimate.
-    const auto compute = compute_dtype(B, center);
+    TORCH_CHECK(!compute_override || *compute_override == at::kFloat || *compute_override == at::kDouble,
+                "unisub.lora_gram: internal error: GEMMs run in float32 or float64, not ", *compute_override);
+    const auto compute = compute_override.value_or(compute_dtype(B, center));
     const int eb = factor_exponent(B, "B", compute), ea = factor_exponent(A, "A", compute);
-    // Bt = [B₁ᵀ; …; B_Mᵀ] (one copy; P = Bt Btᵀ), Ac = [A₁; …; A_M] (a view).
-    const auto Bt = scaled(B, compute, eb).transpose(1, 2).reshape({M * r, m});  // [M r, m]
-    const auto Ac = scaled(A, compute, ea).reshape({M * r, n});                   // [M r, n]
-    if (B.device().is_cpu()) {
-      lora_gram_lower_cpu(Bt, Ac, r, K, kCpuTileRows, kCpuTileCols, kCpuDiagonalRows);
+    // Bt = [B₁ᵀ; …; B_Mᵀ] (one copy, none when B is such a transposed view; P = Bt Btᵀ), Ac = [A₁;
+    // …; A_M] (a view). The CPU route converts unscaled factors to the compute dtype a panel at a
+    // time, so they are passed as stored.
+    const bool cpu = B.device().is_cpu();
+    auto prepared = [&](const at::Tensor& F, int e) { return cpu && e == 0 ? F : scaled(F, compute, e); };
+    const auto Bt = prepared(B, eb).transpose(1, 2).reshape({M * r, m});  // [M r, m]
+    const auto Ac = prepared(A, ea).reshape({M * r, n});                   // [M r, n]
+    if (cpu) {
+      lora_gram_lower_cpu(Bt, Ac, r, K, compute, kCpuTileRows, kCpuTileCols, kCpuDiagonalRows);
     } else {
       // Row panels of whole models; each panel's GEMMs stop at the diagonal (lower triangle only).
       const int64_t tile = std::max<int64_t>(1, kPanelRows / r);

@@ -171,6 +171,35 @@ def test_lora_gram_tile_shapes(M, r, dtype, gen):
         assert ((K.double() - ref32).abs() <= bound).all()
 
 
+# The CPU route converts factors stored in another dtype a panel at a time (no whole copy): the
+# result must be bit for bit the one from factors converted beforehand (the conversion is exact for
+# 16-bit factors and the tiles run the same GEMMs in the same order), whatever the thread count and
+# for shapes whose tiles share column panels (M·r > 1024) and row panels of remainders.
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("M,r", [(150, 16), (230, 5), (5, 300)])
+def test_lora_gram_16_bit_factors_equal_their_float32_copies(dtype, M, r, gen):
+    B = torch.randn(M, 11, r, generator=gen).to(dtype)
+    A = torch.randn(M, r, 13, generator=gen).to(dtype)
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, max(2, threads)):
+            torch.set_num_threads(t)
+            assert torch.equal(unisub.lora_gram(B, A), unisub.lora_gram(B.float(), A.float()))
+            # centred: float64 GEMMs, each panel converted from 16 bits to float64
+            assert torch.equal(unisub.lora_gram(B, A, True), unisub.lora_gram(B.double(), A.double(), True).float())
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_lora_gram_centred_float32_factors_equal_their_float64_copies(gen):
+    B = torch.randn(150, 20, 16, generator=gen)
+    A = torch.randn(150, 16, 18, generator=gen)
+    assert torch.equal(unisub.lora_gram(B, A, True), unisub.lora_gram(B.double(), A.double(), True).float())
+    # a transposed view (the analysis engine passes one) is read in place
+    Bt = B.transpose(1, 2).contiguous()
+    assert torch.equal(unisub.lora_gram(Bt.transpose(1, 2), A), unisub.lora_gram(B, A))
+
+
 def test_lora_gram_same_result_on_any_thread_count(gen):
     # The CPU route shares its tiles among the threads as they come free; each K entry is still
     # computed by one tile in a fixed order, so the thread count must not change a bit.
