@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <set>
 #include <tuple>
 
@@ -378,11 +379,62 @@ void DeltaAccumulator::add(const at::Tensor& B, const at::Tensor& A, double scal
   TORCH_CHECK_VALUE(std::find(ids_.begin(), ids_.end(), id) == ids_.end(), "DeltaAccumulator.add: model id ", id,
                     " is already in this accumulator; give each model a distinct id");
   at::NoGradGuard no_grad;
-  B_.push_back(B.detach().to(device_, /*non_blocking=*/false, /*copy=*/true));
-  A_.push_back(A.detach().to(device_, /*non_blocking=*/false, /*copy=*/true));
+  append(B.detach(), A.detach(), scaling, id);
+  K_ = at::Tensor();
+}
+
+void DeltaAccumulator::reserve(int64_t models) {
+  TORCH_CHECK_VALUE(models >= 0, "DeltaAccumulator.reserve: models must be >= 0, got ", models);
+  reserved_ = std::max(reserved_, models);
+  if (Bt_store_.defined() && reserved_ > Bt_store_.size(0))
+    grow(reserved_, Bt_store_.size(1), Bt_store_.scalar_type());
+}
+
+void DeltaAccumulator::grow(int64_t capacity, int64_t rank_capacity, at::ScalarType dtype) {
+  at::NoGradGuard no_grad;
+  const auto opts = at::TensorOptions().dtype(dtype).device(device_);
+  // empty, not zeros: rows past the count are never read, so their pages are never touched
+  auto Bt = at::empty({capacity, rank_capacity, m_}, opts), A = at::empty({capacity, rank_capacity, n_}, opts);
+  const int64_t M = count();
+  if (M > 0) {
+    const int64_t old_rank = Bt_store_.size(1);
+    Bt.narrow(0, 0, M).narrow(1, 0, old_rank).copy_(Bt_store_.narrow(0, 0, M));
+    A.narrow(0, 0, M).narrow(1, 0, old_rank).copy_(A_store_.narrow(0, 0, M));
+    if (rank_capacity > old_rank) {
+      Bt.narrow(0, 0, M).narrow(1, old_rank, rank_capacity - old_rank).zero_();
+      A.narrow(0, 0, M).narrow(1, old_rank, rank_capacity - old_rank).zero_();
+    }
+  }
+  Bt_store_ = std::move(Bt), A_store_ = std::move(A);
+  for (int64_t i = 0; i < M; ++i) {
+    const int64_t r = B_[i].size(1);
+    B_[i] = Bt_store_[i].narrow(0, 0, r).t(), A_[i] = A_store_[i].narrow(0, 0, r);
+  }
+}
+
+void DeltaAccumulator::append(const at::Tensor& B, const at::Tensor& A, double scaling, int64_t id) {
+  const int64_t M = count(), r = B.size(1);
+  const auto stored = at::promote_types(B.scalar_type(), A.scalar_type());
+  if (!Bt_store_.defined()) {
+    grow(std::max<int64_t>({M + 1, reserved_, 16}), r, stored);
+  } else {
+    const auto dtype = at::promote_types(Bt_store_.scalar_type(), stored);
+    const int64_t rank_capacity = std::max(Bt_store_.size(1), r), capacity = Bt_store_.size(0);
+    if (M + 1 > capacity || rank_capacity > Bt_store_.size(1) || dtype != Bt_store_.scalar_type())
+      grow(M + 1 > capacity ? std::max(2 * capacity, M + 1) : capacity, rank_capacity, dtype);
+  }
+  auto Bt_i = Bt_store_[M], A_i = A_store_[M];
+  Bt_i.narrow(0, 0, r).copy_(B.t());  // a cast where the store is wider: exact
+  A_i.narrow(0, 0, r).copy_(A);
+  if (r < Bt_store_.size(1)) {  // zero padding: no B·A changes
+    Bt_i.narrow(0, r, Bt_store_.size(1) - r).zero_();
+    A_i.narrow(0, r, A_store_.size(1) - r).zero_();
+  }
+  B_.push_back(Bt_i.narrow(0, 0, r).t());
+  A_.push_back(A_i.narrow(0, 0, r));
+  types_.emplace_back(B.scalar_type(), A.scalar_type());
   scalings_.push_back(scaling);
   ids_.push_back(id);
-  K_ = at::Tensor();
 }
 
 void DeltaAccumulator::merge(const DeltaAccumulator& o) {
@@ -392,12 +444,13 @@ void DeltaAccumulator::merge(const DeltaAccumulator& o) {
   for (auto id : o.ids_)
     TORCH_CHECK_VALUE(std::find(ids_.begin(), ids_.end(), id) == ids_.end(), "DeltaAccumulator.merge: model id ", id,
                       " is in both accumulators; give each model a distinct id");
+  at::NoGradGuard no_grad;
+  reserve(count() + o.count());
   for (int64_t i = 0; i < o.count(); ++i) {
-    B_.push_back(o.B_[i].to(device_));
-    A_.push_back(o.A_[i].to(device_));
+    // o's store may be wider than the factors it was given: cast back to them, exactly
+    append(o.B_[i].to(device_, o.types_[i].first), o.A_[i].to(device_, o.types_[i].second), o.scalings_[i],
+           o.ids_[i]);
   }
-  scalings_.insert(scalings_.end(), o.scalings_.begin(), o.scalings_.end());
-  ids_.insert(ids_.end(), o.ids_.begin(), o.ids_.end());
   K_ = at::Tensor();
 }
 
@@ -410,7 +463,19 @@ void DeltaAccumulator::sort_by_id() {
     auto old = v;
     for (size_t i = 0; i < order.size(); ++i) v[i] = old[order[i]];
   };
-  permute(B_), permute(A_), permute(scalings_), permute(ids_);
+  permute(types_), permute(scalings_), permute(ids_);
+  // the store itself in the new order (model i's factors in row i), so that factors() stays a view
+  at::NoGradGuard no_grad;
+  const int64_t M = count();
+  std::vector<int64_t> index(order.begin(), order.end());
+  const auto idx = at::tensor(index, at::TensorOptions().dtype(at::kLong).device(device_));
+  std::vector<int64_t> old_ranks = ranks();
+  Bt_store_.narrow(0, 0, M).copy_(Bt_store_.narrow(0, 0, M).index_select(0, idx));
+  A_store_.narrow(0, 0, M).copy_(A_store_.narrow(0, 0, M).index_select(0, idx));
+  for (int64_t i = 0; i < M; ++i) {
+    const int64_t r = old_ranks[order[i]];
+    B_[i] = Bt_store_[i].narrow(0, 0, r).t(), A_[i] = A_store_[i].narrow(0, 0, r);
+  }
   K_ = at::Tensor();
 }
 
@@ -418,19 +483,14 @@ std::pair<at::Tensor, at::Tensor> DeltaAccumulator::factors(at::ScalarType dtype
   TORCH_CHECK_VALUE(count() > 0, "DeltaAccumulator: no models were accumulated");
   const auto ranks_ = ranks();
   const int64_t M = count(), r = *std::max_element(ranks_.begin(), ranks_.end());
-  const auto opts = at::TensorOptions().dtype(dtype).device(device_);
-  // B is laid out [M, r, m] and returned as its [M, m, r] view: lora_gram's concatenated Bᵀ is then
-  // a view of it, not one more copy of every B (131 MB for 500 rank-16 float32 adapters of 4096)
-  auto Bt = at::zeros({M, r, m_}, opts), A = at::zeros({M, r, n_}, opts);
-  for (int64_t i = 0; i < M; ++i) {
-    // s·B in float64, then cast: s·B rounded to B's own (e.g. float32) precision lost 1.7e-8
-    if (fold_scaling)
-      Bt[i].narrow(0, 0, ranks_[i]).copy_((B_[i].to(at::kDouble) * scalings_[i]).t());
-    else
-      Bt[i].narrow(0, 0, ranks_[i]).copy_(B_[i].t());
-    A[i].narrow(0, 0, ranks_[i]).copy_(A_[i]);
-  }
-  return {Bt.transpose(1, 2), A};
+  // The store holds B laid out [M, r, m], returned as its [M, m, r] view: lora_gram's concatenated
+  // Bᵀ is then a view of it. In the store's dtype and unscaled, both are views (no copy at all).
+  const auto Bt = Bt_store_.narrow(0, 0, M).narrow(1, 0, r), A = A_store_.narrow(0, 0, M).narrow(1, 0, r);
+  if (!fold_scaling && dtype == Bt.scalar_type()) return {Bt.transpose(1, 2), A};
+  if (!fold_scaling) return {Bt.to(dtype).transpose(1, 2), A.to(dtype)};
+  // s·B in float64, then cast: s·B rounded to B's own (e.g. float32) precision lost 1.7e-8
+  const auto s = at::tensor(scalings_, kF64).to(device_).view({M, 1, 1});
+  return {(Bt.to(at::kDouble) * s).to(dtype).transpose(1, 2), A.to(dtype)};
 }
 
 namespace {
@@ -461,28 +521,25 @@ at::Tensor DeltaAccumulator::gram(bool center) {
     const double madds = rank_sum * rank_sum * static_cast<double>(m_ + n_) / 2;
     bool all_16_bit = true;
     double u_in = 0;  // the coarsest rounding among the factors
-    for (size_t i = 0; i < B_.size(); ++i) {
-      all_16_bit = all_16_bit && is_16_bit(B_[i].scalar_type()) && is_16_bit(A_[i].scalar_type());
-      u_in = std::max({u_in, unit_roundoff(B_[i].scalar_type()), unit_roundoff(A_[i].scalar_type())});
+    for (const auto& [tb, ta] : types_) {  // as given, whatever the store widened them to
+      all_16_bit = all_16_bit && is_16_bit(tb) && is_16_bit(ta);
+      u_in = std::max({u_in, unit_roundoff(tb), unit_roundoff(ta)});
     }
     Json info = Json::object();
     info["rule"] = gram_precision_name(precision_);
     info["reduction"] = "float64";
     const bool try_float32 = precision_ == GramPrecision::Float32 || (precision_ == GramPrecision::Auto && all_16_bit);
     if (try_float32) {
-      // The factors as they are (a 16-bit factor's float32 copy is exact), the scalings applied to K
-      // afterwards in float64 (K_ij = s_i s_j K⁰_ij): no s·B is ever rounded, and the copy is one
-      // cast per factor.
-      at::Tensor B, A;
-      {
-        ScopedStage stage("convert");
-        std::tie(B, A) = factors(at::kFloat, /*fold_scaling=*/false);
-      }
+      // The factors as they are, the scalings applied to K afterwards in float64 (K_ij = s_i s_j
+      // K⁰_ij): no s·B is ever rounded. The store itself, in its own dtype (the GEMM tiles convert
+      // panels to float32 as they go, exactly for 16-bit factors): no working copy, where a float32
+      // one was twice the factors (262 MB for 500 rank-16 float16 adapters of a 4096 × 4096 module).
+      const auto [B, A] = factors(Bt_store_.scalar_type(), /*fold_scaling=*/false);
       const auto s = at::tensor(scalings_, kF64).to(device_);
       {
         ScopedStage stage("gram_float32", 0, madds);
         // lora_gram's float64 K (the op casts it to the factors' float32)
-        K_ = unisub::detail::lora_gram_f64(B, A, /*center=*/false);
+        K_ = unisub::detail::lora_gram_f64(B, A, /*center=*/false, at::kFloat);
         K_.mul_(s.unsqueeze(1) * s.unsqueeze(0));
       }
       if (precision_ == GramPrecision::Auto) {
@@ -506,13 +563,13 @@ at::Tensor DeltaAccumulator::gram(bool center) {
       if (K_.defined()) info["gemm"] = "float32";
     }
     if (!K_.defined()) {
-      at::Tensor B, A;
-      {
-        ScopedStage stage("convert");
-        std::tie(B, A) = factors(at::kDouble);
-      }
+      // The store as it is, float64 GEMMs (the tiles convert panels as they go; no float64 copy of
+      // every factor), the scalings applied to K afterwards as on the float32 route.
+      const auto [B, A] = factors(Bt_store_.scalar_type(), /*fold_scaling=*/false);
+      const auto s = at::tensor(scalings_, kF64).to(device_);
       ScopedStage stage("gram", 0, madds);
-      K_ = unisub::lora_gram(B, A, /*center=*/false);
+      K_ = unisub::detail::lora_gram_f64(B, A, /*center=*/false, at::kDouble);
+      K_.mul_(s.unsqueeze(1) * s.unsqueeze(0));
       info["gemm"] = "float64";
     }
     precision_json_ = info.dump();

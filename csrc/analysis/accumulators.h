@@ -140,6 +140,9 @@ class DeltaAccumulator {
   void add(const at::Tensor& B, const at::Tensor& A, double scaling, int64_t id = -1);
   // Appends `other`'s models (ids must be disjoint).
   void merge(const DeltaAccumulator& other);
+  // Room for `models` models in all, so that the store is allocated once (adding beyond it grows
+  // the store by doubling, which copies it).
+  void reserve(int64_t models);
   // Orders the models by id (what all-reduce and resume need to equal one process in id order).
   void sort_by_id();
 
@@ -156,7 +159,8 @@ class DeltaAccumulator {
 
   // All models' factors stacked, zero-padded to the largest rank (no B·A changes), the scaling
   // folded into B in float64 before any cast (unless fold_scaling is false: B as stored):
-  // B [M, m, r_max], A [M, r_max, n] of `dtype`.
+  // B [M, m, r_max], A [M, r_max, n] of `dtype`. Unscaled in the store's own dtype they are views of
+  // the store, read-only to the caller.
   std::pair<at::Tensor, at::Tensor> factors(at::ScalarType dtype = at::kDouble, bool fold_scaling = true) const;
   // K [M, M] (float64) over the models in their current order, double centred (H K H) when
   // `center`; the uncentred K is computed once (lora_gram) and cached until the models change.
@@ -179,12 +183,22 @@ class DeltaAccumulator {
   int64_t m_, n_;
   bool center_;
   at::Device device_;
+  // One store per factor, [capacity, rank capacity, m] (Bᵀ) and [capacity, rank capacity, n] (A),
+  // model i in row i, zero-padded past its rank, in the widest dtype given (a cast of 16-bit
+  // factors to float32 is exact); B_ / A_ are each model's views into them, types_ the dtypes each
+  // model's factors came in (the Gram's precision rule is about those).
+  at::Tensor Bt_store_, A_store_;
+  int64_t reserved_ = 0;
   std::vector<at::Tensor> B_, A_;
+  std::vector<std::pair<at::ScalarType, at::ScalarType>> types_;
   std::vector<double> scalings_;
   std::vector<int64_t> ids_;
   GramPrecision precision_ = GramPrecision::Float64;
   at::Tensor K_;  // uncentred, cached
   std::string precision_json_;
+
+  void grow(int64_t capacity, int64_t rank_capacity, at::ScalarType dtype);
+  void append(const at::Tensor& B, const at::Tensor& A, double scaling, int64_t id);
 };
 
 // H K H with H = I − 11ᵀ/M: the Gram of the rows minus their mean, from their Gram.

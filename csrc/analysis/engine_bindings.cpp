@@ -13,6 +13,7 @@
 #include "analysis/discover.h"
 #include "analysis/output_folder.h"
 #include "analysis/profile.h"
+#include "analysis/release_memory.h"
 #include "analysis/run_report.h"
 #include "analysis/slot_result.h"
 #include "analysis/writer.h"
@@ -126,6 +127,7 @@ TORCH_LIBRARY_FRAGMENT(unisub, m) {
           return report_json(tool, sources, options, skipped, items, profile, plan);
         });
   m.def("analysis_profile_reset() -> ()", [] { profile_reset(); });
+  m.def("release_freed_memory() -> ()", [] { release_freed_memory(); });
   m.def("analysis_profile_json(bool measure_gemm) -> str", [](bool measure) { return profile_json(measure); });
   m.def("analysis_profile_table(str profile) -> str", [](std::string text) { return profile_table(text); });
 
@@ -168,6 +170,7 @@ TORCH_LIBRARY_FRAGMENT(unisub, m) {
         self->acc.add(B, A, scaling, id);
       })
       .def("merge", [](const DeltaPtr& self, const DeltaPtr& other) { self->acc.merge(other->acc); })
+      .def("reserve", [](const DeltaPtr& self, int64_t models) { self->acc.reserve(models); })
       .def("sort_by_id", [](const DeltaPtr& self) { self->acc.sort_by_id(); })
       .def("count", [](const DeltaPtr& self) { return self->acc.count(); })
       .def("shape", [](const DeltaPtr& self) { return std::vector<int64_t>{self->acc.rows(), self->acc.cols()}; })

@@ -264,6 +264,8 @@ int64_t OutputFolder::load_partial(const std::string& slot, DeltaAccumulator& ac
   TORCH_CHECK_VALUE(scalings.dim() == 1 && ids.dim() == 1 && scalings.numel() == ids.numel(), "'", path,
                     "': bad scalings or ids");
   DeltaAccumulator fresh(acc.rows(), acc.cols(), acc.center(), acc.device());
+  fresh.set_gram_precision(acc.gram_precision());  // the caller's rule, which a fresh one lacks
+  fresh.reserve(ids.numel());
   for (int64_t i = 0; i < ids.numel(); ++i)
     fresh.add(read_safetensors_tensor(h, "B." + std::to_string(i)), read_safetensors_tensor(h, "A." + std::to_string(i)),
               scalings.data_ptr<double>()[i], ids.data_ptr<int64_t>()[i]);

@@ -13,6 +13,8 @@
 
 #include "analysis/json_writer.h"
 #include "analysis/pattern.h"
+#include "cpu/lora_gram_cpu.h"
+#include "unisub/analysis.h"
 
 namespace unisub::analysis {
 namespace {
@@ -74,18 +76,21 @@ void add_delta_costs(SlotPlan& plan, const std::vector<PlanModel>& models) {
   const double M = static_cast<double>(models.size());
   for (const auto& d : deltas.modules) {
     PlannedDelta c{d.module, d.m, d.n};
-    int64_t stored = 0, r_max = 0;
+    int64_t r_max = 0, widest = 0;
     for (const auto& model : models) {
-      const auto& b = model.tensors.at(d.b_key);
-      const int64_t r = matrix_shape(b.shape)->second;
+      for (const auto* key : {&d.b_key, &d.a_key}) widest = std::max(widest, itemsize(model.tensors.at(*key).dtype));
+      const int64_t r = matrix_shape(model.tensors.at(d.b_key).shape)->second;
       c.rank_sum += r, r_max = std::max(r_max, r);
-      stored += r * (d.m + d.n) * itemsize(b.dtype);
     }
     const double R = static_cast<double>(c.rank_sum);
     c.multiply_adds = R * R * static_cast<double>(d.m + d.n) / 2 + 4 * M * M * M;
-    // the factors as stored, float64 copies padded to the largest rank (B twice: lora_gram's
-    // transposed copy), K and a few M × M temporaries of the report
-    c.peak_bytes = stored + 8 * static_cast<int64_t>(M) * r_max * (2 * d.m + d.n) + 4 * 8 * static_cast<int64_t>(M * M);
+    // the accumulator's store (every factor padded to the largest rank, in the widest dtype read),
+    // lora_gram's buffers (at most: float64 GEMMs on converted panels), K and a few M × M
+    // temporaries, and the null's kept draws (20 M × M, at most 256 MiB)
+    const int64_t MM = 8 * static_cast<int64_t>(M * M);
+    c.peak_bytes = static_cast<int64_t>(M) * r_max * (d.m + d.n) * widest +
+                   unisub::detail::lora_gram_cpu_workspace_bytes(d.m, d.n, at::kDouble, widest != 8) + 4 * MM +
+                   std::min<int64_t>(kDeltaNullDraws * MM, kDeltaNullKeepBytes);
     plan.peak_bytes = std::max(plan.peak_bytes, c.peak_bytes);
     plan.multiply_adds += c.multiply_adds;
     plan.deltas.push_back(std::move(c));

@@ -3,7 +3,6 @@
 #include <c10/util/Exception.h>
 
 #include <map>
-#include <set>
 
 #include "analysis/json.h"
 #include "analysis/json_writer.h"
@@ -32,43 +31,47 @@ const json::Value* path(const json::Value& v, std::initializer_list<const char*>
 
 double number(const json::Value* v) { return v && v->is_number() ? v->number : 0.0; }
 
-// Averages over slots, per mode (the fields tables and plots read).
-Json summarize(const std::vector<std::pair<std::string, json::Value>>& entries) {
-  Json summary = Json::object();
-  std::set<std::string> modes;
-  for (const auto& [_, e] : entries)
-    if (const auto* m = e.find("modes"); m && m->is_object())
-      for (const auto& mem : m->members) modes.insert(mem.key);
-  for (const auto& mode : modes) {
+// Averages over slots, per mode (the fields tables and plots read). Each entry is parsed in turn and
+// only its sums kept: all of them parsed at once (500-model delta slots carry their scores) held more
+// memory than any slot's own work. Sums run over the entries in their order, as before.
+Json summarize(const std::vector<std::pair<std::string, std::string>>& entries) {
+  struct Sums {
     double n = 0, rank = 0, fraction = 0, above = 0, above_null = 0, sin_sum = 0, sin_n = 0;
-    for (const auto& [_, e] : entries) {
-      const auto* m = path(e, {"modes", mode.c_str()});
-      if (!m) continue;
-      n += 1;
-      const double r = number(m->find("rank")), d = number(m->find("dim"));
-      rank += r;
-      fraction += d > 0 ? r / d : 0.0;
-      above += number(path(*m, {"null", "components_above_mp_edge"}));
-      // against the slot's own null (the norm-matched one for LoRA deltas; null.kind says which)
-      above_null += number(path(*m, {"null", "components_above_null"}));
-      if (const auto* s = m->find("split_half"); s && s->is_object()) sin_sum += number(s->find("max_sin")), sin_n += 1;
+  };
+  std::map<std::string, Sums> modes;
+  double share = 0, ratio = 0;
+  for (const auto& [slot, text] : entries) {
+    const auto e = parse_entry(slot, text);
+    if (const auto* ms = e.find("modes"); ms && ms->is_object()) {
+      for (const auto& mem : ms->members) {
+        const auto* m = &mem.value;
+        auto& t = modes[mem.key];
+        t.n += 1;
+        const double r = number(m->find("rank")), d = number(m->find("dim"));
+        t.rank += r;
+        t.fraction += d > 0 ? r / d : 0.0;
+        t.above += number(path(*m, {"null", "components_above_mp_edge"}));
+        // against the slot's own null (the norm-matched one for LoRA deltas; null.kind says which)
+        t.above_null += number(path(*m, {"null", "components_above_null"}));
+        if (const auto* sh = m->find("split_half"); sh && sh->is_object())
+          t.sin_sum += number(sh->find("max_sin")), t.sin_n += 1;
+      }
     }
-    if (n == 0) continue;
+    share += number(path(e, {"energy", "mean_share"}));
+    ratio += number(path(e, {"compression", "ratio"}));
+  }
+  Json summary = Json::object();
+  for (const auto& [mode, t] : modes) {
     Json s = Json::object();
-    s["slots"] = static_cast<int64_t>(n);
-    s["mean_rank"] = rank / n;
-    s["mean_rank_fraction"] = fraction / n;
-    s["mean_components_above_mp_edge"] = above / n;
-    s["mean_components_above_null"] = above_null / n;
-    s["mean_split_half_max_sin"] = sin_n > 0 ? sin_sum / sin_n : 0.0;
+    s["slots"] = static_cast<int64_t>(t.n);
+    s["mean_rank"] = t.rank / t.n;
+    s["mean_rank_fraction"] = t.fraction / t.n;
+    s["mean_components_above_mp_edge"] = t.above / t.n;
+    s["mean_components_above_null"] = t.above_null / t.n;
+    s["mean_split_half_max_sin"] = t.sin_n > 0 ? t.sin_sum / t.sin_n : 0.0;
     summary[mode] = s;
   }
   if (!entries.empty()) {
-    double share = 0, ratio = 0;
-    for (const auto& [_, e] : entries) {
-      share += number(path(e, {"energy", "mean_share"}));
-      ratio += number(path(e, {"compression", "ratio"}));
-    }
     summary["mean_energy_share_of_mean"] = share / static_cast<double>(entries.size());
     summary["mean_compression_ratio"] = ratio / static_cast<double>(entries.size());
   }
@@ -120,8 +123,7 @@ std::string report_json(const std::string& tool, const std::vector<std::string>&
                         const std::vector<std::pair<std::string, std::string>>& skipped,
                         const std::vector<std::pair<std::string, std::string>>& entries,
                         const std::string& profile, const std::string& plan) {
-  std::vector<std::pair<std::string, json::Value>> parsed;
-  for (const auto& [slot, text] : entries) parsed.emplace_back(slot, parse_entry(slot, text));
+  const auto summary = summarize(entries);  // also checks that every entry is a JSON object
   Json j = Json::object();
   j["format"] = "unisub.report/1";
   j["tool"] = tool;
@@ -135,7 +137,7 @@ std::string report_json(const std::string& tool, const std::vector<std::string>&
   Json slots = Json::object();
   for (const auto& [slot, text] : entries) slots[slot] = Json::raw(text);
   j["slots"] = slots;
-  j["summary"] = summarize(parsed);
+  j["summary"] = summary;
   if (!profile.empty()) j["profile"] = Json::raw(profile);
   return j.dump() + "\n";
 }

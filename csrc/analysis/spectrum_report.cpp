@@ -189,7 +189,7 @@ void norm_matched_entry(Json& null, const at::Tensor& K, const std::vector<doubl
   // 256 MiB (each Lanczos step is then one product with W_d); beyond, each test draws L_d again from
   // a copy of the generator's state and multiplies by it twice (O(M²) a draw, not an O(M³) W_d).
   const bool keep = static_cast<double>(kDeltaNullDraws) * static_cast<double>(M) * static_cast<double>(M) * 8 <=
-                    256.0 * (1 << 20);
+                    static_cast<double>(kDeltaNullKeepBytes);
   std::vector<at::Tensor> grams(kDeltaNullDraws);
   std::vector<at::Generator> states;
   std::vector<at::Tensor> factors(kDeltaNullDraws);

@@ -100,6 +100,9 @@ at::Tensor projected_null_variances(const at::Tensor& Q, const at::Tensor& diag)
 // kDeltaNullDraws draws of the null matched to the norms left after the k components above it are
 // removed (so a null spectrum's top eigenvalue exceeds that edge with probability 1/(draws + 1) ≈ 4.8%).
 constexpr int64_t kDeltaNullDraws = 20;
+// The delta null keeps its draws W_d (M × M float64 each) while they take at most this much;
+// beyond, each test draws them again from saved generator states.
+constexpr int64_t kDeltaNullKeepBytes = int64_t{256} << 20;
 
 // ---- report entries ----
 struct ReportOptions {

@@ -1,5 +1,6 @@
 """SubspaceAccumulator against a float64 dense reference, and its merge / all_reduce / resume
 paths against the one-shot result."""
+import json
 import os
 
 import pytest
@@ -214,6 +215,49 @@ def test_lora_delta_matches_dense_reference_mixed_ranks(center, gen):
         # the centring is lora_gram's own: the op with center=True on the scaled factors agrees
         Bs, As = acc.factors()
         torch.testing.assert_close(K, unisub.lora_gram(Bs, As, center=True), rtol=0, atol=1e-13 * K.abs().max().item())
+
+
+def test_lora_delta_store_grows_widens_and_reorders(gen):
+    # The accumulator keeps every model's factors in one store per factor, model i in row i: it must
+    # grow past what was reserved, widen for a larger rank or a wider dtype (16-bit factors cast
+    # exactly), come back in id order after sort_by_id and a merge, and still give the dense K; each
+    # model's B() / A() must be its factors as given, and the precision rule must see the dtypes as
+    # given (a float32 model among float16 ones takes the auto rule off the float32 GEMMs).
+    dtypes = [torch.float16, torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.float16]
+    ranks = [3, 8, 2, 8, 5, 1]
+    ids = [5, 1, 9, 0, 3, 7]
+    models = []
+    for dt, r in zip(dtypes, ranks):
+        B = torch.randn(9, r, generator=gen).to(dt)
+        A = torch.randn(r, 7, generator=gen).to(dt)
+        models.append((B, A, float(torch.rand((), generator=gen)) + 0.5))
+    first = torch.classes.unisub.DeltaAccumulator(9, 7, True, "cpu")
+    first.reserve(2)
+    for (B, A, s), i in zip(models[:4], ids[:4]):
+        first.add(B, A, s, i)
+    second = torch.classes.unisub.DeltaAccumulator(9, 7, True, "cpu")
+    for (B, A, s), i in zip(models[4:], ids[4:]):
+        second.add(B, A, s, i)
+    first.merge(second)
+    assert first.ranks() == ranks and first.ids() == ids
+    for (B, A, _), Bs, As in zip(models, first.B(), first.A()):
+        assert torch.equal(Bs.to(B.dtype), B) and torch.equal(As.to(A.dtype), A)
+    first.sort_by_id()
+    order = sorted(range(len(ids)), key=lambda k: ids[k])
+    assert first.ids() == sorted(ids) and first.ranks() == [ranks[k] for k in order]
+    ordered = [models[k] for k in order]
+    for (B, A, _), Bs, As in zip(ordered, first.B(), first.A()):
+        assert torch.equal(Bs.to(B.dtype), B) and torch.equal(As.to(A.dtype), A)
+    for center in (True, False):
+        K_ref = dense_delta(ordered, center)[0]
+        assert (first.gram(center) - K_ref).abs().max() <= 1e-12 * K_ref.abs().max()
+    Bf, Af = first.factors()  # s folded in, zero-padded to rank 8
+    W = torch.einsum("imr,irn->imn", Bf, Af)
+    torch.testing.assert_close(W, torch.stack([s * B.double() @ A.double() for B, A, s in ordered]), rtol=1e-14, atol=0)
+    # mixed dtypes: auto keeps float64 GEMMs (not every factor is 16-bit)
+    first.set_gram_precision("auto")
+    first.gram(True)
+    assert json.loads(first.precision_json())["gemm"] == "float64"
 
 
 def test_lora_delta_finalize_scores_and_eigen_weights(gen):

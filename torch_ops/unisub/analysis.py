@@ -301,6 +301,7 @@ def _run(checkpoints, chosen, deltas, slot_modes, folder, rank_id, world, device
             continue
         acc = LoraDeltaAccumulator(shape, center, device, gram_precision)
         start = folder.load_partial_delta(key, acc._impl, rank_id) if folder is not None else 0
+        acc._impl.reserve(sum(len(b) for b in batches))  # every model's factors in one store, allocated once
 
         def save(next_batch):
             writer_call(folder.save_partial_delta, key, next_batch, acc._impl, rank_id)
@@ -316,6 +317,7 @@ def _run(checkpoints, chosen, deltas, slot_modes, folder, rank_id, world, device
         result = acc.finalize_slot(key, rank, energy, eigen_weights, len(chosen) + di, meta, taus, error_ranks)
         del acc
         store(key, result, DeltaSubspace)
+        _release_memory()
     bar.close()
     return reports, subspaces
 
@@ -348,30 +350,10 @@ def write_strict_json(path, obj):
     write_bytes(path, (json.dumps(strict_json(obj), indent=1, allow_nan=False, ensure_ascii=False) + "\n").encode())
 
 
-_LIBC = None
-
-
 def _release_memory():
-    """Hand freed heap memory back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
-
-    glibc raises its mmap threshold to the size of the largest block freed so far (up to
-    32 MiB), so after the first few slot-sized tensors are freed, later ones come from the heap,
-    and freed heap memory stays in the resident set: streaming slot after slot, that retained
-    memory, not live tensors, was most of the peak (measured: 40 checkpoints of 768 x 768
-    float16 slots, 205 MiB above the post-import process without, ~130 MiB with a trim per batch).
-    Costs about a millisecond per call."""
-    global _LIBC
-    if _LIBC is None:
-        try:
-            import ctypes
-            import ctypes.util
-
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _LIBC = libc if hasattr(libc, "malloc_trim") else False
-        except (OSError, AttributeError):
-            _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
+    """Freed heap memory back to the OS between batches and slots (libunisub's
+    release_freed_memory: glibc ``malloc_trim``, the C++ tool calls it at the same points)."""
+    torch.ops.unisub.release_freed_memory()
 
 
 def _progress(total, enabled, desc):
