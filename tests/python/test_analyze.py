@@ -345,19 +345,24 @@ def test_lora_delta_cli_resume_and_errors(tmp_path, gen):
                          text=True, timeout=120)
     assert ins.returncode == 0 and "DeltaSubspace" in ins.stdout and "delta: rank" in ins.stdout
 
-    # an interrupted delta slot resumes bit-identically
-    opts = dict(modes=["delta"], slots=["*v_proj*"], batch_size=2, plots=False, progress=False, checkpoint_every=0)
-    unisub.analyze(tmp_path / "ads", out=tmp_path / "straight", **opts)
-
+    # an interrupted delta slot resumes bit-identically, with the run's Gram precision (the resumed
+    # accumulator once fell back to float64 GEMMs, which changed the last bits)
     def stop(slot, batch):
         if batch == 1:
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        unisub.analyze(tmp_path / "ads", out=tmp_path / "cut", on_batch=stop, **opts)
-    unisub.analyze(tmp_path / "ads", out=tmp_path / "cut", resume=True, **opts)
-    name = "model.layers.0.self_attn.v_proj.delta.safetensors"
-    assert (tmp_path / "straight" / "subspaces" / name).read_bytes() == (tmp_path / "cut" / "subspaces" / name).read_bytes()
+    for precision in ("float64", "float32"):
+        opts = dict(modes=["delta"], slots=["*v_proj*"], batch_size=2, plots=False, progress=False, checkpoint_every=0,
+                    gram_precision=precision)
+        straight, cut = tmp_path / f"straight-{precision}", tmp_path / f"cut-{precision}"
+        unisub.analyze(tmp_path / "ads", out=straight, **opts)
+        with pytest.raises(KeyboardInterrupt):
+            unisub.analyze(tmp_path / "ads", out=cut, on_batch=stop, **opts)
+        unisub.analyze(tmp_path / "ads", out=cut, resume=True, **opts)
+        name = "model.layers.0.self_attn.v_proj.delta.safetensors"
+        assert (straight / "subspaces" / name).read_bytes() == (cut / "subspaces" / name).read_bytes()
+        gram = json.loads((cut / "report.json").read_text())["slots"][name[:-len(".safetensors")]]["gram"]
+        assert gram["gemm"] == precision, gram
 
     # delta needs PEFT folders: plain safetensors with LoRA-like names have no scaling
     z = tmp_path / "plain"
