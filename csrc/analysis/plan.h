@@ -64,7 +64,7 @@ struct PlannedDelta {
   std::string module;
   int64_t m = 0, n = 0;
   int64_t rank_sum = 0;      // Σ over models of the LoRA rank
-  int64_t peak_bytes = 0;    // the factors as stored, a float64 working copy and K's
+  int64_t peak_bytes = 0;    // the factor store, lora_gram's buffers, K's and the null's draws
   double multiply_adds = 0;  // (Σr)²(m + n)/2 for K, ~M³ for its eigh and the nulls
 };
 

@@ -260,6 +260,23 @@ def test_lora_delta_store_grows_widens_and_reorders(gen):
     assert json.loads(first.precision_json())["gemm"] == "float64"
 
 
+def test_lora_delta_reserve_before_and_after_the_first_model(gen):
+    models = _lora_models(gen, M=7)
+    K_ref = dense_delta(models)[0]
+    for when in ("before", "after"):
+        acc = LoraDeltaAccumulator()
+        if when == "before":
+            acc.reserve(3)  # the shape is not known yet: applied when the first model comes
+        for k, (B, A, s) in enumerate(models):
+            acc.add(B, A, s)
+            if when == "after" and k == 0:
+                acc.reserve(len(models))
+        assert (acc.gram() - K_ref).abs().max() <= 1e-12 * K_ref.abs().max()
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="reserve"):
+            acc.reserve(bad)
+
+
 def test_lora_delta_finalize_scores_and_eigen_weights(gen):
     models = _lora_models(gen, M=10)
     acc = LoraDeltaAccumulator()

@@ -301,7 +301,7 @@ def _run(checkpoints, chosen, deltas, slot_modes, folder, rank_id, world, device
             continue
         acc = LoraDeltaAccumulator(shape, center, device, gram_precision)
         start = folder.load_partial_delta(key, acc._impl, rank_id) if folder is not None else 0
-        acc._impl.reserve(sum(len(b) for b in batches))  # every model's factors in one store, allocated once
+        acc.reserve(sum(len(b) for b in batches))  # every model's factors in one store, allocated once
 
         def save(next_batch):
             writer_call(folder.save_partial_delta, key, next_batch, acc._impl, rank_id)
