@@ -20,6 +20,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 namespace unisub::detail {
@@ -90,20 +92,22 @@ void lora_gram_lower_cpu(const at::Tensor& Bt, const at::Tensor& Ac, int64_t r, 
       tiles.push_back({i0 + s, ns, i0, s + ns});
     }
   }
-  // Largest tiles first, so the last ones taken are small and the threads finish together; among
-  // tiles of one size, by column panel, so that a worker converting panels keeps its (wider) column
-  // panel from one tile to the next and converts only the row panel.
-  std::stable_sort(tiles.begin(), tiles.end(), [](const Tile& x, const Tile& y) {
-    const int64_t ax = x.ni * x.nj, ay = y.ni * y.nj;
-    return ax != ay ? ax > ay : (x.j0 != y.j0 ? x.j0 < y.j0 : x.i0 < y.i0);
+  // The tiles left of the diagonal column stripe by column stripe (then by row), the diagonal strips
+  // last (they are the small ones, so the threads finish together), by row: a worker converting
+  // panels keeps its column stripe from one tile to the next and converts each row panel once, and
+  // the strips of one diagonal block use that block's row panel for their columns too.
+  auto on_diagonal = [](const Tile& t) { return t.j0 + t.nj > t.i0; };
+  std::stable_sort(tiles.begin(), tiles.end(), [&](const Tile& x, const Tile& y) {
+    if (on_diagonal(x) != on_diagonal(y)) return !on_diagonal(x);
+    if (on_diagonal(x)) return x.i0 < y.i0;
+    return x.j0 != y.j0 ? x.j0 < y.j0 : x.i0 < y.i0;
   });
 
   // Each worker's buffers fit the largest tile and the widest row it reduces, whatever the sizes.
-  int64_t tile_elems = 0, tile_cols = 0, tile_rows = 0;
+  int64_t tile_elems = 0, tile_cols = 0;
   for (const Tile& t : tiles) {
     tile_elems = std::max(tile_elems, t.ni * r * t.nj * r);
     tile_cols = std::max(tile_cols, t.nj * r);
-    tile_rows = std::max(tile_rows, t.ni * r);
   }
   const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tiles.size()));
   std::atomic<int64_t> next{0};
@@ -117,37 +121,40 @@ void lora_gram_lower_cpu(const at::Tensor& Bt, const at::Tensor& Ac, int64_t r, 
       const auto opts = B.options().dtype(compute);
       const auto bufP = at::empty({tile_elems}, opts), bufQ = at::empty({tile_elems}, opts);
       std::vector<double> acc(static_cast<size_t>(tile_cols));
-      // the converted panels and the model ranges they hold (-1: none yet)
+      // The converted panels: a whole row panel (ti models) and a whole column stripe (tj models),
+      // with the model ranges they hold (none yet: start -1).
       at::Tensor rowB, rowA, colB, colA;
       if (convert) {
-        rowB = at::empty({tile_rows, B.size(1)}, opts), rowA = at::empty({tile_rows, A.size(1)}, opts);
-        colB = at::empty({tile_cols, B.size(1)}, opts), colA = at::empty({tile_cols, A.size(1)}, opts);
+        const int64_t row_cap = std::min(ti, M) * r, col_cap = std::min(tj, M) * r;
+        rowB = at::empty({row_cap, B.size(1)}, opts), rowA = at::empty({row_cap, A.size(1)}, opts);
+        colB = at::empty({col_cap, B.size(1)}, opts), colA = at::empty({col_cap, A.size(1)}, opts);
       }
       int64_t row_start = -1, row_models = 0, col_start = -1, col_models = 0;
-      // rows [start, start + models) of the factors, in the compute dtype
-      auto panel = [&](const at::Tensor& F, at::Tensor& buf, int64_t start, int64_t models) {
-        const auto src = F.narrow(0, start * r, models * r);
-        if (!convert) return src;
-        auto dst = buf.narrow(0, 0, models * r);
-        dst.copy_(src);
-        return dst;
+      auto holds = [](int64_t start, int64_t models, int64_t from, int64_t count) {
+        return start >= 0 && from >= start && from + count <= start + models;
+      };
+      // models [from, from + count) of both factors in the compute dtype: the factors themselves, or
+      // a slice of a converted panel (converting the panel of `unit` models holding them first)
+      auto slices = [&](at::Tensor& bufB, at::Tensor& bufA, int64_t& start, int64_t& models, int64_t unit,
+                        int64_t from, int64_t count) -> std::pair<at::Tensor, at::Tensor> {
+        if (!convert) return {B.narrow(0, from * r, count * r), A.narrow(0, from * r, count * r)};
+        if (!holds(start, models, from, count)) {
+          start = from / unit * unit, models = std::min(unit, M - start);
+          bufB.narrow(0, 0, models * r).copy_(B.narrow(0, start * r, models * r));
+          bufA.narrow(0, 0, models * r).copy_(A.narrow(0, start * r, models * r));
+        }
+        return {bufB.narrow(0, (from - start) * r, count * r), bufA.narrow(0, (from - start) * r, count * r)};
       };
       for (int64_t w = w0; w < w1; ++w) {
         for (int64_t t = next.fetch_add(1); t < static_cast<int64_t>(tiles.size()); t = next.fetch_add(1)) {
           const Tile& tile = tiles[t];
           const int64_t rows = tile.ni * r, cols = tile.nj * r;
-          at::Tensor Bi, Ai, Bj, Aj;
-          if (!convert || tile.i0 != row_start || tile.ni != row_models) {
-            Bi = panel(B, rowB, tile.i0, tile.ni), Ai = panel(A, rowA, tile.i0, tile.ni);
-            row_start = tile.i0, row_models = tile.ni;
+          const auto [Bi, Ai] = slices(rowB, rowA, row_start, row_models, ti, tile.i0, tile.ni);
+          at::Tensor Bj, Aj;
+          if (convert && on_diagonal(tile)) {  // a strip's columns lie in its own row panel
+            std::tie(Bj, Aj) = slices(rowB, rowA, row_start, row_models, ti, tile.j0, tile.nj);
           } else {
-            Bi = rowB.narrow(0, 0, rows), Ai = rowA.narrow(0, 0, rows);
-          }
-          if (!convert || tile.j0 != col_start || tile.nj != col_models) {
-            Bj = panel(B, colB, tile.j0, tile.nj), Aj = panel(A, colA, tile.j0, tile.nj);
-            col_start = tile.j0, col_models = tile.nj;
-          } else {
-            Bj = colB.narrow(0, 0, cols), Aj = colA.narrow(0, 0, cols);
+            std::tie(Bj, Aj) = slices(colB, colA, col_start, col_models, tj, tile.j0, tile.nj);
           }
           auto P = bufP.narrow(0, 0, rows * cols).view({rows, cols});
           auto Q = bufQ.narrow(0, 0, rows * cols).view({rows, cols});

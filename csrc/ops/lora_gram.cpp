@@ -43,14 +43,16 @@ void check_factors(const at::Tensor& B, const at::Tensor& A) {
 // more GEMM calls; 512 and up: more of the upper triangle computed and thrown away); not measured
 // on a GPU.
 constexpr int64_t kPanelRows = 256;
-// Tile of the CPU route (csrc/cpu/lora_gram_cpu.cpp): 256 rows × 1024 columns of P and Q (16 × 64
-// models at r = 16). Measured on 2 cores at that size, interleaved, best of 5–10: tiles from
-// 128 × 512 to 512 × 1024 and full-width 256-row panels were within the run-to-run noise of each
-// other (±10 % under the shared machine's load); this one was never far from the best and keeps
-// each worker's two buffers at 2 MB (float64: 4 MB) whatever M.
-constexpr int64_t kCpuTileRows = 256, kCpuTileCols = 1024;
+// Tile of the CPU route (csrc/cpu/lora_gram_cpu.cpp): 512 rows × 1024 columns of P and Q (32 × 64
+// models at r = 16). On 2 cores at M = 200, r = 16, m = n = 1024 (sixth session) tiles from 128 × 512
+// to 512 × 1024 were within the noise of each other. With factors converted a panel at a time
+// (16-bit adapters), the taller tile halves the conversions per multiply-add; measured at M = 500,
+// r = 16, m = n = 4096 (ninth session, Xeon with AVX-512): float16 factors 2.01 → 1.87 s against
+// 256 rows, float32 ones 1.81 → 1.79 s; 512 × 2048 and 1024 × 1024 were no faster for float16 and
+// take more buffer per thread (converted panels: (512 + 1024)·(m + n) floats).
+constexpr int64_t kCpuTileRows = 512, kCpuTileCols = 1024;
 // The diagonal blocks in strips of 64 rows (4 models at r = 16): the work computed above the
-// diagonal and thrown away falls from 256/(Mr) to 64/(Mr) of the whole. Measured as above: 5 % faster
+// diagonal and thrown away falls from 512/(Mr) to 64/(Mr) of the whole. Measured as above: 5 % faster
 // at M = 200 (float32 0.121 → 0.115 s, float64 0.214 → 0.205 s), about 20 % at M = 50, m = n = 512;
 // 32- and 128-row strips were within noise of 64.
 constexpr int64_t kCpuDiagonalRows = 64;

@@ -144,9 +144,9 @@ def test_lora_gram_tiles_many_models(gen):
     torch.testing.assert_close(unisub.lora_gram(B, A), D @ D.T, rtol=1e-12, atol=1e-10)
 
 
-# CPU tiles are 256 rows × 1024 columns of BᵀB and AAᵀ and 64-row strips on the diagonal, in whole
-# models: these shapes give row panels, column chunks and strips with remainders (r = 16: 16 × 64
-# models, strips of 4; r = 5: 51 × 204, strips of 12), ranks that divide none of them, and a rank
+# CPU tiles are 512 rows × 1024 columns of BᵀB and AAᵀ and 64-row strips on the diagonal, in whole
+# models: these shapes give row panels, column chunks and strips with remainders (r = 16: 32 × 64
+# models, strips of 4; r = 5: 102 × 204, strips of 12), ranks that divide none of them, and a rank
 # past a tile's rows (r = 300: one model per tile and strip).
 @pytest.mark.parametrize("M,r", [(150, 16), (230, 5), (5, 300), (1, 3)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
