@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <optional>
 #include <set>
 #include <tuple>
 
@@ -360,6 +359,18 @@ std::vector<int64_t> DeltaAccumulator::ranks() const {
   std::vector<int64_t> r;
   for (const auto& b : B_) r.push_back(b.size(1));
   return r;
+}
+
+std::vector<at::Tensor> DeltaAccumulator::B() const {
+  std::vector<at::Tensor> out;
+  for (size_t i = 0; i < B_.size(); ++i) out.push_back(B_[i].to(types_[i].first));
+  return out;
+}
+
+std::vector<at::Tensor> DeltaAccumulator::A() const {
+  std::vector<at::Tensor> out;
+  for (size_t i = 0; i < A_.size(); ++i) out.push_back(A_[i].to(types_[i].second));
+  return out;
 }
 
 void DeltaAccumulator::add(const at::Tensor& B, const at::Tensor& A, double scaling, int64_t id) {

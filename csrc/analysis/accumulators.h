@@ -151,8 +151,10 @@ class DeltaAccumulator {
   int64_t count() const { return static_cast<int64_t>(B_.size()); }
   bool center() const { return center_; }
   at::Device device() const { return device_; }
-  const std::vector<at::Tensor>& B() const { return B_; }
-  const std::vector<at::Tensor>& A() const { return A_; }
+  // Each model's factors in the dtype it was given: views of the store (read-only) where that is
+  // the store's dtype, exact casts back where the store is wider.
+  std::vector<at::Tensor> B() const;
+  std::vector<at::Tensor> A() const;
   const std::vector<double>& scalings() const { return scalings_; }
   const std::vector<int64_t>& ids() const { return ids_; }
   std::vector<int64_t> ranks() const;

@@ -66,6 +66,11 @@ struct OutputFolderHolder : torch::CustomClassHolder {
 
 using ModePtr = c10::intrusive_ptr<ModeAccumulatorHolder>;
 using DeltaPtr = c10::intrusive_ptr<DeltaAccumulatorHolder>;
+
+std::vector<at::Tensor> owned(std::vector<at::Tensor> tensors) {
+  for (auto& t : tensors) t = t.clone(at::MemoryFormat::Contiguous);
+  return tensors;
+}
 using FolderPtr = c10::intrusive_ptr<OutputFolderHolder>;
 
 std::tuple<std::vector<std::string>, std::vector<std::string>> discover_op(std::vector<std::string> paths) {
@@ -175,8 +180,9 @@ TORCH_LIBRARY_FRAGMENT(unisub, m) {
       .def("count", [](const DeltaPtr& self) { return self->acc.count(); })
       .def("shape", [](const DeltaPtr& self) { return std::vector<int64_t>{self->acc.rows(), self->acc.cols()}; })
       .def("center", [](const DeltaPtr& self) { return self->acc.center(); })
-      .def("B", [](const DeltaPtr& self) { return self->acc.B(); })
-      .def("A", [](const DeltaPtr& self) { return self->acc.A(); })
+      // copies: the accumulator's store is not the caller's to change (nor to save, with its spare rows)
+      .def("B", [](const DeltaPtr& self) { return owned(self->acc.B()); })
+      .def("A", [](const DeltaPtr& self) { return owned(self->acc.A()); })
       .def("scalings", [](const DeltaPtr& self) { return self->acc.scalings(); })
       .def("ids", [](const DeltaPtr& self) { return self->acc.ids(); })
       .def("ranks", [](const DeltaPtr& self) { return self->acc.ranks(); })

@@ -191,9 +191,10 @@ void OutputFolder::save_partial(const std::string& slot, int64_t next_batch, con
 void OutputFolder::save_partial(const std::string& slot, int64_t next_batch, const DeltaAccumulator& acc,
                                 int64_t rank_id) const {
   std::vector<std::pair<std::string, at::Tensor>> tensors;
+  const auto B = acc.B(), A = acc.A();
   for (int64_t i = 0; i < acc.count(); ++i) {
-    tensors.emplace_back("B." + std::to_string(i), acc.B()[i]);
-    tensors.emplace_back("A." + std::to_string(i), acc.A()[i]);
+    tensors.emplace_back("B." + std::to_string(i), B[i]);
+    tensors.emplace_back("A." + std::to_string(i), A[i]);
   }
   tensors.emplace_back("scalings", at::tensor(acc.scalings(), at::TensorOptions().dtype(at::kDouble)));
   tensors.emplace_back("ids", at::tensor(acc.ids(), at::TensorOptions().dtype(at::kLong)));

@@ -240,14 +240,19 @@ def test_lora_delta_store_grows_widens_and_reorders(gen):
         second.add(B, A, s, i)
     first.merge(second)
     assert first.ranks() == ranks and first.ids() == ids
+    for (B, A, _), Bs, As in zip(models, first.B(), first.A()):  # as given, dtype included
+        assert Bs.dtype == B.dtype and torch.equal(Bs, B) and torch.equal(As, A)
+    # they are copies: changing them leaves the accumulator as it was
+    for t in first.B() + first.A():
+        t.zero_()
     for (B, A, _), Bs, As in zip(models, first.B(), first.A()):
-        assert torch.equal(Bs.to(B.dtype), B) and torch.equal(As.to(A.dtype), A)
+        assert torch.equal(Bs, B) and torch.equal(As, A)
     first.sort_by_id()
     order = sorted(range(len(ids)), key=lambda k: ids[k])
     assert first.ids() == sorted(ids) and first.ranks() == [ranks[k] for k in order]
     ordered = [models[k] for k in order]
     for (B, A, _), Bs, As in zip(ordered, first.B(), first.A()):
-        assert torch.equal(Bs.to(B.dtype), B) and torch.equal(As.to(A.dtype), A)
+        assert Bs.dtype == B.dtype and torch.equal(Bs, B) and torch.equal(As, A)
     for center in (True, False):
         K_ref = dense_delta(ordered, center)[0]
         assert (first.gram(center) - K_ref).abs().max() <= 1e-12 * K_ref.abs().max()
