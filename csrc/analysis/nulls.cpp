@@ -4,6 +4,7 @@
 // independent isotropic deltas with the observed per-model norms (norm_matched_null below).
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
@@ -146,23 +147,26 @@ at::Tensor projected_null_variances(const at::Tensor& Q_in, const at::Tensor& di
   return kept > 0 ? t * (sum_c / kept) : at::full_like(c, sum_c / Q.diagonal().sum().item<double>());
 }
 
-at::Tensor norm_matched_null(const at::Tensor& variances, int64_t dim, bool center, int64_t draws, int64_t seed) {
-  auto gen = at::detail::createCPUGenerator(static_cast<uint64_t>(seed));
-  return norm_matched_null(variances, dim, center, draws, gen);
+namespace {
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
 }
 
-at::Tensor norm_matched_null(const at::Tensor& variances, int64_t dim, bool center, int64_t draws, at::Generator& gen) {
-  at::Tensor Q;  // undefined: S W S itself
-  if (center) {
-    const int64_t M = variances.dim() == 1 ? variances.numel() : 0;
-    const auto f64 = at::TensorOptions().dtype(at::kDouble);
-    Q = at::eye(M, f64) - 1.0 / static_cast<double>(std::max<int64_t>(M, 1));
-  }
-  return projected_norm_matched_null(variances, dim, Q, draws, gen);
+at::Tensor centring_projector(const at::Tensor& variances, bool center) {
+  if (!center) return at::Tensor();  // undefined: S W S itself
+  const int64_t M = variances.dim() == 1 ? variances.numel() : 0;
+  return at::eye(M, at::TensorOptions().dtype(at::kDouble)) - 1.0 / static_cast<double>(std::max<int64_t>(M, 1));
 }
 
-at::Tensor projected_norm_matched_null(const at::Tensor& variances_in, int64_t dim, const at::Tensor& Q_in,
-                                       int64_t draws, at::Generator& gen) {
+// The checked inputs' null spectra [draws, M], one row per draw, filled by
+// `draw_spectrum(scale, Q, out)`.
+template <class DrawSpectrum>
+at::Tensor null_draws(const at::Tensor& variances_in, int64_t dim, const at::Tensor& Q_in, int64_t draws,
+                      DrawSpectrum&& draw_spectrum) {
   constexpr const char* op = "unisub.norm_matched_null";
   TORCH_CHECK(variances_in.dim() == 1, op, ": variances must be 1-D (one per model), got shape ", variances_in.sizes());
   TORCH_CHECK(variances_in.is_floating_point(), op, ": variances must be floating point, got ",
@@ -179,9 +183,40 @@ at::Tensor projected_norm_matched_null(const at::Tensor& variances_in, int64_t d
               ", got ", Q.sizes());
   auto out = at::zeros({draws, M}, f64);
   if (M == 0) return out;
-  const auto scale = t.sqrt();
-  for (int64_t k = 0; k < draws; ++k) out[k].copy_(null_spectrum(bartlett_factor(M, dim, gen), scale, Q, dim));
+  draw_spectrum(t.sqrt(), Q, out);
   return out;
+}
+
+}  // namespace
+
+at::Generator null_draw_generator(int64_t seed, int64_t draw) {
+  return at::detail::createCPUGenerator(splitmix64(splitmix64(static_cast<uint64_t>(seed)) ^ static_cast<uint64_t>(draw)));
+}
+
+at::Tensor norm_matched_null(const at::Tensor& variances, int64_t dim, bool center, int64_t draws, int64_t seed) {
+  return null_draws(variances, dim, centring_projector(variances, center), draws,
+                    [&](const at::Tensor& scale, const at::Tensor& Q, at::Tensor& out) {
+                      // one draw per thread, each with its own generator (inside the region ATen
+                      // and the BLAS run single-threaded)
+                      at::parallel_for(0, out.size(0), 1, [&](int64_t b, int64_t e) {
+                        for (int64_t d = b; d < e; ++d) {
+                          auto gen = null_draw_generator(seed, d);
+                          out[d].copy_(null_spectrum(bartlett_factor(out.size(1), dim, gen), scale, Q, dim));
+                        }
+                      });
+                    });
+}
+
+at::Tensor norm_matched_null(const at::Tensor& variances, int64_t dim, bool center, int64_t draws, at::Generator& gen) {
+  return projected_norm_matched_null(variances, dim, centring_projector(variances, center), draws, gen);
+}
+
+at::Tensor projected_norm_matched_null(const at::Tensor& variances, int64_t dim, const at::Tensor& Q, int64_t draws,
+                                       at::Generator& gen) {
+  return null_draws(variances, dim, Q, draws, [&](const at::Tensor& scale, const at::Tensor& Qc, at::Tensor& out) {
+    for (int64_t d = 0; d < out.size(0); ++d)
+      out[d].copy_(null_spectrum(bartlett_factor(out.size(1), dim, gen), scale, Qc, dim));
+  });
 }
 
 at::Tensor bartlett_factor(int64_t M, int64_t dim, at::Generator& gen) {

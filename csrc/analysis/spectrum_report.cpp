@@ -2,7 +2,6 @@
 // ranks for the report's τs, reconstruction errors, eigengap, nulls), split-half stability, the
 // mean's share of the energy and the compression counts. Sums run left to right in float64.
 #include <ATen/ATen.h>
-#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
@@ -179,27 +178,20 @@ Json delta_split_half(const at::Tensor& K, const std::vector<int64_t>& ids, int6
 void norm_matched_entry(Json& null, const at::Tensor& K, const std::vector<double>& ev, int64_t r, int64_t p,
                         int64_t dim, bool center, int64_t seed) {
   const auto Kc = center ? K - K.mean(0, true) - K.mean(1, true) + K.mean() : K;
-  auto gen = at::detail::createCPUGenerator(static_cast<uint64_t>(seed));
   const auto t = null_model_variances(Kc.diagonal(), center);
   const int64_t M = K.size(0);
   const auto f64 = at::TensorOptions().dtype(at::kDouble);
-  // The draws W_d = L_d L_dᵀ / D, each the null's exact sample: their spectra under S = diag(√t) give
-  // the band (the same draws as norm_matched_null with this seed), and every later test projects and
+  // The draws W_d = L_d L_dᵀ / D, each the null's exact sample, draw d from its own generator
+  // (null_draw_generator(seed, d): the same draws as norm_matched_null with this seed, made on any
+  // thread): their spectra under S = diag(√t) give the band, and every later test projects and
   // rescales the same W_d (its own null, exactly drawn). The W_d are kept while they take at most
-  // 256 MiB (each Lanczos step is then one product with W_d); beyond, each test draws L_d again from
-  // a copy of the generator's state and multiplies by it twice (O(M²) a draw, not an O(M³) W_d).
+  // kDeltaNullKeepBytes (each Lanczos step is then one product with W_d); beyond, each test draws L_d
+  // again from its generator and multiplies by it twice (O(M²) a draw, not an O(M³) W_d).
   const bool keep = static_cast<double>(kDeltaNullDraws) * static_cast<double>(M) * static_cast<double>(M) * 8 <=
                     static_cast<double>(kDeltaNullKeepBytes);
   std::vector<at::Tensor> grams(kDeltaNullDraws);
-  std::vector<at::Generator> states;
-  std::vector<at::Tensor> factors(kDeltaNullDraws);
-  for (int64_t d = 0; d < kDeltaNullDraws; ++d) {
-    if (!keep) states.push_back(gen.clone());
-    auto L = bartlett_factor(M, dim, gen);  // in order: the generator's sequence fixes the draws
-    if (keep) factors[d] = std::move(L);
-  }
   auto factor = [&](int64_t d) {
-    auto g = states[d].clone();
+    auto g = null_draw_generator(seed, d);
     return bartlett_factor(M, dim, g);
   };
   // The draws are independent: one per thread, each running its small linear algebra alone (inside
@@ -214,8 +206,7 @@ void norm_matched_entry(Json& null, const at::Tensor& K, const std::vector<doubl
   auto samples = at::empty({kDeltaNullDraws, M}, f64);
   const auto scale0 = t.sqrt();
   each_draw([&](int64_t d) {
-    const auto W = wishart_of_factor(keep ? factors[d] : factor(d), dim);
-    factors[d] = at::Tensor();
+    const auto W = wishart_of_factor(factor(d), dim);
     samples[d].copy_(null_spectrum_of_wishart(W, scale0, at::Tensor(), center));
     if (keep) grams[d] = W;
   });

@@ -63,11 +63,14 @@ std::vector<double> symmetric_tridiagonal_eigenvalues(std::vector<double> diag, 
 at::Tensor null_model_variances(const at::Tensor& diag, bool center);
 // `draws` exact samples [draws, M] (float64, each row descending) of the spectrum of H S W S H (S W S
 // when not centred) with D = dim; W drawn by the Bartlett decomposition (L lower triangular M × M:
-// N(0, 1) below the diagonal, L_ii = √χ²_{D−i}; W = L Lᵀ / D), O(M³) per draw, from torch's CPU
-// generator seeded with `seed` (per draw: randn(M, M), then _standard_gamma of the M shapes
-// (D − i)/2); when D < M, W = Z Zᵀ / D from randn(M, D).
+// N(0, 1) below the diagonal, L_ii = √χ²_{D−i}; W = L Lᵀ / D), O(M³) per draw, draw d from its own
+// torch CPU generator, null_draw_generator(seed, d) (randn(M, M), then _standard_gamma of the M
+// shapes (D − i)/2); when D < M, W = Z Zᵀ / D from randn(M, D). The draws run on all threads and do
+// not depend on which thread makes which.
 at::Tensor norm_matched_null(const at::Tensor& variances, int64_t dim, bool center, int64_t draws, int64_t seed);
-// The same, continuing the draws of an existing CPU generator.
+// The generator of draw `draw` of a null seeded with `seed` (a splitmix64 mix of both).
+at::Generator null_draw_generator(int64_t seed, int64_t draw);
+// The same null, all draws in turn from an existing CPU generator.
 at::Tensor norm_matched_null(const at::Tensor& variances, int64_t dim, bool center, int64_t draws, at::Generator& gen);
 // Generalised to Q S W S Q for an M × M orthogonal projector Q (H when centred; H minus the span of
 // components already found, for a residual); Q undefined: S W S.

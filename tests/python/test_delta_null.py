@@ -162,3 +162,20 @@ def test_opcheck():
     t = torch.tensor([4.0, 1.0, 1.0, 2.0], dtype=torch.float64)
     torch.library.opcheck(torch.ops.unisub.null_model_variances.default, (t, True))
     torch.library.opcheck(torch.ops.unisub.norm_matched_null.default, (t, 50, True, 2, 3))
+
+
+def test_norm_matched_null_draws_do_not_depend_on_threads():
+    # each draw has a generator of its own (seeded from the seed and the draw's index), so the draws
+    # are made on all threads and the same whichever thread makes which; seeds give different draws
+    t = torch.rand(40, dtype=torch.float64) + 0.5
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = torch.ops.unisub.norm_matched_null(t, 5000, True, 20, 3)
+        torch.set_num_threads(max(2, threads))
+        many = torch.ops.unisub.norm_matched_null(t, 5000, True, 20, 3)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, many)
+    assert not torch.equal(one, torch.ops.unisub.norm_matched_null(t, 5000, True, 20, 4))
+    assert len({tuple(row.tolist()) for row in one}) == 20  # no two draws alike

@@ -65,5 +65,6 @@ def model_variances(diag: torch.Tensor, center: bool = True) -> torch.Tensor:
 def norm_matched(variances: torch.Tensor, dim: int, center: bool = True, draws: int = 20, seed: int = 0) -> torch.Tensor:
     """``draws`` exact samples [draws, M] (rows descending) of the spectrum of H S W S H
     (S W S uncentred), S = diag(√variances), W the Gram of M i.i.d. N(0, I_dim / dim) vectors,
-    drawn with torch's CPU generator seeded with ``seed``."""
+    draw d from a torch CPU generator of its own seeded from (``seed``, d), so that the draws run on
+    all threads and the result does not depend on the thread count."""
     return torch.ops.unisub.norm_matched_null(variances, int(dim), bool(center), int(draws), int(seed))
