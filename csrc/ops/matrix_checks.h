@@ -2,8 +2,6 @@
 // Checks shared by the decomposition ops.
 #include <ATen/ATen.h>
 
-#include <cmath>
-
 #include "ops/checks.h"
 
 namespace unisub::detail {
@@ -17,12 +15,9 @@ inline void check_matrix_batch(const at::Tensor& A, std::string_view op, std::st
               " must hold at least one matrix (a batch dimension is 0), got shape ", A.sizes());
 }
 
-// One pass and one host sync: min and max are both finite exactly when every entry is (NaN
-// propagates through both), which is several times cheaper than isfinite(A).all().
+// all_finite: one pass over the bits on CPU, aminmax and one host sync elsewhere.
 inline void check_finite(const at::Tensor& A, std::string_view op, std::string_view arg) {
-  const auto [lo, hi] = at::aminmax(A);
-  TORCH_CHECK(std::isfinite(lo.item<double>()) && std::isfinite(hi.item<double>()), "unisub.", op, ": ",
-              arg, " contains NaN or infinity; decompositions need finite input");
+  TORCH_CHECK(all_finite(A), "unisub.", op, ": ", arg, " contains NaN or infinity; decompositions need finite input");
 }
 
 }  // namespace unisub::detail
