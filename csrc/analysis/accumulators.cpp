@@ -355,25 +355,44 @@ DeltaAccumulator::DeltaAccumulator(int64_t m, int64_t n, bool center, at::Device
   TORCH_CHECK_VALUE(m >= 1 && n >= 1, "DeltaAccumulator: shape must be (m, n) with m, n >= 1, got (", m, ", ", n, ")");
 }
 
+void DeltaAccumulator::check_factors(const char* what) const {
+  TORCH_CHECK_VALUE(!released_, "DeltaAccumulator.", what,
+                    ": the factors were released (release_factors, which a finished slot calls); only K, the ids, "
+                    "scalings and ranks remain");
+}
+
+void DeltaAccumulator::release_factors() {
+  if (released_) return;
+  if (count() > 0) gram(/*center=*/false);  // cached
+  released_ranks_ = ranks();
+  B_.clear(), A_.clear();
+  Bt_store_ = at::Tensor(), A_store_ = at::Tensor();
+  released_ = true;
+}
+
 std::vector<int64_t> DeltaAccumulator::ranks() const {
+  if (released_) return released_ranks_;
   std::vector<int64_t> r;
   for (const auto& b : B_) r.push_back(b.size(1));
   return r;
 }
 
 std::vector<at::Tensor> DeltaAccumulator::B() const {
+  check_factors("B");
   std::vector<at::Tensor> out;
   for (size_t i = 0; i < B_.size(); ++i) out.push_back(B_[i].to(types_[i].first));
   return out;
 }
 
 std::vector<at::Tensor> DeltaAccumulator::A() const {
+  check_factors("A");
   std::vector<at::Tensor> out;
   for (size_t i = 0; i < A_.size(); ++i) out.push_back(A_[i].to(types_[i].second));
   return out;
 }
 
 void DeltaAccumulator::add(const at::Tensor& B, const at::Tensor& A, double scaling, int64_t id) {
+  check_factors("add");
   TORCH_CHECK_VALUE(B.defined() && A.defined() && B.dim() == 2 && A.dim() == 2,
                     "DeltaAccumulator.add: B must be [m, r] and A [r, n], got shapes ",
                     B.defined() ? shape_text(B.sizes()) : "None", " and ", A.defined() ? shape_text(A.sizes()) : "None");
@@ -449,6 +468,8 @@ void DeltaAccumulator::append(const at::Tensor& B, const at::Tensor& A, double s
 }
 
 void DeltaAccumulator::merge(const DeltaAccumulator& o) {
+  check_factors("merge");
+  o.check_factors("merge");
   if (o.count() == 0) return;
   TORCH_CHECK_VALUE(o.m_ == m_ && o.n_ == n_ && o.center_ == center_, "DeltaAccumulator.merge: incompatible accumulators: shape (",
                     o.m_, ", ", o.n_, ") vs (", m_, ", ", n_, "), center ", o.center_, " vs ", center_);
@@ -470,6 +491,7 @@ void DeltaAccumulator::sort_by_id() {
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return ids_[a] < ids_[b]; });
   if (std::is_sorted(order.begin(), order.end())) return;
+  check_factors("sort_by_id");
   auto permute = [&](auto& v) {
     auto old = v;
     for (size_t i = 0; i < order.size(); ++i) v[i] = old[order[i]];
@@ -491,6 +513,7 @@ void DeltaAccumulator::sort_by_id() {
 }
 
 std::pair<at::Tensor, at::Tensor> DeltaAccumulator::factors(at::ScalarType dtype, bool fold_scaling) const {
+  check_factors("factors");
   TORCH_CHECK_VALUE(count() > 0, "DeltaAccumulator: no models were accumulated");
   const auto ranks_ = ranks();
   const int64_t M = count(), r = *std::max_element(ranks_.begin(), ranks_.end());
@@ -525,6 +548,7 @@ at::Tensor exact_unscaled_diagonal(const at::Tensor& Bt, const at::Tensor& A) {
 
 at::Tensor DeltaAccumulator::gram(bool center) {
   if (!K_.defined()) {
+    check_factors("gram");  // K was dropped (set_gram_precision) after the factors were
     at::NoGradGuard no_grad;
     // the unavoidable work: K = Σ-blocks of (BᵀB)∘(AAᵀ) over the stored ranks, (Σr)²(m+n)/2
     double rank_sum = 0;
@@ -589,6 +613,7 @@ at::Tensor DeltaAccumulator::gram(bool center) {
 }
 
 at::Tensor DeltaAccumulator::combine(const at::Tensor& weights) const {
+  check_factors("combine");
   TORCH_CHECK_VALUE(weights.dim() == 2 && weights.size(0) == count(), "DeltaAccumulator.combine: weights must be [",
                     count(), ", k], got ", shape_text(weights.sizes()));
   at::NoGradGuard no_grad;

@@ -145,10 +145,16 @@ class DeltaAccumulator {
   void reserve(int64_t models);
   // Orders the models by id (what all-reduce and resume need to equal one process in id order).
   void sort_by_id();
+  // Frees the factor store, computing K first where it is not cached: what a finished slot needs
+  // afterwards (K, ids, scalings, ranks) stays. The store is most of a delta slot's memory, and the
+  // report after the Gram does not read it. The factors are gone after it: B(), A(), factors(),
+  // combine(), add(), merge() and sort_by_id() refuse, saying so.
+  void release_factors();
+  bool factors_released() const { return released_; }
 
   int64_t rows() const { return m_; }
   int64_t cols() const { return n_; }
-  int64_t count() const { return static_cast<int64_t>(B_.size()); }
+  int64_t count() const { return static_cast<int64_t>(ids_.size()); }
   bool center() const { return center_; }
   at::Device device() const { return device_; }
   // Each model's factors in the dtype it was given: views of the store (read-only) where that is
@@ -198,6 +204,10 @@ class DeltaAccumulator {
   GramPrecision precision_ = GramPrecision::Float64;
   at::Tensor K_;  // uncentred, cached
   std::string precision_json_;
+  bool released_ = false;
+  std::vector<int64_t> released_ranks_;  // ranks() once the views into the store are gone
+
+  void check_factors(const char* what) const;
 
   void grow(int64_t capacity, int64_t rank_capacity, at::ScalarType dtype);
   void append(const at::Tensor& B, const at::Tensor& A, double scaling, int64_t id);

@@ -199,10 +199,13 @@ TORCH_LIBRARY_FRAGMENT(unisub, m) {
       .def("combine", [](const DeltaPtr& self, at::Tensor weights) { return self->acc.combine(weights); })
       .def("finalize_slot", [](const DeltaPtr& self, std::string slot, std::optional<int64_t> rank,
                                std::optional<double> energy, int64_t eigen_weights, int64_t null_seed,
-                               std::string metadata, std::vector<double> taus, std::vector<int64_t> error_ranks) {
+                               std::string metadata, std::vector<double> taus, std::vector<int64_t> error_ranks,
+                               bool release_factors) {
         return to_tuple(finalize_delta_slot(slot, self->acc, rank, energy, eigen_weights, null_seed, metadata,
-                                            options_of(taus, error_ranks)));
-      });
+                                            options_of(taus, error_ranks), release_factors));
+      })
+      .def("release_factors", [](const DeltaPtr& self) { self->acc.release_factors(); })
+      .def("factors_released", [](const DeltaPtr& self) { return self->acc.factors_released(); });
 
   m.class_<OutputFolderHolder>("OutputFolder")
       .def(torch::init([](std::string dir, std::string run_json, bool resume, bool primary) {

@@ -90,7 +90,8 @@ SlotResult finalize_mode_slot(const std::string& slot, const ModeAccumulator& ev
 
 SlotResult finalize_delta_slot(const std::string& slot, DeltaAccumulator& acc, std::optional<int64_t> rank,
                                std::optional<double> energy, int64_t eigen_weights, int64_t null_seed,
-                               const std::string& metadata_json, const ReportOptions& options) {
+                               const std::string& metadata_json, const ReportOptions& options,
+                               bool release_factors) {
   const auto metadata = parse_metadata(metadata_json, "finalize_delta_slot");
   TORCH_CHECK_VALUE(eigen_weights >= 0, "finalize_delta_slot: eigen_weights must be >= 0, got ", eigen_weights);
   TORCH_CHECK_VALUE(acc.count() > 0, "DeltaAccumulator: no models were accumulated");
@@ -122,6 +123,7 @@ SlotResult finalize_delta_slot(const std::string& slot, DeltaAccumulator& acc, s
     out.tensors.emplace_back("eigen_weights", both.narrow(0, 1, k).contiguous());
     out.tensors.emplace_back("mean", both[0].contiguous());
   }
+  if (release_factors) acc.release_factors();
   std::optional<std::vector<std::string>> factors;
   if (const auto* f = metadata.find("factors"); f && f->is_array()) {
     factors.emplace();

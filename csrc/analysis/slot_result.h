@@ -39,9 +39,12 @@ SlotResult finalize_mode_slot(const std::string& slot, const ModeAccumulator& ev
                               const std::string& metadata_json, const ReportOptions& options = {});
 
 // A LoRA-delta slot (model axis): models ordered by id first. eigen_weights = k > 0 also stores the
-// top min(k, r) unit-norm eigen-weights and the mean ΔW as dense m × n matrices.
+// top min(k, r) unit-norm eigen-weights and the mean ΔW as dense m × n matrices. release_factors:
+// the accumulator's factors are freed as soon as K (and the eigen-weights) are computed, before the
+// report (what the job does: the store is most of a slot's memory, and nothing after reads it).
 SlotResult finalize_delta_slot(const std::string& slot, DeltaAccumulator& acc, std::optional<int64_t> rank,
                                std::optional<double> energy, int64_t eigen_weights, int64_t null_seed,
-                               const std::string& metadata_json, const ReportOptions& options = {});
+                               const std::string& metadata_json, const ReportOptions& options = {},
+                               bool release_factors = false);
 
 }  // namespace unisub::analysis

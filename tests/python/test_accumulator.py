@@ -304,6 +304,39 @@ def test_lora_delta_finalize_scores_and_eigen_weights(gen):
     assert acc.finalize(rank=2).eigen_weights is None, "eigen-weights only when asked"
 
 
+def test_lora_delta_release_factors_keeps_the_result_and_refuses_the_factors(gen):
+    """What the job does (finalize_slot(release_factors=True)): the factor store is freed before
+    the report, and the finished slot is the same, bit for bit, as with the factors kept; eigen-
+    weights (which read the factors) are formed before the release."""
+    models = _lora_models(gen, M=9)
+
+    def filled():
+        acc = LoraDeltaAccumulator()
+        for i, (B, A, s) in reversed(list(enumerate(models))):  # finalize sorts by id first
+            acc.add(B, A, s, id=i)
+        return acc
+
+    kept, released = filled(), filled()
+    args = ("slot", None, 0.9, 2, 3, {"factors": ["a", "b"]})
+    entry_k, tensors_k, meta_k = kept.finalize_slot(*args)
+    entry_r, tensors_r, meta_r = released.finalize_slot(*args, release_factors=True)
+    assert entry_k == entry_r and meta_k == meta_r and tensors_k.keys() == tensors_r.keys()
+    for name in tensors_k:
+        assert torch.equal(tensors_k[name], tensors_r[name]), name
+    assert len(kept.B) == 9, "without release_factors the factors stay"
+    assert released._impl.factors_released()
+    assert released.ids == list(range(9)) and released.ranks == kept.ranks
+    assert torch.equal(released.gram(False), kept.gram(False))
+    for use in (lambda: released.B, lambda: released.A, lambda: released.state_dict(),
+                lambda: released.add(*models[0][:2], id=99), lambda: released.eigen_weights(torch.ones(9, 1)),
+                lambda: LoraDeltaAccumulator().merge(released)):
+        with pytest.raises(ValueError, match="factors were released"):
+            use()
+    again = released.finalize(rank=2)  # K alone suffices for a finished slot without eigen-weights
+    assert torch.equal(again.eigenvalues, tensors_k["eigenvalues"])
+    assert LoraDeltaAccumulator().release_factors().count == 0  # nothing added: nothing to free
+
+
 def test_lora_delta_merge_state_dict_and_errors(tmp_path, gen):
     models = _lora_models(gen, M=9)
     whole = LoraDeltaAccumulator()

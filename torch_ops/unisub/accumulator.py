@@ -241,6 +241,15 @@ class SubspaceAccumulator:
             raise RuntimeError("SubspaceAccumulator: no models were accumulated")
         return sorted_eigh(self.grams[mode])
 
+    def release_factors(self) -> "LoraDeltaAccumulator":
+        """Frees the stored factors (most of the accumulator's memory), computing K first: ``gram``,
+        ``ids``, ``scalings`` and ``ranks`` still work, ``finalize`` too (without eigen-weights);
+        whatever needs the factors (``B``, ``A``, ``factors``, ``add``, ``merge``, ``eigen_weights``,
+        ``state_dict``) then raises ValueError."""
+        if self._impl is not None:
+            self._impl.release_factors()
+        return self
+
     def finalize(self, rank: Optional[int] = None, energy: Optional[float] = None, slot: str = "", metadata=None):
         """The ``Subspace``: per mode the leading eigenvectors of the Gram, keeping ``rank``
         components, or the fewest whose cumulative explained variance reaches ``energy`` (capped
@@ -440,6 +449,15 @@ class LoraDeltaAccumulator:
         [w_1k s_1 B_1 … w_Mk s_M B_M] · [A_1; …; A_M] (float64, ``[k, m, n]``)."""
         return self._impl.combine(weights)
 
+    def release_factors(self) -> "LoraDeltaAccumulator":
+        """Frees the stored factors (most of the accumulator's memory), computing K first: ``gram``,
+        ``ids``, ``scalings`` and ``ranks`` still work, ``finalize`` too (without eigen-weights);
+        whatever needs the factors (``B``, ``A``, ``factors``, ``add``, ``merge``, ``eigen_weights``,
+        ``state_dict``) then raises ValueError."""
+        if self._impl is not None:
+            self._impl.release_factors()
+        return self
+
     def finalize(self, rank: Optional[int] = None, energy: Optional[float] = None, slot: str = "",
                  metadata=None, eigen_weights: int = 0):
         """The :class:`~unisub.subspace.DeltaSubspace`: the whole spectrum of the (centred) K, the
@@ -455,14 +473,17 @@ class LoraDeltaAccumulator:
         result = self.finalize_slot(slot, rank, energy, eigen_weights, 0, metadata or {})
         return DeltaSubspace.from_result(result)
 
-    def finalize_slot(self, slot, rank, energy, eigen_weights, null_seed, metadata, taus=None, error_ranks=None):
+    def finalize_slot(self, slot, rank, energy, eigen_weights, null_seed, metadata, taus=None, error_ranks=None,
+                      release_factors=False):
         """libunisub's finished slot: ``(entry, tensors, meta)`` (report entry, subspace tensors by
-        name, file metadata), what ``unisub analyze`` and ``unisub-analyze`` save."""
+        name, file metadata), what ``unisub analyze`` and ``unisub-analyze`` save.
+        ``release_factors`` frees the stored factors once K is computed (see :meth:`release_factors`)."""
         from .metrics import ERROR_RANKS, TAUS
 
         entry, names, tensors, meta = self._impl.finalize_slot(
             slot, rank, None if energy is None else float(energy), int(eigen_weights), int(null_seed),
-            json.dumps(metadata, ensure_ascii=False), [float(t) for t in (taus or TAUS)], [int(k) for k in (error_ranks or ERROR_RANKS)])
+            json.dumps(metadata, ensure_ascii=False), [float(t) for t in (taus or TAUS)],
+            [int(k) for k in (error_ranks or ERROR_RANKS)], bool(release_factors))
         return entry, dict(zip(names, tensors)), meta
 
 

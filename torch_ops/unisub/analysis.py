@@ -314,7 +314,8 @@ def _run(checkpoints, chosen, deltas, slot_modes, folder, rank_id, world, device
             acc.all_reduce(group)
         meta = {"factors": [a_key, b_key], "source_files": [checkpoints[0].file_of(b_key)],
                 "models": [checkpoints[i].name for i in sorted(acc.ids)]}
-        result = acc.finalize_slot(key, rank, energy, eigen_weights, len(chosen) + di, meta, taus, error_ranks)
+        result = acc.finalize_slot(key, rank, energy, eigen_weights, len(chosen) + di, meta, taus, error_ranks,
+                                   release_factors=True)
         del acc
         store(key, result, DeltaSubspace)
         _release_memory()

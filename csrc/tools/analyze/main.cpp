@@ -305,7 +305,7 @@ int run(const Options& o) {
     meta["models"] = unisub::analysis::Json(sources);
     const auto result = unisub::analysis::finalize_delta_slot(slot, acc, rank, o.energy, o.eigen_weights,
                                                               static_cast<int64_t>(slots.size() + di), meta.dump(),
-                                                              report_options);
+                                                              report_options, /*release_factors=*/true);
     folder.save_slot(slot, result);
     folder.drop_partial(0);
     entries.emplace_back(slot, result.entry);
