@@ -185,9 +185,10 @@ void norm_matched_entry(Json& null, const at::Tensor& K, const std::vector<doubl
   // (null_draw_generator(seed, d): the same draws as norm_matched_null with this seed, made on any
   // thread): their spectra under S = diag(√t) give the band, and every later test projects and
   // rescales the same W_d (its own null, exactly drawn). The W_d are kept while they take at most
-  // kDeltaNullKeepBytes (each Lanczos step is then one product with W_d); beyond, each test draws L_d
-  // again from its generator and multiplies by it twice (O(M²) a draw, not an O(M³) W_d).
-  const bool keep = static_cast<double>(kDeltaNullDraws) * static_cast<double>(M) * static_cast<double>(M) * 8 <=
+  // kDeltaNullKeepBytes, lower triangles packed (each Lanczos step is then one symmetric product
+  // reading M²/2 numbers); beyond, each test draws L_d again from its generator and multiplies by
+  // it twice (O(M²) a draw, not an O(M³) W_d).
+  const bool keep = static_cast<double>(kDeltaNullDraws) * static_cast<double>(M) * static_cast<double>(M + 1) * 4 <=
                     static_cast<double>(kDeltaNullKeepBytes);
   std::vector<at::Tensor> grams(kDeltaNullDraws);
   auto factor = [&](int64_t d) {
@@ -208,7 +209,7 @@ void norm_matched_entry(Json& null, const at::Tensor& K, const std::vector<doubl
   each_draw([&](int64_t d) {
     const auto W = wishart_of_factor(factor(d), dim);
     samples[d].copy_(null_spectrum_of_wishart(W, scale0, at::Tensor(), center));
-    if (keep) grams[d] = W;
+    if (keep) grams[d] = packed_lower(W);
   });
   const auto mean = doubles(samples.mean(0)), upper = doubles(std::get<0>(samples.max(0)));
   std::vector<double> edges;  // the edge each tested component was compared with

@@ -76,7 +76,8 @@ at::Tensor norm_matched_null(const at::Tensor& variances, int64_t dim, bool cent
 // components already found, for a residual); Q undefined: S W S.
 at::Tensor projected_norm_matched_null(const at::Tensor& variances, int64_t dim, const at::Tensor& Q, int64_t draws,
                                        at::Generator& gen);
-// One draw's Bartlett factor from `gen` (randn(M, M) then _standard_gamma, as above): L with
+// One draw's Bartlett factor from `gen` (the M(M − 1)/2 normals below the diagonal by rows, then
+// _standard_gamma, as above): L with
 // W = L Lᵀ / dim, lower triangular M × M (M × dim when dim < M).
 at::Tensor bartlett_factor(int64_t M, int64_t dim, at::Generator& gen);
 // The descending spectrum of Q S W S Q (Q undefined: S W S), S = diag(scale), W = L Lᵀ / dim.
@@ -84,6 +85,8 @@ at::Tensor null_spectrum(const at::Tensor& L, const at::Tensor& scale, const at:
 // The same draw as W = L Lᵀ / dim (M × M), formed once: then every spectrum or Lanczos step below
 // multiplies by W (one product) instead of by L twice.
 at::Tensor wishart_of_factor(const at::Tensor& L, int64_t dim);
+// The lower triangle of a symmetric M × M matrix packed by rows (W_00, W_10, W_11, W_20, …), float64.
+at::Tensor packed_lower(const at::Tensor& W);
 // The descending spectrum of P S W S P, P = Q when defined, else H when `center`, else I.
 at::Tensor null_spectrum_of_wishart(const at::Tensor& W, const at::Tensor& scale, const at::Tensor& Q, bool center);
 // Its largest eigenvalue alone, by Lanczos (O(M²) a step instead of O(M³)) to a relative residual of
@@ -92,7 +95,9 @@ at::Tensor null_spectrum_of_wishart(const at::Tensor& W, const at::Tensor& scale
 // Ritz vector.
 double null_top_eigenvalue(const at::Tensor& L, const at::Tensor& scale, const at::Tensor& basis, bool center,
                            int64_t dim, at::Tensor& start);
-// The same for the draw given as W = L Lᵀ / dim.
+// The same for the draw given as W = L Lᵀ / dim: M × M, or its lower triangle packed by rows
+// (packed_lower; what a caller keeping many draws should keep: half the memory, and the form the
+// Lanczos products read).
 double null_top_eigenvalue_of_wishart(const at::Tensor& W, const at::Tensor& scale, const at::Tensor& basis,
                                       bool center, at::Tensor& start);
 // The t ≥ 0 whose Q S W S Q has the expected diagonal `diag`: Σ_j Q_ij² t_j = diag_i in least squares,
@@ -103,8 +108,8 @@ at::Tensor projected_null_variances(const at::Tensor& Q, const at::Tensor& diag)
 // kDeltaNullDraws draws of the null matched to the norms left after the k components above it are
 // removed (so a null spectrum's top eigenvalue exceeds that edge with probability 1/(draws + 1) ≈ 4.8%).
 constexpr int64_t kDeltaNullDraws = 20;
-// The delta null keeps its draws W_d (M × M float64 each) while they take at most this much;
-// beyond, each test draws them again from saved generator states.
+// The delta null keeps its draws W_d (lower triangles packed, M(M + 1)/2 float64 each) while they
+// take at most this much; beyond, each test draws them again from their generators.
 constexpr int64_t kDeltaNullKeepBytes = int64_t{256} << 20;
 
 // ---- report entries ----

@@ -19,6 +19,7 @@ using unisub::analysis::null_spectrum;
 using unisub::analysis::null_spectrum_of_wishart;
 using unisub::analysis::null_top_eigenvalue;
 using unisub::analysis::null_top_eigenvalue_of_wishart;
+using unisub::analysis::packed_lower;
 using unisub::analysis::wishart_of_factor;
 using unisub::analysis::symmetric_tridiagonal_eigenvalues;
 
@@ -36,7 +37,8 @@ BOOST_AUTO_TEST_SUITE(delta_null)
 BOOST_AUTO_TEST_CASE(lanczos_top_eigenvalue_matches_the_full_spectrum) {
   auto gen = at::detail::createCPUGenerator(7);
   const auto f64 = at::TensorOptions().dtype(at::kDouble);
-  for (int64_t M : {int64_t{1}, int64_t{2}, int64_t{9}, int64_t{120}}) {
+  // 203: the blocked triangular product and the packed product's rows left over from its blocks of 4
+  for (int64_t M : {int64_t{1}, int64_t{2}, int64_t{9}, int64_t{120}, int64_t{203}}) {
     for (int64_t dim : {M, 5 * M + 3, int64_t{4}}) {
       for (int spread = 0; spread < 2; ++spread) {
         // equal scales cluster the top of the spectrum (slow Lanczos convergence); log-normal ones spread it
@@ -70,6 +72,52 @@ BOOST_AUTO_TEST_CASE(lanczos_top_eigenvalue_matches_the_full_spectrum) {
       }
     }
   }
+}
+
+// The band's draws are formed with shortcuts: the Bartlett factor from M(M − 1)/2 normals, its
+// Wishart by a blocked product that skips the zero triangle, S W S and its centring in two passes,
+// and the Lanczos products from the packed lower triangle. Each must be the plain formula's value.
+BOOST_AUTO_TEST_CASE(draw_shortcuts_equal_the_plain_formulas) {
+  auto gen = at::detail::createCPUGenerator(11);
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  for (int64_t M : {int64_t{1}, int64_t{7}, int64_t{191}, int64_t{192}, int64_t{250}}) {
+    const int64_t dim = 3 * M + 5;
+    const auto L = bartlett_factor(M, dim, gen);
+    BOOST_TEST_INFO("M " << M);
+    BOOST_CHECK(L.triu(1).abs().max().item<double>() == 0.0);  // lower triangular
+    BOOST_CHECK(L.diagonal().min().item<double>() > 0.0);
+    if (M >= 191) {  // the normals below the diagonal: mean 0, variance 1 (loose: ~18000 of them)
+      const auto z = L.masked_select(at::ones({M, M}, at::kBool).tril(-1));
+      BOOST_CHECK_SMALL(z.mean().item<double>(), 0.05);
+      BOOST_CHECK_SMALL(z.var().item<double>() - 1.0, 0.05);
+    }
+    const auto W = wishart_of_factor(L, dim), plain = L.mm(L.t()) / static_cast<double>(dim);
+    BOOST_CHECK_SMALL((W - plain).abs().max().item<double>(), 1e-14 * plain.abs().max().item<double>());
+    const auto t = (at::randn({M}, gen, f64) * 1.5).exp(), s = t.sqrt();
+    for (bool center : {false, true}) {
+      auto A = plain * s.unsqueeze(1) * s.unsqueeze(0);
+      if (center) {
+        const auto H = at::eye(M, f64) - 1.0 / static_cast<double>(M);
+        A = H.mm(A).mm(H);
+      }
+      const auto ref = at::linalg_eigvalsh(A).flip(0).clamp_min(0);
+      const auto got = null_spectrum_of_wishart(W, s, at::Tensor(), center);
+      BOOST_CHECK_SMALL((got - ref).abs().max().item<double>(), 1e-12 * ref[0].item<double>() + 1e-300);
+      // the packed triangle is the same operator: the same top eigenvalue as the full W
+      auto a = t.clone(), b = t.clone();
+      const double full = null_top_eigenvalue_of_wishart(W, s, at::Tensor(), center, a);
+      const double packed = null_top_eigenvalue_of_wishart(packed_lower(W), s, at::Tensor(), center, b);
+      BOOST_CHECK_SMALL(packed - ref[0].item<double>(), 1e-9 * ref[0].item<double>() + 1e-300);
+      BOOST_CHECK_SMALL(packed - full, 1e-12 * full + 1e-300);
+    }
+    const auto P = packed_lower(W);
+    BOOST_CHECK_EQUAL(P.numel(), M * (M + 1) / 2);
+    BOOST_CHECK(P.narrow(0, P.numel() - 1, 1).item<double>() == W[M - 1][M - 1].item<double>());
+  }
+  BOOST_CHECK_THROW(packed_lower(at::zeros({3, 4}, f64)), c10::Error);
+  auto start = at::ones({3}, f64);
+  BOOST_CHECK_THROW(null_top_eigenvalue_of_wishart(at::zeros({5}, f64), at::ones({3}, f64), at::Tensor(), false, start),
+                    c10::Error);
 }
 
 BOOST_AUTO_TEST_CASE(a_zero_null_has_a_zero_top_eigenvalue) {
