@@ -38,8 +38,8 @@ def _run_tool(name: str) -> None:
     package = _package_dir()
     tool = package / "bin" / name
     if not tool.is_file():
-        raise SystemExit(f"{name}: not part of this installation of unisub ({tool} is missing; "
-                         "unisub-analyze is built only where nlohmann-json was found)")
+        raise SystemExit(f"{name}: not part of this installation of unisub ({tool} is missing: "
+                         "reinstall unisub)")
     # The tools' RPATH finds torch in the same site-packages; this covers a torch installed elsewhere.
     paths = [str(package / "lib")]
     torch_spec = importlib.util.find_spec("torch")

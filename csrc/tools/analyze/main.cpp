@@ -25,9 +25,9 @@
 #include <cmath>
 #include <filesystem>
 #include <iostream>
-#include <nlohmann/json.hpp>
 
 #include "analysis/accumulators.h"
+#include "analysis/json.h"
 #include "analysis/json_writer.h"
 #include "analysis/output_folder.h"
 #include "analysis/plan.h"
@@ -41,7 +41,6 @@
 #include "unisub/analysis.h"
 
 namespace fs = std::filesystem;
-using nlohmann::json;
 using namespace unisub_tool;
 
 namespace {
@@ -134,8 +133,10 @@ int check_models(const std::vector<std::string>& paths, bool scale) {
       std::vector<std::string> lines;
       for (const auto& k : model.keys()) {
         const auto t = model.get(k, scale);
-        lines.push_back(fmt::format("  {:016x} {} {} {}", fnv1a(t), model.info(k).dtype, json(t.sizes().vec()).dump(),
-                                    json(k).dump()));
+        std::string name;
+        unisub::analysis::append_json_string(name, k);
+        lines.push_back(fmt::format("  {:016x} {} {} {}", fnv1a(t), model.info(k).dtype,
+                                    unisub::analysis::Json(t.sizes().vec()).dump(), name));
       }
       fmt::print("ok {}\n", p);
       for (const auto& l : lines) fmt::print("{}\n", l);
@@ -326,17 +327,42 @@ int run(const Options& o) {
   std::sort(entries.begin(), entries.end());
   fmt::print("{} models, {} slots\n{:<48} {:>11} {:>4} {:>5} {:>7} {:>6} {:>5} {:>12} {:>6} {:>7}\n", M, entries.size(),
              "slot", "shape", "mode", "r", "r(0.9)", "EVR1", ">null", "split sinmax", "mean%", "ratio");
+  // libunisub's parser (the report's own): the numbers a row shows, 0 where a field is absent
+  using unisub::analysis::json::Value;
+  auto at = [](const Value& v, std::initializer_list<const char*> keys) -> const Value* {
+    const Value* cur = &v;
+    for (const char* k : keys)
+      if (!cur || !(cur = cur->find(k))) return nullptr;
+    return cur;
+  };
+  auto num = [&](const Value& v, std::initializer_list<const char*> keys) {
+    const Value* x = at(v, keys);
+    return x && x->is_number() ? x->number : 0.0;
+  };
+  auto whole = [&](const Value& v, std::initializer_list<const char*> keys) {
+    return static_cast<int64_t>(num(v, keys));
+  };
   for (const auto& [key, entry] : entries) {
-    const json rep = json::parse(entry);
+    const Value rep = unisub::analysis::json::parse(entry);
+    const Value* shape = rep.find("shape");
+    const std::string shape_text = shape && shape->is_array() && shape->items.size() == 2
+                                       ? fmt::format("{}x{}", shape->items[0].int_value, shape->items[1].int_value)
+                                       : "";
     bool first = true;
-    for (const auto& [mo, mr] : rep["modes"].items()) {
+    const Value* modes_of = rep.find("modes");
+    if (!modes_of || !modes_of->is_object()) continue;
+    for (const auto& member : modes_of->members) {
+      const Value& mr = member.value;
+      const Value* split = mr.find("split_half");
       fmt::print("{:<48} {:>11} {:>4} {:>5} {:>7} {:>6.3f} {:>5} {:>12} {:>6} {:>7}\n", first ? key : "",
-                 first ? fmt::format("{}x{}", rep["shape"][0].get<int64_t>(), rep["shape"][1].get<int64_t>()) : "", mo,
-                 mr["rank"].get<int64_t>(), mr["rank_at_tau"]["0.9"].get<int64_t>(),
-                 mr["explained_variance_ratio"][0].get<double>(), mr["null"]["components_above_null"].get<int64_t>(),
-                 mr["split_half"].is_null() ? "-" : fmt::format("{:.3f}", mr["split_half"]["max_sin"].get<double>()),
-                 first ? fmt::format("{:.1f}", 100 * rep["energy"]["mean_share"].get<double>()) : "",
-                 first ? fmt::format("{:.2f}", rep["compression"]["ratio"].get<double>()) : "");
+                 first ? shape_text : "", member.key, whole(mr, {"rank"}), whole(mr, {"rank_at_tau", "0.9"}),
+                 at(mr, {"explained_variance_ratio"}) && !mr.find("explained_variance_ratio")->items.empty()
+                     ? mr.find("explained_variance_ratio")->items[0].number
+                     : 0.0,
+                 whole(mr, {"null", "components_above_null"}),
+                 !split || !split->is_object() ? "-" : fmt::format("{:.3f}", num(*split, {"max_sin"})),
+                 first ? fmt::format("{:.1f}", 100 * num(rep, {"energy", "mean_share"})) : "",
+                 first ? fmt::format("{:.2f}", num(rep, {"compression", "ratio"})) : "");
       first = false;
     }
   }
