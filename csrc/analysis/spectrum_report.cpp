@@ -175,8 +175,10 @@ Json delta_split_half(const at::Tensor& K, const std::vector<int64_t>& ids, int6
 // adapter of 5x the others' scale is one large eigenvalue in the data and in this null, not structure
 // the models share, and after a real shared direction is removed it is compared with the null of
 // what is left, not with the null's second eigenvalue (which the big adapter would exceed).
-void norm_matched_entry(Json& null, const at::Tensor& K, const std::vector<double>& ev, int64_t r, int64_t p,
-                        int64_t dim, bool center, int64_t seed) {
+// `leading`: the leading eigenvectors of K_c already computed (M × r'), used for the residuals while
+// the test needs no more of them than it has.
+void norm_matched_entry(Json& null, const at::Tensor& K, const std::vector<double>& ev, const at::Tensor& leading,
+                        int64_t r, int64_t p, int64_t dim, bool center, int64_t seed) {
   const auto Kc = center ? K - K.mean(0, true) - K.mean(1, true) + K.mean() : K;
   const auto t = null_model_variances(Kc.diagonal(), center);
   const int64_t M = K.size(0);
@@ -222,7 +224,15 @@ void norm_matched_entry(Json& null, const at::Tensor& K, const std::vector<doubl
       // the residual Q K_c Q, Q = H − V_k V_kᵀ (the found eigenvectors are orthogonal to 1), has rank
       // p − k: its null is Q S W S Q, with t matched to the residual's diagonal, so that the energy
       // left is spread over as many dimensions in the null as in the data
-      if (!V.defined()) std::tie(lam, V) = sorted_eigh(Kc);
+      if (!V.defined()) {
+        if (above <= leading.size(1)) {
+          V = leading, lam = at::tensor(ev, K.options());
+        } else {
+          std::tie(lam, V) = sorted_eigh(Kc);
+        }
+      } else if (above > V.size(1)) {
+        std::tie(lam, V) = sorted_eigh(Kc);
+      }
       const auto top = V.narrow(1, 0, above);
       auto Q = at::eye(M, K.options()) - top.mm(top.t());
       if (center) Q = Q - 1.0 / static_cast<double>(M);
@@ -343,7 +353,7 @@ std::string delta_report(const std::string& slot, const at::Tensor& K_in, const 
   // Wishart with M − 1 degrees of freedom (plus the zero eigenvalue centring leaves).
   const int64_t p = center ? M - 1 : M;
   Json rep = spectrum(ev, r, p, m * n, uncentred, null_seed, M - p, options);
-  norm_matched_entry(rep["null"], K, ev, r, p, m * n, center, null_seed);
+  norm_matched_entry(rep["null"], K, ev, V, r, p, m * n, center, null_seed);
   rep["split_half"] = delta_split_half(K, ids, r, center);
   std::vector<double> sigma(ev.begin(), ev.begin() + r);
   for (auto& s : sigma) s = std::sqrt(s);

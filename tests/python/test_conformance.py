@@ -239,6 +239,13 @@ def test_profile_counts_the_work_of_each_stage(weights, tmp_path):
     assert forced["profile"]["stages"]["gram_float32"]["multiply_adds"] == madds and "gram" not in forced["profile"]["stages"]
     assert prof["gemm_rate"]["float32"] > 0 and 0 < forced["profile"]["stages"]["gram_float32"]["gemm_fraction"]
     assert "gram" in unisub.analysis.format_profile(res.report)
+    # the result keeps the profile's text, so the command line prints it without parsing the report
+    assert json.loads(res.profile_json) == prof
+    lazy = unisub.analyze(zoo, plots=False, progress=False, profile=True, batch_size=3)
+    assert isinstance(lazy._report, str), "the report is parsed on first use only"
+    table = unisub.analysis.format_profile(lazy)
+    assert isinstance(lazy._report, str) and "gram" in table
+    assert lazy.report["slots"].keys() == res.report["slots"].keys() and isinstance(lazy._report, dict)
     # without --profile the report has none (so the two front ends' reports stay identical)
     assert "profile" not in unisub.analyze(zoo, plots=False, progress=False).report
     run = _run_tool(zoo, "--out", tmp_path / "cpp", "--batch-size", "3", "--profile")

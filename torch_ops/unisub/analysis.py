@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 
@@ -36,9 +36,20 @@ REPORT = "report.json"
 
 @dataclass
 class AnalysisResult:
-    report: Dict
+    """``report``: the run's report (what ``report.json`` holds), parsed on first use: a 500-model
+    delta slot's entry carries every model's scores, and a job that only writes its folder (the
+    command line with --quiet --no-plots) need not parse megabytes of JSON it wrote itself."""
+
+    _report: Union[Dict, str]
     out: Optional[Path] = None
     _subspaces: Dict[str, Subspace] = field(default_factory=dict)
+    profile_json: str = ""  # the report's "profile" as JSON text ("" without profile=True)
+
+    @property
+    def report(self) -> Dict:
+        if isinstance(self._report, str):
+            self._report = json.loads(self._report)
+        return self._report
 
     @property
     def slots(self) -> List[str]:
@@ -209,12 +220,12 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
     finally:
         if folder is not None:
             folder.close()
-    report = json.loads(text)
+    result = AnalysisResult(text, out, subspaces, stages)
     if rank_id == 0 and out is not None and plots:
         from .plots import plot_report
 
-        plot_report(report, out / "plots", progress=progress)
-    return AnalysisResult(report, out, subspaces)
+        plot_report(result.report, out / "plots", progress=progress)
+    return result
 
 
 def _run(checkpoints, chosen, deltas, slot_modes, folder, rank_id, world, device, center, rank, energy, batch_size,
@@ -323,8 +334,12 @@ def _run(checkpoints, chosen, deltas, slot_modes, folder, rank_id, world, device
     return reports, subspaces
 
 
-def format_profile(report: Dict) -> str:
+def format_profile(report: Union[Dict, AnalysisResult]) -> str:
     """The report's per-stage profile as a table (libunisub's, the one unisub-analyze prints)."""
+    if isinstance(report, AnalysisResult):
+        if report.profile_json:
+            return torch.ops.unisub.analysis_profile_table(report.profile_json)
+        report = report.report
     return torch.ops.unisub.analysis_profile_table(json.dumps(report["profile"]))
 
 

@@ -163,7 +163,7 @@ def _run_analyze(args) -> int:
     if args.profile and (dist is None or _is_rank0()):
         from .analysis import format_profile
 
-        print(format_profile(result.report), file=sys.stderr)
+        print(format_profile(result), file=sys.stderr)
     if not args.quiet and (dist is None or result.out is None or _is_rank0()):
         print(format_report(result.report))
         print(f"written to {args.out}")
