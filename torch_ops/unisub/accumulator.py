@@ -241,15 +241,6 @@ class SubspaceAccumulator:
             raise RuntimeError("SubspaceAccumulator: no models were accumulated")
         return sorted_eigh(self.grams[mode])
 
-    def release_factors(self) -> "LoraDeltaAccumulator":
-        """Frees the stored factors (most of the accumulator's memory), computing K first: ``gram``,
-        ``ids``, ``scalings`` and ``ranks`` still work, ``finalize`` too (without eigen-weights);
-        whatever needs the factors (``B``, ``A``, ``factors``, ``add``, ``merge``, ``eigen_weights``,
-        ``state_dict``) then raises ValueError."""
-        if self._impl is not None:
-            self._impl.release_factors()
-        return self
-
     def finalize(self, rank: Optional[int] = None, energy: Optional[float] = None, slot: str = "", metadata=None):
         """The ``Subspace``: per mode the leading eigenvectors of the Gram, keeping ``rank``
         components, or the fewest whose cumulative explained variance reaches ``energy`` (capped
