@@ -320,7 +320,7 @@ constexpr double kLanczosTolerance = 1e-9;
 
 // Four partial sums: a single running sum is one dependent add chain (the compiler may not reorder
 // it), which left the products below at a quarter of their speed.
-inline __attribute__((always_inline)) double dot(const double* x, const double* y, int64_t n) {
+double dot(const double* x, const double* y, int64_t n) {
   double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
   int64_t i = 0;
   for (; i + 4 <= n; i += 4) {
@@ -353,7 +353,7 @@ inline void store4(double* p, Double4 v) { std::memcpy(p, &v, sizeof v); }
 
 inline double lanes_sum(Double4 v) { return (v[0] + v[1]) + (v[2] + v[3]); }
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__)
 __attribute__((target_clones("arch=x86-64-v3", "default")))
 #endif
 void packed_symmetric_product(const double* __restrict P, const double* __restrict x, double* __restrict y,
@@ -476,11 +476,6 @@ std::vector<double> top_tridiagonal_vector(const std::vector<double>& alpha, con
   return x;
 }
 
-// Compiled for x86-64-v3 as well (see packed_symmetric_product): its dot products, the
-// reorthogonalisation and the projections are most of a step besides the product.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-__attribute__((target_clones("arch=x86-64-v3", "default")))
-#endif
 double lanczos_top(NullOperator& op, std::vector<double>& start) {
   const int64_t M = op.M;
   const double norm0 = std::sqrt(dot(start.data(), start.data(), M));
