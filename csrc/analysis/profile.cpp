@@ -30,7 +30,10 @@ std::map<std::string, Stats>& stages() {
 }
 
 // The order stages are listed in: the pipeline's.
-const char* const kOrder[] = {"read", "convert", "gram", "gram_float32", "gram_check", "eigh", "report", "write"};
+const char* const kOrder[] = {"read",       "convert", "gram",   "gram_float32", "gram_check", "eigh", "eigen_weights",
+                              "split_half", "null",    "report", "write"};
+
+thread_local ScopedStage* current_stage = nullptr;
 
 // Multiply-adds per second of a float GEMM of a size the Grams have (1024 × 1024 · 1024 × 512),
 // best of 3 after a warm-up.
@@ -57,6 +60,19 @@ std::string format(const char* f, ...) {
 }
 
 }  // namespace
+
+ScopedStage::ScopedStage(const char* stage, uint64_t bytes, double multiply_adds)
+    : stage_(stage), bytes_(bytes), madds_(multiply_adds), start_(std::chrono::steady_clock::now()),
+      enclosing_(current_stage) {
+  current_stage = this;
+}
+
+ScopedStage::~ScopedStage() {
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  profile_add(stage_, std::max(0.0, seconds - nested_), bytes_, madds_);
+  if (enclosing_) enclosing_->nested_ += seconds;
+  current_stage = enclosing_;
+}
 
 void profile_add(const char* stage, double seconds, uint64_t bytes, double multiply_adds) {
   std::lock_guard<std::mutex> g(lock());

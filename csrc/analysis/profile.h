@@ -1,7 +1,7 @@
 // Where an analysis run's time goes, by stage, for both front ends (`--profile`, issue #17): each
 // stage's seconds, bytes, calls and, for the Gram stages, multiply-adds, so that a Gram's speed can
 // be set against the machine's GEMM rate measured in the same run. The library times its own
-// stages (read, convert, gram, eigh, report, write); the counters are process-wide and cheap
+// stages (read, convert, gram, eigh, null, split_half, report, write); the counters are process-wide and cheap
 // (one clock read at each end of a stage, under a mutex).
 #pragma once
 #include <chrono>
@@ -19,14 +19,13 @@ std::string profile_json(bool measure_gemm);
 // The same as a table for people.
 std::string profile_table(const std::string& json);
 
+// Times a stage from construction to destruction. A stage opened inside another on the same
+// thread (the nulls inside the report) is counted for itself and not again for the enclosing one,
+// so the stages' seconds add up to the time they cover.
 class ScopedStage {
  public:
-  explicit ScopedStage(const char* stage, uint64_t bytes = 0, double multiply_adds = 0)
-      : stage_(stage), bytes_(bytes), madds_(multiply_adds), start_(std::chrono::steady_clock::now()) {}
-  ~ScopedStage() {
-    profile_add(stage_, std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count(), bytes_,
-                madds_);
-  }
+  explicit ScopedStage(const char* stage, uint64_t bytes = 0, double multiply_adds = 0);
+  ~ScopedStage();
   ScopedStage(const ScopedStage&) = delete;
   ScopedStage& operator=(const ScopedStage&) = delete;
 
@@ -35,6 +34,8 @@ class ScopedStage {
   uint64_t bytes_;
   double madds_;
   std::chrono::steady_clock::time_point start_;
+  double nested_ = 0;           // seconds of the stages opened inside this one
+  ScopedStage* enclosing_;      // the stage this one was opened in (this thread), or null
 };
 
 }  // namespace unisub::analysis

@@ -12,6 +12,7 @@
 #include <tuple>
 
 #include "analysis/json_writer.h"
+#include "analysis/profile.h"
 #include "unisub/analysis.h"
 #include "unisub/metrics.h"
 
@@ -84,9 +85,14 @@ Json spectrum(const std::vector<double>& ev, int64_t r, int64_t p, int64_t N, do
   gap["abs"] = r < d ? ev[r - 1] - ev[r] : ev[r - 1];
   gap["sigma_ratio"] = r < d && ev[r] > 0 ? std::sqrt(ev[r - 1]) / std::sqrt(ev[r]) : kInf;  // undefined: null
   rep["eigengap"] = std::move(gap);
-  const double edge = mp_upper_edge(p, N, total);
-  auto mp = doubles(marchenko_pastur_null(p, N, total));
-  auto gauss = doubles(gaussian_null(p, N, total, seed));
+  std::vector<double> mp, gauss;
+  double edge;
+  {
+    ScopedStage stage("null");
+    edge = mp_upper_edge(p, N, total);
+    mp = doubles(marchenko_pastur_null(p, N, total));
+    gauss = doubles(gaussian_null(p, N, total, seed));
+  }
   mp.resize(mp.size() + pad, 0.0);
   gauss.resize(gauss.size() + pad, 0.0);
   int64_t above = 0;
@@ -152,6 +158,7 @@ HalfBasis half_basis(const at::Tensor& K, const at::Tensor& idx, int64_t r, bool
 // E_aᵀ E_b = Σ_a⁻¹ V_aᵀ (C_a K_ab C_b) V_b Σ_b⁻¹, whose singular values are the cosines
 // (Gram route: angles below ~1e-8 rad are not resolved).
 Json delta_split_half(const at::Tensor& K, const std::vector<int64_t>& ids, int64_t r, bool center) {
+  ScopedStage stage("split_half");
   std::vector<int64_t> part[2];
   for (size_t i = 0; i < ids.size(); ++i) part[((ids[i] % 2) + 2) % 2].push_back(static_cast<int64_t>(i));
   if (std::min(part[0].size(), part[1].size()) < 2) return nullptr;
@@ -179,6 +186,7 @@ Json delta_split_half(const at::Tensor& K, const std::vector<int64_t>& ids, int6
 // the test needs no more of them than it has.
 void norm_matched_entry(Json& null, const at::Tensor& K, const std::vector<double>& ev, const at::Tensor& leading,
                         int64_t r, int64_t p, int64_t dim, bool center, int64_t seed) {
+  ScopedStage stage("null");
   const auto Kc = center ? K - K.mean(0, true) - K.mean(1, true) + K.mean() : K;
   const auto t = null_model_variances(Kc.diagonal(), center);
   const int64_t M = K.size(0);
@@ -303,6 +311,7 @@ std::string slot_report(const std::string& slot, const at::Tensor& mean_in, int6
     const int64_t N = other * (center ? M - 1 : M);
     Json rep = spectrum(evs[i], r, d, N, uncentred, null_seed, 0, options);
     if (!half_grams.empty()) {
+      ScopedStage stage("split_half");
       const auto Ua = sorted_eigh(cpu64(half_grams[2 * i])).second.narrow(1, 0, r);
       const auto Ub = sorted_eigh(cpu64(half_grams[2 * i + 1])).second.narrow(1, 0, r);
       rep["split_half"] = split_half_entry(unisub::principal_angles(Ua, Ub, /*check_basis=*/false), half_counts[0],

@@ -37,8 +37,15 @@ void write_file_atomically(const std::string& path, const std::string& bytes) {
   int fd = -1;
   fs::path tmp;
   for (int attempt = 0; attempt < 100 && fd < 0; ++attempt) {
-    tmp = dir / ("." + dest.filename().string() + "." + std::to_string(::getpid()) + "." +
-                 std::to_string(stamp + counter++) + ".partial");
+    // built by appending: GCC 12's -Wrestrict misfires on "literal" + std::string&& (its bug 105651)
+    std::string name(".");
+    name += dest.filename().string();
+    name += '.';
+    name += std::to_string(::getpid());
+    name += '.';
+    name += std::to_string(stamp + counter++);
+    name += ".partial";
+    tmp = dir / name;
     // 0666 less the umask: the file gets the permissions the user's other files get
     fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
     if (fd < 0 && errno != EEXIST) break;
@@ -86,7 +93,10 @@ std::string safetensors_bytes(const std::vector<std::pair<std::string, at::Tenso
     header += ":{\"dtype\":";
     append_json_string(header, name);
     header += ",\"shape\":[";
-    for (int64_t d = 0; d < t.dim(); ++d) header += (d ? "," : "") + std::to_string(t.size(d));
+    for (int64_t d = 0; d < t.dim(); ++d) {
+      if (d) header += ',';
+      header += std::to_string(t.size(d));
+    }
     header += "],\"data_offsets\":[" + std::to_string(offset) + "," + std::to_string(offset + nbytes) + "]}";
     offset += nbytes;
     data.push_back(t);

@@ -223,7 +223,9 @@ def test_profile_counts_the_work_of_each_stage(weights, tmp_path):
     prof = res.report["profile"]
     stages = prof["stages"]
     # enc_w is float16 but its batches are thin (3 columns a model): "auto" keeps float64 GEMMs
-    assert list(stages)[:6] == ["read", "convert", "gram", "eigh", "report", "write"]
+    assert list(stages)[:8] == ["read", "convert", "gram", "eigh", "split_half", "null", "report", "write"]
+    # the nulls and the split halves are timed apart from the rest of the report: once per slot-mode
+    assert stages["null"]["calls"] == 3 * 2 and stages["split_half"]["calls"] == 3 * 2
     assert res.report["slots"]["enc_w"]["gram"]["gemm"] == "float64"
     # every byte of every analysed tensor is read once
     sizes = {"enc/w": 6 * 5 * 4, "enc_w": 4 * 3 * 2, long_name: 3 * 8 * 8}
