@@ -98,6 +98,14 @@ void add_delta_costs(SlotPlan& plan, const std::vector<PlanModel>& models) {
 }
 }  // namespace
 
+int64_t mode_slot_batch(int64_t m, int64_t n, int64_t itemsize, int64_t batch_size) {
+  const int64_t thin = std::min(m, n), wide = std::max(m, n);
+  if (wide < 1024 || thin <= 0 || batch_size * thin >= 2 * kMinHalfUpdateColumns) return batch_size;
+  const int64_t wanted = (2 * kMinHalfUpdateColumns + thin - 1) / thin;  // both halves' columns
+  const int64_t affordable = std::max<int64_t>(1, (int64_t{64} << 20) / std::max<int64_t>(1, m * n * itemsize));
+  return std::max(batch_size, std::min(wanted, affordable));
+}
+
 PlanResult plan_slots(const std::vector<PlanModel>& models, const PlanOptions& o) {
   for (const auto& mo : o.modes)
     if (mo != "out" && mo != "in" && mo != "delta")
@@ -244,7 +252,8 @@ PlanResult plan_slots(const std::vector<PlanModel>& models, const PlanOptions& o
     }
     // two half accumulators, their merged total, the update workspace and the eigh's vectors: five
     // Grams per mode; five m × n float64 matrices (means, one centred model); a batch as read
-    s.peak_bytes = 5 * gram_total + 5 * 8 * m * n + o.batch_size * m * n * itemsize(t.dtype);
+    s.batch = mode_slot_batch(m, n, itemsize(t.dtype), o.batch_size);
+    s.peak_bytes = 5 * gram_total + 5 * 8 * m * n + s.batch * m * n * itemsize(t.dtype);
     plan.peak_bytes = std::max(plan.peak_bytes, s.peak_bytes);
     plan.multiply_adds += s.multiply_adds;
     plan.slots.push_back(std::move(s));
@@ -294,6 +303,7 @@ Json SlotPlan::to_json() const {
       ms[c.mode] = std::move(mc);
     }
     e["modes"] = std::move(ms);
+    e["batch"] = s.batch;
     e["peak_bytes"] = s.peak_bytes;
     e["multiply_adds"] = s.multiply_adds;
     sl[s.key] = std::move(e);

@@ -55,9 +55,19 @@ struct PlannedSlot {
   std::vector<int64_t> shape;   // as stored
   int64_t m = 0, n = 0;         // the matrix it is analysed as
   std::vector<ModeCost> modes;  // the factor modes that run (within the budget)
+  int64_t batch = 0;            // models per batch (mode_slot_batch): what both front ends read at a time
   int64_t peak_bytes = 0;       // while this slot runs
   double multiply_adds = 0;
 };
+
+// Models per batch of a slot analysed as m × n (itemsize bytes an element as stored): batch_size,
+// raised where the models are thin and a Gram large. Each batch adds (its models in one half) ×
+// min(m, n) columns to each half's max(m, n)² Gram, and an update of a few dozen columns is bound by
+// reading and writing that Gram, not by its multiply-adds (rank-16 LoRA factors of 4096, batches of
+// 8: 40 % of the GEMM rate). So where max(m, n) >= 1024 a batch gives each half at least
+// kMinHalfUpdateColumns columns, unless that would read more than 64 MiB at a time.
+constexpr int64_t kMinHalfUpdateColumns = 512;
+int64_t mode_slot_batch(int64_t m, int64_t n, int64_t itemsize, int64_t batch_size);
 
 // A --modes delta module's cost: its factors are kept, K is M × M.
 struct PlannedDelta {

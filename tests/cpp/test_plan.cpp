@@ -105,4 +105,29 @@ BOOST_AUTO_TEST_CASE(model_counts) {
   BOOST_TEST(unisub::analysis::plan_slots({model("a", 2)}, select_only).plan.has_value());
 }
 
+// Thin models of a large Gram are read more at a time, so that each half's Gram update has at
+// least 512 columns; within 64 MiB of batch; --batch-size otherwise.
+BOOST_AUTO_TEST_CASE(thin_slots_of_large_grams_get_larger_batches) {
+  using unisub::analysis::mode_slot_batch;
+  BOOST_TEST(mode_slot_batch(16, 4096, 2, 8) == 64);    // rank-16 LoRA A: 64 × 16 = 1024 columns, 512 a half
+  BOOST_TEST(mode_slot_batch(4096, 16, 2, 8) == 64);    // its B
+  BOOST_TEST(mode_slot_batch(16, 4096, 2, 100) == 100); // already enough
+  BOOST_TEST(mode_slot_batch(768, 768, 2, 8) == 8);     // a full weight: its own columns suffice
+  BOOST_TEST(mode_slot_batch(6, 5, 4, 3) == 3);         // a small Gram: no gain
+  BOOST_TEST(mode_slot_batch(1, 50000, 4, 8) == 335);   // 1 column a model, capped at 64 MiB a batch
+  BOOST_TEST(mode_slot_batch(16, 10000000, 4, 8) == 8); // never below --batch-size
+  // the plan carries it, and counts the larger batch in the slot's peak
+  std::vector<PlanModel> models;
+  for (const char* name : {"a", "b", "c", "d"}) {
+    PlanModel m;
+    m.name = name;
+    m.tensors["lora.weight"] = {"F16", {16, 4096}};
+    m.files["lora.weight"] = std::string(name) + ".safetensors";
+    models.push_back(m);
+  }
+  const auto planned = unisub::analysis::plan_slots(models, PlanOptions{});
+  BOOST_REQUIRE(planned.plan && planned.plan->slots.size() == 1);
+  BOOST_TEST(planned.plan->slots[0].batch == 64);
+}
+
 BOOST_AUTO_TEST_SUITE_END()

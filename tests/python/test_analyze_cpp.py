@@ -343,3 +343,45 @@ def test_model_folders_and_shards_match_python(zoo, tmp_path):
     (runs / "m3" / "model-00002-of-00002.safetensors").unlink()
     run = _run_tool(runs, "--out", tmp_path / "cpp2")
     assert run.returncode == 2 and "index.json: names shard(s) that are not in the folder" in run.stderr, run.stderr
+
+
+def test_thin_wide_slots_are_read_in_the_plans_batches(tmp_path, gen):
+    """Thin models of a large Gram (like LoRA factors: [16, 1024] float16) are read 64 at a time, as
+    libunisub's plan says, a square slot --batch-size at a time. Both front ends follow the plan, so
+    their folders agree byte for byte, and a run cut inside the thin slot by one front end resumes
+    from the same batch boundary in the other, bit for bit."""
+    from unisub.io import save_file
+
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    for i in range(150):
+        save_file({"thin.weight": (torch.randn(16, 1024, generator=gen) * 0.1).half(),
+                   "sq.weight": torch.randn(24, 24, generator=gen)}, zoo / f"m{i:03d}.safetensors")
+    seen = {}
+    unisub.analyze(zoo, out=tmp_path / "py", plots=False, progress=False,
+                   on_batch=lambda slot, batch: seen.setdefault(slot, set()).add(batch))
+    assert len(seen["thin.weight"]) == 3 and len(seen["sq.weight"]) == 19  # ceil(150 / 64), ceil(150 / 8)
+    py = json.loads((tmp_path / "py" / "report.json").read_text())
+    # batches of 64 give each half 32 × 16 columns, not thin: float32 GEMMs; the last 22 models are
+    gram = py["slots"]["thin.weight"]["gram"]
+    assert gram["gemm"] == "float32+float64" and gram["float32_models"] == 128
+    run = subprocess.run([tool(), str(zoo), "--out", str(tmp_path / "cpp")], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    for sub in ("slots", "subspaces"):
+        for f in (tmp_path / "py" / sub).iterdir():
+            assert f.read_bytes() == (tmp_path / "cpp" / sub / f.name).read_bytes(), f.name
+
+    def stop(slot, batch):
+        if slot == "thin.weight" and batch == 1:
+            raise KeyboardInterrupt
+
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        unisub.analyze(zoo, out=cut, plots=False, progress=False, checkpoint_every=0, on_batch=stop)
+    run = subprocess.run([tool(), str(zoo), "--out", str(cut), "--resume"], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    for sub in ("slots", "subspaces"):
+        for f in (tmp_path / "py" / sub).iterdir():
+            assert f.read_bytes() == (cut / sub / f.name).read_bytes(), f.name

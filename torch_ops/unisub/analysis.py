@@ -157,7 +157,8 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
     libunisub's, made before anything is read, and printed to stderr when ``progress``.
     ``gram_precision``: "auto" (default: float32 GEMMs summed in float64 where the inputs are 16-bit
     and the Gram's added error stays under 1/16 of what their own rounding can do to it, float64
-    otherwise; thin batches of LoRA factors stay float64),
+    otherwise; thin batches stay float64, and thin models of a large Gram are read in larger
+    batches, the plan's ``batch`` for the slot),
     "float64" or "float32"; each slot's report entry says what was used ("gram";
     docs/analysis.md, "Precision of the Grams").
 
@@ -193,6 +194,7 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
     deltas = _plan_deltas(checkpoints, slot_plan["selected"]) if "delta" in modes else {}
     chosen = list(slot_plan["slots"])
     slot_modes = {key: list(p["modes"]) for key, p in slot_plan["slots"].items()}  # within the Gram budget
+    slot_batch = {key: int(p["batch"]) for key, p in slot_plan["slots"].items()}  # models read at a time
     names = [ck.name for ck in checkpoints]
     options = torch.ops.unisub.analysis_options_json(
         chosen, modes, None if energy is None else float(energy), rank, center, batch_size, world, scale_lora,
@@ -208,7 +210,7 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
         if rank_id == 0 and world > 1:
             _barrier()
     try:
-        reports, subspaces = _run(checkpoints, chosen, deltas, slot_modes, folder, rank_id, world, device, center,
+        reports, subspaces = _run(checkpoints, chosen, deltas, slot_modes, slot_batch, folder, rank_id, world, device, center,
                                   rank, energy, batch_size, taus, error_ranks, eigen_weights, progress, group,
                                   checkpoint_every, on_batch, out is None, gram_precision)
         stages = torch.ops.unisub.analysis_profile_json(True) if profile else ""
@@ -228,21 +230,29 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
     return result
 
 
-def _run(checkpoints, chosen, deltas, slot_modes, folder, rank_id, world, device, center, rank, energy, batch_size,
-         taus, error_ranks, eigen_weights, progress, group, checkpoint_every, on_batch, keep, gram_precision):
+def _run(checkpoints, chosen, deltas, slot_modes, slot_batch, folder, rank_id, world, device, center, rank, energy,
+         batch_size, taus, error_ranks, eigen_weights, progress, group, checkpoint_every, on_batch, keep,
+         gram_precision):
     """Every slot, batch by batch: the entries (slot -> JSON text) and, when ``keep``, the
-    subspaces in memory."""
+    subspaces in memory. A mode slot reads ``slot_batch[key]`` models at a time (the plan's: more
+    than ``batch_size`` for thin models of a large Gram), a delta slot ``batch_size``."""
     M = len(checkpoints)
     mine = [i for i in range(M) if i % world == rank_id]
-    batches = [mine[j:j + batch_size] for j in range(0, len(mine), batch_size)]
-    bar = _progress((len(chosen) + len(deltas)) * len(batches), progress and rank_id == 0, "analyse")
+
+    def split(size):
+        return [mine[j:j + size] for j in range(0, len(mine), size)]
+
+    batches = split(batch_size)
+    slot_batches = {key: split(slot_batch[key]) for key in chosen}
+    bar = _progress(sum(len(b) for b in slot_batches.values()) + len(deltas) * len(batches),
+                    progress and rank_id == 0, "analyse")
     reports, subspaces = {}, {}
 
-    def finished(key):
+    def finished(key, count):
         if folder is None or not folder.finished(key):
             return False
         reports[key] = folder.load_entry(key)
-        bar.update(len(batches))
+        bar.update(count)
         return True
 
     def store(key, result, kind):
@@ -256,7 +266,7 @@ def _run(checkpoints, chosen, deltas, slot_modes, folder, rank_id, world, device
         elif keep:
             subspaces[key] = kind.from_result(result)
 
-    def batches_from(start, key, save, save_last=True):
+    def batches_from(start, key, save, batches, save_last=True):
         # save_last: also save after the slot's last batch (not for a delta slot: its state is every
         # factor read, which costs more to write than to read again, and the slot finishes next)
         bar.update(start)
@@ -272,7 +282,8 @@ def _run(checkpoints, chosen, deltas, slot_modes, folder, rank_id, world, device
                 on_batch(key, bi)
 
     for si, key in enumerate(chosen):
-        if finished(key):
+        batches_here = slot_batches[key]
+        if finished(key, len(batches_here)):
             continue
         shape = matrix_shape(checkpoints[0].slots[key][1])
         halves = [SubspaceAccumulator(shape, slot_modes[key], center, device, gram_precision) for _ in range(2)]
@@ -281,17 +292,17 @@ def _run(checkpoints, chosen, deltas, slot_modes, folder, rank_id, world, device
         def save(next_batch):
             writer_call(folder.save_partial_modes, key, next_batch, halves[0]._impl, halves[1]._impl, rank_id)
 
-        def read(bi, key=key, shape=shape):
-            return {i: _read(checkpoints[i], key, shape) for i in batches[bi]}
+        def read(bi, key=key, shape=shape, batches_here=batches_here):
+            return {i: _read(checkpoints[i], key, shape) for i in batches_here[bi]}
 
         # The next batch is read on a second thread while this one is accumulated (libunisub's
         # reader and accumulator release the GIL): on a cold disk the read hides behind the Grams.
         # Two batches are alive at once.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="unisub-read") as reader:
-            pending = reader.submit(read, start) if start < len(batches) else None
-            for bi, batch in batches_from(start, key, save):
+            pending = reader.submit(read, start) if start < len(batches_here) else None
+            for bi, batch in batches_from(start, key, save, batches_here):
                 mats = pending.result()
-                pending = reader.submit(read, bi + 1) if bi + 1 < len(batches) else None
+                pending = reader.submit(read, bi + 1) if bi + 1 < len(batches_here) else None
                 for h in (0, 1):
                     part = [mats[i] for i in batch if i % 2 == h]
                     if part:
@@ -308,7 +319,7 @@ def _run(checkpoints, chosen, deltas, slot_modes, folder, rank_id, world, device
         _release_memory()
     for di, (mod, (a_key, b_key, shape)) in enumerate(deltas.items()):
         key = mod + DELTA_SUFFIX
-        if finished(key):
+        if finished(key, len(batches)):
             continue
         acc = LoraDeltaAccumulator(shape, center, device, gram_precision)
         start = folder.load_partial_delta(key, acc._impl, rank_id) if folder is not None else 0
@@ -317,7 +328,7 @@ def _run(checkpoints, chosen, deltas, slot_modes, folder, rank_id, world, device
         def save(next_batch):
             writer_call(folder.save_partial_delta, key, next_batch, acc._impl, rank_id)
 
-        for _, batch in batches_from(start, key, save, save_last=False):
+        for _, batch in batches_from(start, key, save, batches, save_last=False):
             for i in batch:
                 B, A, s = _read_factors(checkpoints[i], a_key, b_key)
                 acc.add(B, A, s, id=i)

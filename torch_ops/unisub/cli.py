@@ -88,7 +88,8 @@ def _add_analyze(sub):
                    "explained variance (default 0.9; 1 keeps all that carry variance)")
     p.add_argument("--rank", type=int, help="keep at most this many components per mode")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--batch-size", type=int, default=8, help="models per streamed batch (default 8)")
+    p.add_argument("--batch-size", type=int, default=8, help="models per streamed batch (default 8; thin models of a large Gram, e.g. LoRA factors, "
+                   "are read in larger batches, as the plan says)")
     p.add_argument("--include-1d", action="store_true", help="analyse 1-D tensors (biases, norms) as 1 x n")
     p.add_argument("--max-gram-bytes", type=int, default=2 << 30, metavar="BYTES",
                    help="skip (with its reason in the report) a mode whose float64 Gram, 8*d*d bytes, is larger "

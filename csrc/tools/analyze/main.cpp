@@ -25,6 +25,7 @@
 #include <cmath>
 #include <filesystem>
 #include <iostream>
+#include <map>
 
 #include "analysis/accumulators.h"
 #include "analysis/json.h"
@@ -217,8 +218,14 @@ int run(const Options& o) {
   std::vector<std::pair<std::string, std::string>> entries;
   int64_t resumed = 0;
   const auto t0 = std::chrono::steady_clock::now();
-  const int64_t nbatches = (M + o.batch_size - 1) / o.batch_size;
-  const int64_t all = nbatches * static_cast<int64_t>(slots.size() + deltas.size());
+  // mode slots read plan.batch models at a time (thin models of a large Gram more than --batch-size);
+  // delta slots --batch-size
+  std::map<std::string, int64_t> slot_batch;
+  for (const auto& s : plan.slots) slot_batch[s.key] = s.batch;
+  auto batches_of = [M](int64_t size) { return (M + size - 1) / size; };
+  const int64_t nbatches = batches_of(o.batch_size);
+  int64_t all = nbatches * static_cast<int64_t>(deltas.size());
+  for (const auto& key : slots) all += batches_of(slot_batch.at(key));
   int64_t done = 0;
   auto progress = [&](const std::string& what) {
     ++done;
@@ -234,9 +241,10 @@ int run(const Options& o) {
   };
   for (int64_t slot_index = 0; slot_index < static_cast<int64_t>(slots.size()); ++slot_index) {
     const auto& key = slots[slot_index];
+    const int64_t batch = slot_batch.at(key), slot_batches = batches_of(batch);
     if (folder.finished(key)) {
       entries.emplace_back(key, folder.load_entry(key));
-      done += nbatches, ++resumed;
+      done += slot_batches, ++resumed;
       continue;
     }
     const auto& modes = plan_modes.at(key);  // the requested ones within the Gram budget
@@ -249,22 +257,22 @@ int run(const Options& o) {
     using Halves = std::array<std::vector<torch::Tensor>, 2>;
     auto read_batch = [&, m = m, n = n](int64_t b) {
       Halves part;
-      for (int64_t i = b * o.batch_size; i < std::min(M, (b + 1) * o.batch_size); ++i)
+      for (int64_t i = b * batch; i < std::min(M, (b + 1) * batch); ++i)
         part[i % 2].push_back(read_finite(models[i], key, o.scale).reshape({m, n}));
       return part;
     };
     // the next batch is read while this one is accumulated (reading is I/O and a cast; the Grams
     // are BLAS): on a cold disk the read time hides behind the Grams
     std::future<Halves> next;
-    if (start < nbatches) next = std::async(std::launch::async, read_batch, start);
-    for (int64_t b = start; b < nbatches; ++b) {
+    if (start < slot_batches) next = std::async(std::launch::async, read_batch, start);
+    for (int64_t b = start; b < slot_batches; ++b) {
       Halves part = next.get();
-      if (b + 1 < nbatches) next = std::async(std::launch::async, read_batch, b + 1);
+      if (b + 1 < slot_batches) next = std::async(std::launch::async, read_batch, b + 1);
       even.update(part[0]);
       odd.update(part[1]);
       part = Halves();
       unisub::analysis::release_freed_memory();
-      if (due(b + 1 == nbatches)) folder.save_partial(key, b + 1, even, odd, 0);
+      if (due(b + 1 == slot_batches)) folder.save_partial(key, b + 1, even, odd, 0);
       progress(key);
     }
     unisub::analysis::Json meta = unisub::analysis::Json::object();
