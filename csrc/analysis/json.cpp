@@ -324,6 +324,18 @@ const Value* Value::find(std::string_view key) const {
   return nullptr;
 }
 
+const Value* Value::find_path(std::initializer_list<std::string_view> keys) const {
+  const Value* cur = this;
+  for (auto k : keys)
+    if (!(cur = cur->find(k))) return nullptr;
+  return cur;
+}
+
+double Value::number_at(std::initializer_list<std::string_view> keys, double otherwise) const {
+  const Value* v = find_path(keys);
+  return v && v->is_number() ? v->number : otherwise;
+}
+
 const char* Value::type_name() const {
   switch (type) {
     case Type::Null: return "null";

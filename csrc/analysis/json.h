@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>
+#include <initializer_list>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -41,6 +42,10 @@ struct Value {
   bool is_bool() const { return type == Type::Bool; }
   // The member named `key` of an object, or nullptr (also for non-objects).
   const Value* find(std::string_view key) const;
+  // The value reached by following `keys` member by member, or nullptr where one is missing.
+  const Value* find_path(std::initializer_list<std::string_view> keys) const;
+  // That value as a number, or `otherwise` where it is missing or not a number.
+  double number_at(std::initializer_list<std::string_view> keys, double otherwise = 0.0) const;
   // "object", "array", "string", "number", "boolean" or "null".
   const char* type_name() const;
   // Compact JSON text of the value (strings quoted, escapes re-encoded), cut at `max_chars` with

@@ -20,17 +20,6 @@ json::Value parse_entry(const std::string& slot, const std::string& text) {
   }
 }
 
-const json::Value* path(const json::Value& v, std::initializer_list<const char*> keys) {
-  const json::Value* cur = &v;
-  for (const char* k : keys) {
-    cur = cur->find(k);
-    if (!cur) return nullptr;
-  }
-  return cur;
-}
-
-double number(const json::Value* v) { return v && v->is_number() ? v->number : 0.0; }
-
 // Averages over slots, per mode (the fields tables and plots read). Each entry is parsed in turn and
 // only its sums kept: all of them parsed at once (500-model delta slots carry their scores) held more
 // memory than any slot's own work. Sums run over the entries in their order, as before.
@@ -47,18 +36,18 @@ Json summarize(const std::vector<std::pair<std::string, std::string>>& entries) 
         const auto* m = &mem.value;
         auto& t = modes[mem.key];
         t.n += 1;
-        const double r = number(m->find("rank")), d = number(m->find("dim"));
+        const double r = m->number_at({"rank"}), d = m->number_at({"dim"});
         t.rank += r;
         t.fraction += d > 0 ? r / d : 0.0;
-        t.above += number(path(*m, {"null", "components_above_mp_edge"}));
+        t.above += m->number_at({"null", "components_above_mp_edge"});
         // against the slot's own null (the norm-matched one for LoRA deltas; null.kind says which)
-        t.above_null += number(path(*m, {"null", "components_above_null"}));
+        t.above_null += m->number_at({"null", "components_above_null"});
         if (const auto* sh = m->find("split_half"); sh && sh->is_object())
-          t.sin_sum += number(sh->find("max_sin")), t.sin_n += 1;
+          t.sin_sum += sh->number_at({"max_sin"}), t.sin_n += 1;
       }
     }
-    share += number(path(e, {"energy", "mean_share"}));
-    ratio += number(path(e, {"compression", "ratio"}));
+    share += e.number_at({"energy", "mean_share"});
+    ratio += e.number_at({"compression", "ratio"});
   }
   Json summary = Json::object();
   for (const auto& [mode, t] : modes) {

@@ -232,14 +232,12 @@ void norm_matched_entry(Json& null, const at::Tensor& K, const std::vector<doubl
       // the residual Q K_c Q, Q = H − V_k V_kᵀ (the found eigenvectors are orthogonal to 1), has rank
       // p − k: its null is Q S W S Q, with t matched to the residual's diagonal, so that the energy
       // left is spread over as many dimensions in the null as in the data
-      if (!V.defined()) {
+      if (!V.defined() || above > V.size(1)) {  // the slot's own vectors while enough, else all
         if (above <= leading.size(1)) {
           V = leading, lam = at::tensor(ev, K.options());
         } else {
           std::tie(lam, V) = sorted_eigh(Kc);
         }
-      } else if (above > V.size(1)) {
-        std::tie(lam, V) = sorted_eigh(Kc);
       }
       const auto top = V.narrow(1, 0, above);
       auto Q = at::eye(M, K.options()) - top.mm(top.t());

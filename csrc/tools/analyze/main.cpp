@@ -337,19 +337,6 @@ int run(const Options& o) {
              "slot", "shape", "mode", "r", "r(0.9)", "EVR1", ">null", "split sinmax", "mean%", "ratio");
   // libunisub's parser (the report's own): the numbers a row shows, 0 where a field is absent
   using unisub::analysis::json::Value;
-  auto at = [](const Value& v, std::initializer_list<const char*> keys) -> const Value* {
-    const Value* cur = &v;
-    for (const char* k : keys)
-      if (!cur || !(cur = cur->find(k))) return nullptr;
-    return cur;
-  };
-  auto num = [&](const Value& v, std::initializer_list<const char*> keys) {
-    const Value* x = at(v, keys);
-    return x && x->is_number() ? x->number : 0.0;
-  };
-  auto whole = [&](const Value& v, std::initializer_list<const char*> keys) {
-    return static_cast<int64_t>(num(v, keys));
-  };
   for (const auto& [key, entry] : entries) {
     const Value rep = unisub::analysis::json::parse(entry);
     const Value* shape = rep.find("shape");
@@ -362,15 +349,15 @@ int run(const Options& o) {
     for (const auto& member : modes_of->members) {
       const Value& mr = member.value;
       const Value* split = mr.find("split_half");
+      const Value* evr = mr.find("explained_variance_ratio");
+      const double evr1 = evr && !evr->items.empty() ? evr->items[0].number : 0.0;
       fmt::print("{:<48} {:>11} {:>4} {:>5} {:>7} {:>6.3f} {:>5} {:>12} {:>6} {:>7}\n", first ? key : "",
-                 first ? shape_text : "", member.key, whole(mr, {"rank"}), whole(mr, {"rank_at_tau", "0.9"}),
-                 at(mr, {"explained_variance_ratio"}) && !mr.find("explained_variance_ratio")->items.empty()
-                     ? mr.find("explained_variance_ratio")->items[0].number
-                     : 0.0,
-                 whole(mr, {"null", "components_above_null"}),
-                 !split || !split->is_object() ? "-" : fmt::format("{:.3f}", num(*split, {"max_sin"})),
-                 first ? fmt::format("{:.1f}", 100 * num(rep, {"energy", "mean_share"})) : "",
-                 first ? fmt::format("{:.2f}", num(rep, {"compression", "ratio"})) : "");
+                 first ? shape_text : "", member.key, static_cast<int64_t>(mr.number_at({"rank"})),
+                 static_cast<int64_t>(mr.number_at({"rank_at_tau", "0.9"})), evr1,
+                 static_cast<int64_t>(mr.number_at({"null", "components_above_null"})),
+                 !split || !split->is_object() ? "-" : fmt::format("{:.3f}", split->number_at({"max_sin"})),
+                 first ? fmt::format("{:.1f}", 100 * rep.number_at({"energy", "mean_share"})) : "",
+                 first ? fmt::format("{:.2f}", rep.number_at({"compression", "ratio"})) : "");
       first = false;
     }
   }
