@@ -11,6 +11,7 @@
 
 #include "analysis/json_writer.h"
 #include "analysis/profile.h"
+#include "cpu/lora_gram_cpu.h"
 #include "ops/checks.h"
 #include "unisub/decompositions.h"
 #include "ops/decompositions.h"
@@ -595,7 +596,15 @@ at::Tensor DeltaAccumulator::gram(bool center) {
         info["tolerance"] = u_in / 8;
         if (!(relative <= u_in / 8)) K_ = at::Tensor();  // not good enough for these inputs: float64
       }
-      if (K_.defined()) info["gemm"] = "float32";
+      if (K_.defined()) {
+        info["gemm"] = "float32";
+        // which float32 GEMMs: exact split products on AMX tiles, or the BLAS on converted panels
+        if (device_.is_cpu())
+          info["float32_kernel"] = unisub::detail::lora_gram_cpu_uses_amx(Bt_store_.scalar_type(), A_store_.scalar_type(),
+                                                                           m_, n_, at::kFloat)
+                                       ? "amx_bfloat16_split"
+                                       : "blas";
+      }
     }
     if (!K_.defined()) {
       // The store as it is, float64 GEMMs (the tiles convert panels as they go; no float64 copy of

@@ -13,6 +13,8 @@
 // columns is summed.
 #include "cpu/lora_gram_cpu.h"
 
+#include "cpu/amx_split_gemm.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -56,8 +58,15 @@ void reduce_tile(const T* P, const T* Q, int64_t r, const Tile& t, double* K, in
 
 }  // namespace
 
+bool lora_gram_cpu_uses_amx(at::ScalarType b, at::ScalarType a, int64_t m, int64_t n, at::ScalarType compute) {
+  const auto is16 = [](at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; };
+  return compute == at::kFloat && is16(b) && is16(a) && amx_split_supports(m) && amx_split_supports(n) &&
+         amx_bf16_available();
+}
+
 void lora_gram_lower_cpu(const at::Tensor& Bt, const at::Tensor& Ac, int64_t r, const at::Tensor& K,
-                         at::ScalarType compute, int64_t panel_rows, int64_t panel_cols, int64_t diagonal_rows) {
+                         at::ScalarType compute, int64_t panel_rows, int64_t panel_cols, int64_t diagonal_rows,
+                         bool allow_amx) {
   TORCH_CHECK(r > 0 && Bt.dim() == 2 && Ac.dim() == 2 && Bt.size(0) == Ac.size(0) && Bt.size(0) % r == 0,
               "unisub.lora_gram: internal error: factor panels ", Bt.sizes(), " and ", Ac.sizes(),
               " do not hold whole rank-", r, " models");
@@ -96,9 +105,18 @@ void lora_gram_lower_cpu(const at::Tensor& Bt, const at::Tensor& Ac, int64_t r, 
   // last (they are the small ones, so the threads finish together), by row: a worker converting
   // panels keeps its column stripe from one tile to the next and converts each row panel once, and
   // the strips of one diagonal block use that block's row panel for their columns too.
+  const bool amx = allow_amx && lora_gram_cpu_uses_amx(B.scalar_type(), A.scalar_type(), B.size(1), A.size(1), compute);
   auto on_diagonal = [](const Tile& t) { return t.j0 + t.nj > t.i0; };
   std::stable_sort(tiles.begin(), tiles.end(), [&](const Tile& x, const Tile& y) {
-    if (on_diagonal(x) != on_diagonal(y)) return !on_diagonal(x);
+    if (amx) {
+      // Splitting a panel for AMX costs more than converting it, so the diagonal strips go with the
+      // column stripe that holds their columns (first in it, by row), not after every stripe: the
+      // stripe's split columns serve them, instead of each diagonal block's row panel being split
+      // into columns again.
+      const int64_t sx = x.j0 / tj, sy = y.j0 / tj;
+      if (sx != sy) return sx < sy;
+    }
+    if (on_diagonal(x) != on_diagonal(y)) return amx ? on_diagonal(x) : !on_diagonal(x);
     if (on_diagonal(x)) return x.i0 < y.i0;
     return x.j0 != y.j0 ? x.j0 < y.j0 : x.i0 < y.i0;
   });
@@ -124,7 +142,7 @@ void lora_gram_lower_cpu(const at::Tensor& Bt, const at::Tensor& Ac, int64_t r, 
       // The converted panels: a whole row panel (ti models) and a whole column stripe (tj models),
       // with the model ranges they hold (none yet: start -1).
       at::Tensor rowB, rowA, colB, colA;
-      if (convert) {
+      if (convert && !amx) {
         const int64_t row_cap = std::min(ti, M) * r, col_cap = std::min(tj, M) * r;
         rowB = at::empty({row_cap, B.size(1)}, opts), rowA = at::empty({row_cap, A.size(1)}, opts);
         colB = at::empty({col_cap, B.size(1)}, opts), colA = at::empty({col_cap, A.size(1)}, opts);
@@ -133,6 +151,40 @@ void lora_gram_lower_cpu(const at::Tensor& Bt, const at::Tensor& Ac, int64_t r, 
       auto holds = [](int64_t start, int64_t models, int64_t from, int64_t count) {
         return start >= 0 && from >= start && from + count <= start + models;
       };
+      if (amx) {  // the same walk over the tiles, the panels split for AMX instead of converted
+        SplitPanel rowSB, rowSA, colSB, colSA;
+        for (int64_t w = w0; w < w1; ++w) {
+          for (int64_t t = next.fetch_add(1); t < static_cast<int64_t>(tiles.size()); t = next.fetch_add(1)) {
+            const Tile& tile = tiles[t];
+            const int64_t rows = tile.ni * r, cols = tile.nj * r;
+            if (!holds(row_start, row_models, tile.i0, tile.ni)) {
+              row_start = tile.i0 / ti * ti, row_models = std::min(ti, M - row_start);
+              rowSB.load_rows(B.narrow(0, row_start * r, row_models * r));
+              rowSA.load_rows(A.narrow(0, row_start * r, row_models * r));
+            }
+            // The tile's columns from the split column stripe that holds them, where they begin on a
+            // block of kAmxBlockColumns (a diagonal strip's columns begin at its row panel, inside a
+            // stripe); else from a panel split starting at the tile's first model.
+            auto aligned = [&](int64_t start) { return (tile.j0 - start) * r % kAmxBlockColumns == 0; };
+            if (!holds(col_start, col_models, tile.j0, tile.nj) || !aligned(col_start)) {
+              col_start = tile.j0 / tj * tj, col_models = std::min(tj, M - col_start);
+              if (!holds(col_start, col_models, tile.j0, tile.nj) || !aligned(col_start))
+                col_start = tile.j0, col_models = std::max(tile.nj, std::min(tj, M - col_start));
+              colSB.load_columns(B.narrow(0, col_start * r, col_models * r));
+              colSA.load_columns(A.narrow(0, col_start * r, col_models * r));
+            }
+            auto P = bufP.narrow(0, 0, rows * cols).view({rows, cols});
+            auto Q = bufQ.narrow(0, 0, rows * cols).view({rows, cols});
+            const int64_t a0 = (tile.i0 - row_start) * r;
+            const int64_t b0 = (tile.j0 - col_start) * r;
+            amx_split_product(rowSB, a0, rows, colSB, b0, cols, P.data_ptr<float>(), cols);
+            amx_split_product(rowSA, a0, rows, colSA, b0, cols, Q.data_ptr<float>(), cols);
+            reduce_tile(P.const_data_ptr<float>(), Q.const_data_ptr<float>(), r, tile, k, M, acc.data());
+          }
+        }
+        amx_release();
+        return;
+      }
       // models [from, from + count) of both factors in the compute dtype: the factors themselves, or
       // a slice of a converted panel (converting the panel of `unit` models holding them first)
       auto slices = [&](at::Tensor& bufB, at::Tensor& bufA, int64_t& start, int64_t& models, int64_t unit,

@@ -20,8 +20,17 @@ namespace unisub::detail {
 // worker runs alone).
 // panel_rows × panel_cols: tile size below the diagonal, diagonal_rows: height of the strips that
 // cover the diagonal blocks, all in rows of Bt (rounded down to whole models, at least one).
+// allow_amx: 16-bit factors with float32 GEMMs take AMX bfloat16 tiles where the CPU has them
+// (amx_split_gemm.h: exact products, float32 accumulation, ~1.2× faster); false: MKL's float32
+// GEMMs on converted panels (the tests compare the two).
 void lora_gram_lower_cpu(const at::Tensor& Bt, const at::Tensor& Ac, int64_t r, const at::Tensor& K,
-                         at::ScalarType compute, int64_t panel_rows, int64_t panel_cols, int64_t diagonal_rows);
+                         at::ScalarType compute, int64_t panel_rows, int64_t panel_cols, int64_t diagonal_rows,
+                         bool allow_amx = true);
+
+// Whether lora_gram_lower_cpu (allow_amx) takes the AMX route for factors of these dtypes and
+// widths (m columns of Bt, n of Ac) with GEMMs in `compute`: 16-bit factors, float32, even widths,
+// a CPU with AMX bfloat16 tiles.
+bool lora_gram_cpu_uses_amx(at::ScalarType b, at::ScalarType a, int64_t m, int64_t n, at::ScalarType compute);
 
 // The CPU route's buffers at most, in bytes, for factors of m and n columns: each worker's two
 // tiles of BᵢᵀBⱼ and AᵢAⱼᵀ and, for factors stored in another dtype than the GEMMs', its converted

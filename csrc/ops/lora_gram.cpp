@@ -60,7 +60,10 @@ constexpr int64_t kCpuDiagonalRows = 64;
 int64_t lora_gram_cpu_workspace_bytes(int64_t m, int64_t n, at::ScalarType compute, bool convert) {
   const int64_t item = c10::elementSize(compute), workers = std::max(1, at::get_num_threads());
   const int64_t tiles = 2 * kCpuTileRows * kCpuTileCols, panels = convert ? (kCpuTileRows + kCpuTileCols) * (m + n) : 0;
-  return workers * (tiles + panels) * item;
+  // the AMX route's split panels take as many bytes as float32 ones, plus a block of columns
+  // split before its transposition (hi and lo)
+  const int64_t amx_block = convert && compute == at::kFloat ? 2 * 64 * std::max(m, n) * 2 / item : 0;
+  return workers * (tiles + panels + amx_block) * item;
 }
 
 namespace {

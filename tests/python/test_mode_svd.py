@@ -216,6 +216,29 @@ def test_lora_gram_same_result_on_any_thread_count(gen):
     assert torch.equal(one, many)
 
 
+# Even widths of 16-bit factors take the AMX tiles where the CPU has them (exact bfloat16 hi/lo
+# products, float32 sums; docs/decompositions.md): within that route's bound (8k roundings a sum),
+# on tile walks with remainders, and as accurate as the float32 GEMMs on the diagonal.
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("M,r,m,n", [(150, 16, 64, 130), (230, 5, 34, 18), (5, 300, 20, 22)])
+def test_lora_gram_16_bit_even_widths(dtype, M, r, m, n, gen):
+    B = torch.randn(M, m, r, generator=gen).to(dtype)
+    A = torch.randn(M, r, n, generator=gen).to(dtype)
+    K = unisub.lora_gram(B, A)
+    assert torch.equal(K, K.T)
+    Bd, Ad = B.double(), A.double()
+    D = (Bd @ Ad).reshape(M, -1)
+    ref = D @ D.T
+    u = 2.0 ** -24
+    gamma = lambda k: k * u / (1 - k * u)
+    s = (Bd.norm(dim=1) * Ad.norm(dim=2)).sum(1)
+    bound = (gamma(8 * m) + gamma(8 * n) + 2 * u) * s[:, None] * s[None, :] + u * ref.abs()
+    err = (K.double() - ref).abs()
+    assert (err <= bound).all(), f"worst error / bound {(err / bound).max():.3g}"
+    # and far inside it: a float32 GEMM's size of error relative to the diagonal
+    assert (err / ref.diagonal().sqrt().outer(ref.diagonal().sqrt())).max() < 1e-5
+
+
 def test_lora_gram_float32_error_bound(gen):
     # Uncentred float32 factors take float32 GEMMs. Rigorous bound from |fl(xᵀy) − xᵀy| ≤ γ_k‖x‖‖y‖
     # on every entry of BᵀB (k = m) and AAᵀ (k = n), summed over each r × r block:
