@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
+#include <map>
 #include <unordered_set>
 
 namespace unisub::analysis::json {
@@ -29,14 +30,43 @@ std::string byte_name(unsigned char c) {
   return buf;
 }
 
+// The members a selective parse builds: a member named in `members` (or matching "*") is built as far
+// as its own node says (a node without members: all of it); every other member is read and checked
+// but not stored.
+struct PathFilter {
+  bool whole = false;  // a path ends here: build all of the value
+  std::map<std::string, PathFilter, std::less<>> members;
+};
+
+// dst ∪ src
+void merge_filter(PathFilter& dst, const PathFilter& src) {
+  if (dst.whole) return;
+  if (src.whole) {
+    dst.whole = true, dst.members.clear();
+    return;
+  }
+  for (const auto& [k, child] : src.members) merge_filter(dst.members[k], child);
+}
+
+// Every named member also gets what "*" asks for at its level, recursively.
+void spread_wildcards(PathFilter& f) {
+  if (auto star = f.members.find("*"); star != f.members.end())
+    for (auto& [k, child] : f.members)
+      if (k != "*") merge_filter(child, star->second);
+  for (auto& [k, child] : f.members) spread_wildcards(child);
+}
+const PathFilter kSkip;  // the node that builds nothing
+
 class Parser {
  public:
   Parser(std::string_view text, int max_depth) : s_(text), max_depth_(max_depth) {}
 
-  Value document() {
+  // `keep`: the members to build (nullptr: all of them); the rest is checked as strictly and not
+  // stored (no number converted, no array or object filled).
+  Value document(const PathFilter* keep = nullptr) {
     if (s_.size() >= 3 && s_.substr(0, 3) == "\xEF\xBB\xBF") fail("a byte-order mark is not JSON", 0);
     skip_ws();
-    Value v = value(0);
+    Value v = value(0, keep);
     skip_ws();
     if (i_ != s_.size()) fail("unexpected " + byte_name(s_[i_]) + " after the JSON value", i_);
     return v;
@@ -54,19 +84,20 @@ class Parser {
     i_ += w.size();
   }
 
-  Value value(int depth) {
+  // keep: nullptr builds the whole value, &kSkip builds none of it, a filter node the members it names
+  Value value(int depth, const PathFilter* keep = nullptr) {
     if (i_ >= s_.size()) fail("unexpected end of text", i_);
     Value v;
     const char c = s_[i_];
     if (c == '{' || c == '[') {
       if (depth >= max_depth_) fail("nesting deeper than " + std::to_string(max_depth_) + " levels", i_);
-      if (c == '{') object(v, depth + 1);
-      else array(v, depth + 1);
+      if (c == '{') object(v, depth + 1, keep);
+      else array(v, depth + 1, keep == &kSkip ? keep : nullptr);
     } else if (c == '"') {
       v.type = Value::Type::String;
       v.text = string();
     } else if (c == '-' || (c >= '0' && c <= '9')) {
-      number(v);
+      number(v, keep == &kSkip);
     } else if (c == 't') {
       expect_word("true"), v.type = Value::Type::Bool, v.boolean = true;
     } else if (c == 'f') {
@@ -81,7 +112,7 @@ class Parser {
     return v;
   }
 
-  void object(Value& v, int depth) {
+  void object(Value& v, int depth, const PathFilter* keep) {
     v.type = Value::Type::Object;
     std::unordered_set<std::string_view> seen;  // views into `s_` (keys without escapes) or `escaped`
     std::deque<std::string> escaped;  // stable addresses for the views
@@ -93,24 +124,36 @@ class Parser {
       const size_t at = i_;
       if (i_ >= s_.size() || s_[i_] != '"') fail(i_ >= s_.size() ? "unexpected end of text" : "expected a string key", i_);
       std::string key = string();
-      // small objects (tensor entries): a linear scan; large ones (the header itself): a hash set
+      // small objects (tensor entries): a linear scan; large ones (the header itself): a hash set.
+      // Over every key read, kept or skipped (`escaped` holds them all).
       bool dup = false;
-      if (v.members.size() < 16) {
-        for (const auto& m : v.members) dup = dup || m.key == key;
+      if (escaped.size() < 16) {
+        for (const auto& k : escaped) dup = dup || k == key;
+        escaped.push_back(key);
       } else {
-        if (seen.empty())
-          for (const auto& m : v.members) escaped.push_back(m.key);
         if (seen.empty())
           for (const auto& k : escaped) seen.insert(k);
         escaped.push_back(key);
         dup = !seen.insert(escaped.back()).second;
       }
       if (dup) fail("duplicate key \"" + key + "\"", at);
+      const PathFilter* child = nullptr;  // what of this member's value to build
+      if (keep == &kSkip) {
+        child = &kSkip;
+      } else if (keep) {
+        auto it = keep->members.find(key);
+        if (it == keep->members.end()) it = keep->members.find("*");
+        child = it == keep->members.end() ? &kSkip : it->second.whole ? nullptr : &it->second;
+      }
       skip_ws();
       if (i_ >= s_.size() || s_[i_] != ':') fail("expected ':'", i_);
       ++i_;
       skip_ws();
-      v.members.push_back({std::move(key), value(depth)});
+      if (child == &kSkip) {
+        value(depth, child);
+      } else {
+        v.members.push_back({std::move(key), value(depth, child)});
+      }
       skip_ws();
       if (i_ < s_.size() && s_[i_] == ',') { ++i_; continue; }
       if (i_ < s_.size() && s_[i_] == '}') return void(++i_);
@@ -118,14 +161,15 @@ class Parser {
     }
   }
 
-  void array(Value& v, int depth) {
+  void array(Value& v, int depth, const PathFilter* keep) {
     v.type = Value::Type::Array;
     ++i_;
     skip_ws();
     if (i_ < s_.size() && s_[i_] == ']') return void(++i_);
     while (true) {
       skip_ws();
-      v.items.push_back(value(depth));
+      if (keep == &kSkip) value(depth, keep);
+      else v.items.push_back(value(depth));
       skip_ws();
       if (i_ < s_.size() && s_[i_] == ',') { ++i_; continue; }
       if (i_ < s_.size() && s_[i_] == ']') return void(++i_);
@@ -133,7 +177,7 @@ class Parser {
     }
   }
 
-  void number(Value& v) {
+  void number(Value& v, bool skip = false) {
     const size_t start = i_;
     auto digits = [&] {
       const size_t d = i_;
@@ -156,6 +200,7 @@ class Parser {
       digits();
     }
     v.type = Value::Type::Number;
+    if (skip) return;
     v.text.assign(s_.substr(start, i_ - start));
     // from_chars is locale-independent and several times faster than strtod (a 500-model delta
     // entry holds ~150,000 numbers, and every report is parsed back for its summary); it leaves
@@ -361,5 +406,17 @@ std::string Value::dump(size_t max_chars) const {
 }
 
 Value parse(std::string_view text, int max_depth) { return Parser(text, max_depth).document(); }
+
+Value parse_paths(std::string_view text, const std::vector<std::vector<std::string>>& paths, int max_depth) {
+  PathFilter keep;
+  for (const auto& path : paths) {
+    PathFilter* node = &keep;
+    for (const auto& k : path) node = &node->members[k];
+    node->whole = true, node->members.clear();
+  }
+  spread_wildcards(keep);
+  if (keep.whole) return parse(text, max_depth);
+  return Parser(text, max_depth).document(paths.empty() ? &kSkip : &keep);
+}
 
 }  // namespace unisub::analysis::json

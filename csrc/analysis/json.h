@@ -63,4 +63,12 @@ constexpr int kMaxDepth = 64;
 // Parses the whole of `text` as one JSON value (whitespace around it allowed, nothing else).
 Value parse(std::string_view text, int max_depth = kMaxDepth);
 
+// The same checks over the whole text, but only the members on `paths` are built (each path a list
+// of member names from the top, "*" matching any name; a path's last member is built whole, arrays
+// included): the report's summary and tables read a few numbers of entries that hold ~150,000
+// (a 500-model delta slot's scores and null spectra), and converting and storing those cost most of
+// a full parse.
+Value parse_paths(std::string_view text, const std::vector<std::vector<std::string>>& paths,
+                  int max_depth = kMaxDepth);
+
 }  // namespace unisub::analysis::json

@@ -10,9 +10,15 @@
 namespace unisub::analysis {
 namespace {
 
+// What of an entry the summary reads.
+const std::vector<std::vector<std::string>> kSummaryPaths = {
+    {"modes", "*", "rank"}, {"modes", "*", "dim"}, {"modes", "*", "null", "components_above_mp_edge"},
+    {"modes", "*", "null", "components_above_null"}, {"modes", "*", "split_half", "max_sin"},
+    {"energy", "mean_share"}, {"compression", "ratio"}};
+
 json::Value parse_entry(const std::string& slot, const std::string& text) {
   try {
-    auto v = json::parse(text);
+    auto v = json::parse_paths(text, kSummaryPaths);
     TORCH_CHECK_VALUE(v.is_object(), "report: the entry of slot '", slot, "' is not a JSON object");
     return v;
   } catch (const json::ParseError& e) {

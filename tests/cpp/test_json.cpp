@@ -66,3 +66,47 @@ BOOST_AUTO_TEST_CASE(out_of_range_and_edge_numbers) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+// parse_paths builds only the members on its paths ("*" any name; a path's end whole), and checks
+// the rest of the text as strictly as parse does.
+BOOST_AUTO_TEST_SUITE(json_paths)
+
+BOOST_AUTO_TEST_CASE(builds_the_named_members_as_parse_does) {
+  const std::string text =
+      R"({"shape": [4, 5], "modes": {"out": {"rank": 3, "scores": [[1, 2], [3, 4]], "null": {"edge": 1.5, "big": [1e300, -0.25]}},)"
+      R"( "in": {"rank": 2, "null": null, "split_half": {"max_sin": 0.125, "angles": [1, 2]}}}, "energy": {"mean_share": 0.5, "x": "s"}})";
+  const auto all = json::parse(text);
+  const auto some = json::parse_paths(text, {{"shape"}, {"modes", "*", "rank"}, {"modes", "*", "null", "edge"},
+                                             {"modes", "in", "split_half", "max_sin"}, {"energy", "mean_share"}});
+  BOOST_TEST(some.find("shape")->items.size() == 2u);
+  BOOST_TEST(some.number_at({"modes", "out", "rank"}) == 3);
+  BOOST_TEST(some.number_at({"modes", "in", "rank"}) == 2);
+  BOOST_TEST(some.number_at({"modes", "out", "null", "edge"}) == all.number_at({"modes", "out", "null", "edge"}));
+  BOOST_TEST(some.find_path({"modes", "in", "null"})->is_null());  // not an object: as it is
+  BOOST_TEST(some.number_at({"modes", "in", "split_half", "max_sin"}) == 0.125);
+  BOOST_TEST(some.number_at({"energy", "mean_share"}) == 0.5);
+  // what no path names is not there
+  BOOST_TEST(!some.find_path({"modes", "out", "scores"}));
+  BOOST_TEST(!some.find_path({"modes", "out", "null", "big"}));
+  BOOST_TEST(!some.find_path({"modes", "in", "split_half", "angles"}));
+  BOOST_TEST(!some.find_path({"energy", "x"}));
+  BOOST_TEST(some.find("modes")->find("out")->members.size() == 2u);  // rank, null
+}
+
+BOOST_AUTO_TEST_CASE(skipped_parts_are_checked) {
+  const std::vector<std::vector<std::string>> keep = {{"a"}};
+  for (const char* bad : {R"({"a": 1, "b": [1, 2,]})", R"({"a": 1, "b": {"c": 1, "c": 2}})", R"({"a": 1, "b": 01})",
+                          R"({"a": 1, "b": NaN})", R"({"a": 1, "b": [1, 2})", R"({"a": 1, "b": "\x01"})",
+                          R"({"a": 1, "a": 2})", R"({"a": 1, "b": 1} x)"}) {
+    BOOST_TEST_INFO(bad);
+    BOOST_CHECK_THROW(json::parse_paths(bad, keep), json::ParseError);
+  }
+  // a duplicate of a skipped key among more than 16 members (the hash-set branch)
+  std::string many = "{";
+  for (int i = 0; i < 20; ++i) many += "\"k" + std::to_string(i) + "\": " + std::to_string(i) + ", ";
+  BOOST_CHECK_NO_THROW(json::parse_paths(many + "\"a\": 1}", keep));
+  BOOST_CHECK_THROW(json::parse_paths(many + "\"k3\": 1}", keep), json::ParseError);
+  BOOST_CHECK_THROW(json::parse(many + "\"k3\": 1}"), json::ParseError);
+}
+
+BOOST_AUTO_TEST_SUITE_END()

@@ -337,8 +337,12 @@ int run(const Options& o) {
              "slot", "shape", "mode", "r", "r(0.9)", "EVR1", ">null", "split sinmax", "mean%", "ratio");
   // libunisub's parser (the report's own): the numbers a row shows, 0 where a field is absent
   using unisub::analysis::json::Value;
+  static const std::vector<std::vector<std::string>> kTablePaths = {
+      {"shape"}, {"modes", "*", "rank"}, {"modes", "*", "rank_at_tau", "0.9"}, {"modes", "*", "explained_variance_ratio"},
+      {"modes", "*", "null", "components_above_null"}, {"modes", "*", "split_half", "max_sin"},
+      {"energy", "mean_share"}, {"compression", "ratio"}};
   for (const auto& [key, entry] : entries) {
-    const Value rep = unisub::analysis::json::parse(entry);
+    const Value rep = unisub::analysis::json::parse_paths(entry, kTablePaths);
     const Value* shape = rep.find("shape");
     const std::string shape_text = shape && shape->is_array() && shape->items.size() == 2
                                        ? fmt::format("{}x{}", shape->items[0].int_value, shape->items[1].int_value)
