@@ -50,4 +50,29 @@ if [[ $steps == *issue* ]]; then
   timeout 120 python3 benchmarks/run.py decompositions --device cuda --size full --min-run-time 0.2 \
     --json "$OUT/decompositions_cuda.json" 2>&1 | tee "$OUT/decompositions_cuda.log"
   timeout 60 python3 benchmarks/lora_gram_accuracy.py --device cuda 2>&1 | tee "$OUT/lora_gram_accuracy_cuda.log"
+  # Issue #17's GPU yardstick: the analysis job end to end with --device cuda on 500 rank-16 float16
+  # adapters (one layer of q_proj and v_proj, 213 MB), against the time to read the files (cat)
+  # and the same job on this machine's CPUs; both reports' eigenvalues compared.
+  zoo=/tmp/unisub-lora-zoo-500-1-r16
+  timeout 120 python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import bench_lora_zoo as b; \
+b.make_zoo('$zoo', 500, 1, 16)" >"$OUT/zoo.log" 2>&1 || tail -5 "$OUT/zoo.log"
+  cat "$zoo"/*/adapter_model.safetensors >/dev/null
+  since() { awk "BEGIN { printf \"%.2f\", $EPOCHREALTIME - $1 }"; }
+  start=$EPOCHREALTIME; cat "$zoo"/*/adapter_model.safetensors >/dev/null
+  echo "read (cat, warm): $(since "$start") s" | tee "$OUT/analysis_cuda.log"
+  for dev in cuda cpu; do
+    start=$EPOCHREALTIME
+    timeout 150 python3 -m unisub analyze "$zoo" --out "/tmp/analysis-$dev" --modes delta --device $dev --profile --quiet --no-plots \
+      >>"$OUT/analysis_cuda.log" 2>&1
+    echo "analyze --device $dev: rc $? in $(since "$start") s" | tee -a "$OUT/analysis_cuda.log"
+  done
+  python3 - <<'PY' 2>&1 | tee -a "$OUT/analysis_cuda.log"
+import json
+a, b = (json.load(open(f"/tmp/analysis-{d}/report.json")) for d in ("cuda", "cpu"))
+for slot, e in a["slots"].items():
+    x, y = e["modes"]["delta"]["singular_values"], b["slots"][slot]["modes"]["delta"]["singular_values"]
+    worst = max(abs(u * u - v * v) for u, v in zip(x, y)) / max(v * v for v in y)
+    print(f"{slot}: gram {e.get('gram')}; eigenvalues cuda vs cpu: max |dl|/l_max {worst:.2e}")
+print("cuda profile:", {k: round(v["seconds"], 3) for k, v in a["profile"]["stages"].items()})
+PY
 fi
