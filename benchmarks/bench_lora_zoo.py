@@ -410,17 +410,18 @@ def gemm_rate(dtype, n, reps=3):
     return n ** 3 / best_of(lambda: torch.mm(a, b, out=c), reps)
 
 
-def stacked(zoo, layer, proj):
-    """(B [M, m, r] scaled by s, A [M, r, n]) in float64 from the files (our reader)."""
+def stacked(zoo, layer, proj, raw=False):
+    """(B [M, m, r] scaled by s, A [M, r, n]) in float64 from the files (our reader); raw: as
+    stored (float16, B unscaled), what a delta slot's store holds."""
     from unisub.io import load_file
 
     key = module_key(layer, proj)
     Bs, As = [], []
     for d in sorted(p for p in Path(zoo).iterdir() if p.is_dir()):
-        s = _scaling(json.loads((d / "adapter_config.json").read_text()))
+        s = 1.0 if raw else _scaling(json.loads((d / "adapter_config.json").read_text()))
         sd = load_file(d / "adapter_model.safetensors")
-        Bs.append(sd[f"{key}.lora_B.weight"].double() * s)
-        As.append(sd[f"{key}.lora_A.weight"].double())
+        Bs.append(sd[f"{key}.lora_B.weight"] if raw else sd[f"{key}.lora_B.weight"].double() * s)
+        As.append(sd[f"{key}.lora_A.weight"] if raw else sd[f"{key}.lora_A.weight"].double())
     return torch.stack(Bs), torch.stack(As)
 
 
@@ -433,7 +434,7 @@ def grams_alone(zoo, layers, cases, reps, rates):
         t = best_of(fn, reps)
         rows.append({"case": case, "proj": proj, "factor": factor, "mode": mode, "what": what,
                      "dtype": str(dtype)[6:], "shape": shape, "seconds": t, "count": layers,
-                     "multiply_adds": madds, "gemm_fraction": madds / t / rates[dtype]})
+                     "multiply_adds": madds, "gemm_fraction": madds / t / rates.get(dtype, rates[torch.float32])})
 
     for proj in MODULES:
         B, A = stacked(zoo, 0, proj)
@@ -445,6 +446,13 @@ def grams_alone(zoo, layers, cases, reps, rates):
                 add("delta", proj, None, "delta", "lora_gram", dtype, f"M={M} m={m} r={r} n={n}",
                     (M * r) ** 2 * (m + n) / 2, lambda: torch.ops.unisub.lora_gram(Bd, Ad, False))
                 del Bd, Ad
+            # the store as the job holds it (float16, scalings applied to K afterwards): float32
+            # GEMMs on AMX tiles where the CPU has them, else on converted panels
+            B16, A16 = stacked(zoo, 0, proj, raw=True)
+            if B16.dtype in (torch.float16, torch.bfloat16):
+                add("delta", proj, None, "delta", "lora_gram", B16.dtype, f"M={M} m={m} r={r} n={n}",
+                    (M * r) ** 2 * (m + n) / 2, lambda: torch.ops.unisub.lora_gram(B16, A16, False))
+            del B16, A16
         if "factors" in cases:
             for factor, X in (("lora_A", A), ("lora_B", B)):
                 X = X.contiguous()
@@ -491,11 +499,16 @@ def gram_alone_total(case, rows, grams):
         proj, factor = kind.group(1), kind.group(2)
         f32 = gram.get("gemm") == "float32"
         if case == "delta":
-            total += best[proj, None, "delta", "lora_gram", "float32" if f32 else "float64"]
+            # a 16-bit store's float32 GEMMs ran on AMX tiles: the yardstick is that same op on
+            # the stored factors (faster than on float32 copies), where it was measured
+            stored = [k for k in best if k[:4] == (proj, None, "delta", "lora_gram") and k[4] in ("float16", "bfloat16")]
+            amx = f32 and gram.get("float32_kernel") == "amx_bfloat16_split" and stored
+            total += best[stored[0]] if amx else best[proj, None, "delta", "lora_gram", "float32" if f32 else "float64"]
         else:
             what = ("X X^T", "float32") if f32 else ("gram_update_", "float64")
             total += sum(best[proj, factor, mode, *what] for mode in ("out", "in"))
-        routes[slot] = "float32 GEMMs" if f32 else gram.get("gemm", "float64")
+        routes[slot] = ("float32 GEMMs" + (" (AMX)" if gram.get("float32_kernel") == "amx_bfloat16_split" else "")
+                        if f32 else gram.get("gemm", "float64"))
     return total, routes
 
 
