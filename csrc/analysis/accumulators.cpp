@@ -11,7 +11,6 @@
 
 #include "analysis/json_writer.h"
 #include "analysis/profile.h"
-#include "cpu/lora_gram_cpu.h"
 #include "ops/checks.h"
 #include "unisub/decompositions.h"
 #include "ops/decompositions.h"
@@ -572,10 +571,11 @@ at::Tensor DeltaAccumulator::gram(bool center) {
       // one was twice the factors (262 MB for 500 rank-16 float16 adapters of a 4096 × 4096 module).
       const auto [B, A] = factors(Bt_store_.scalar_type(), /*fold_scaling=*/false);
       const auto s = at::tensor(scalings_, kF64).to(device_);
+      bool amx = false;  // whether the tiles ran on AMX (said in the report)
       {
         ScopedStage stage("gram_float32", 0, madds);
         // lora_gram's float64 K (the op casts it to the factors' float32)
-        K_ = unisub::detail::lora_gram_f64(B, A, /*center=*/false, at::kFloat);
+        K_ = unisub::detail::lora_gram_f64(B, A, /*center=*/false, at::kFloat, &amx);
         K_.mul_(s.unsqueeze(1) * s.unsqueeze(0));
       }
       if (precision_ == GramPrecision::Auto) {
@@ -599,11 +599,7 @@ at::Tensor DeltaAccumulator::gram(bool center) {
       if (K_.defined()) {
         info["gemm"] = "float32";
         // which float32 GEMMs: exact split products on AMX tiles, or the BLAS on converted panels
-        if (device_.is_cpu())
-          info["float32_kernel"] = unisub::detail::lora_gram_cpu_uses_amx(Bt_store_.scalar_type(), A_store_.scalar_type(),
-                                                                           m_, n_, at::kFloat)
-                                       ? "amx_bfloat16_split"
-                                       : "blas";
+        if (device_.is_cpu()) info["float32_kernel"] = amx ? "amx_bfloat16_split" : "blas";
       }
     }
     if (!K_.defined()) {

@@ -110,7 +110,8 @@ at::Tensor lora_gram_impl(const at::Tensor& B, const at::Tensor& A, bool center)
 }
 
 at::Tensor lora_gram_f64(const at::Tensor& B, const at::Tensor& A, bool center,
-                         std::optional<at::ScalarType> compute_override) {
+                         std::optional<at::ScalarType> compute_override, bool* amx) {
+  if (amx) *amx = false;
   const at::NoGradGuard no_grad;  // not differentiable (see checks.h)
   check_factors(B, A);
   const int64_t M = B.size(0), m = B.size(1), r = B.size(2), n = A.size(2);
@@ -133,6 +134,8 @@ at::Tensor lora_gram_f64(const at::Tensor& B, const at::Tensor& A, bool center,
     const auto Ac = prepared(A, ea).reshape({M * r, n});                   // [M r, n]
     if (cpu) {
       lora_gram_lower_cpu(Bt, Ac, r, K, compute, kCpuTileRows, kCpuTileCols, kCpuDiagonalRows);
+      // the factors as the tiles got them (a scaled factor is float32 or float64 by now)
+      if (amx) *amx = lora_gram_cpu_uses_amx(Bt.scalar_type(), Ac.scalar_type(), m, n, compute);
     } else {
       // Row panels of whole models; each panel's GEMMs stop at the diagonal (lower triangle only).
       const int64_t tile = std::max<int64_t>(1, kPanelRows / r);

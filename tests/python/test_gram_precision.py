@@ -178,6 +178,23 @@ def test_delta_auto_float32_for_independent_16_bit_adapters():
     torch.testing.assert_close(K.diagonal(), exact, rtol=1e-13, atol=0)
 
 
+def test_delta_float32_kernel_says_which_tiles_ran():
+    # float16 factors of even widths take AMX tiles where the CPU has them, else the BLAS; odd widths
+    # and factors lora_gram first scales past 2^30 (then float32) always take the BLAS: the entry
+    # must name the kernel that ran, not the one the store's dtype suggests
+    def kernel(factors, shape):
+        acc = LoraDeltaAccumulator(shape, gram_precision="float32")
+        for i, (B, A) in enumerate(factors):
+            acc.add(B, A, 1.0, id=i)
+        acc.gram(center=True)
+        return acc.precision["float32_kernel"]
+
+    assert kernel(lora_factors(9, 12, 96, 80, 8, torch.float16), (96, 80)) in ("amx_bfloat16_split", "blas")
+    assert kernel(lora_factors(9, 12, 95, 81, 8, torch.float16), (95, 81)) == "blas"
+    huge = [(B * 2.0 ** 40, A) for B, A in lora_factors(9, 12, 96, 80, 8, torch.bfloat16)]
+    assert kernel(huge, (96, 80)) == "blas"
+
+
 def test_delta_auto_falls_back_to_float64_when_centring_cancels():
     # a common delta 3000x each adapter's own: float32 GEMMs then centring would lose the spectrum
     factors = lora_factors(7, 24, 64, 72, 4, torch.float16, shared=3000.0)
