@@ -490,13 +490,15 @@ double largest_tridiagonal_eigenvalue(const std::vector<double>& alpha, const st
   }
   const double scale = std::max(std::abs(lo), std::abs(hi));
   if (!(scale > 0)) return 0.0;
+  // eigenvalues of T below x, the pivots of (T − xI)/scale: of order one whatever T's size, so
+  // neither β² overflows nor the smallest pivot sinks below the guard
   const double tiny = std::numeric_limits<double>::min() / std::numeric_limits<double>::epsilon();
-  // eigenvalues of T below x
   auto below = [&](double x) {
     int64_t count = 0;
     double d = 1;
     for (int64_t i = 0; i < n; ++i) {
-      d = alpha[i] - x - (i > 0 ? beta[i - 1] * beta[i - 1] / d : 0.0);
+      const double b = i > 0 ? beta[i - 1] / scale : 0.0;
+      d = (alpha[i] - x) / scale - (i > 0 ? b * b / d : 0.0);
       if (std::abs(d) < tiny) d = -tiny;
       count += d < 0;
     }

@@ -125,8 +125,9 @@ void check_source(const at::Tensor& src, const char* what) {
 
 bool amx_bf16_available() {
 #if UNISUB_HAVE_BRGEMM
-  static const bool available = at::native::cpublas::could_pack(at::kBFloat16);
-  return available;
+  // asked each time, not cached: torch's brgemm refuses once oneDNN is switched off
+  // (torch.backends.mkldnn.enabled = False), and could_pack says so
+  return at::native::cpublas::could_pack(at::kBFloat16);
 #else
   return false;
 #endif

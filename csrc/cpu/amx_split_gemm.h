@@ -14,8 +14,8 @@
 
 namespace unisub::detail {
 
-// Whether this CPU has AMX bfloat16 tiles and this build of torch can drive them (oneDNN's
-// micro-kernels through at::native::cpublas::brgemm).
+// Whether this CPU has AMX bfloat16 tiles and this build of torch can drive them now (oneDNN's
+// micro-kernels through at::native::cpublas::brgemm, with oneDNN enabled).
 bool amx_bf16_available();
 
 // Split inner dimension k (the GEMMs' K) that the route takes: even (bfloat16 pairs), and >= 2.
@@ -57,5 +57,13 @@ void amx_split_product(const SplitPanel& a, int64_t a0, int64_t na, const SplitP
 
 // Releases this thread's tile configuration (after its last product).
 void amx_release();
+
+// amx_release() when the scope ends, also by an exception.
+struct AmxReleaseGuard {
+  AmxReleaseGuard() = default;
+  AmxReleaseGuard(const AmxReleaseGuard&) = delete;
+  AmxReleaseGuard& operator=(const AmxReleaseGuard&) = delete;
+  ~AmxReleaseGuard() { amx_release(); }
+};
 
 }  // namespace unisub::detail

@@ -64,7 +64,7 @@ bool lora_gram_cpu_uses_amx(at::ScalarType b, at::ScalarType a, int64_t m, int64
          amx_bf16_available();
 }
 
-void lora_gram_lower_cpu(const at::Tensor& Bt, const at::Tensor& Ac, int64_t r, const at::Tensor& K,
+bool lora_gram_lower_cpu(const at::Tensor& Bt, const at::Tensor& Ac, int64_t r, const at::Tensor& K,
                          at::ScalarType compute, int64_t panel_rows, int64_t panel_cols, int64_t diagonal_rows,
                          bool allow_amx) {
   TORCH_CHECK(r > 0 && Bt.dim() == 2 && Ac.dim() == 2 && Bt.size(0) == Ac.size(0) && Bt.size(0) % r == 0,
@@ -152,6 +152,7 @@ void lora_gram_lower_cpu(const at::Tensor& Bt, const at::Tensor& Ac, int64_t r, 
         return start >= 0 && from >= start && from + count <= start + models;
       };
       if (amx) {  // the same walk over the tiles, the panels split for AMX instead of converted
+        const AmxReleaseGuard release;
         SplitPanel rowSB, rowSA, colSB, colSA;
         for (int64_t w = w0; w < w1; ++w) {
           for (int64_t t = next.fetch_add(1); t < static_cast<int64_t>(tiles.size()); t = next.fetch_add(1)) {
@@ -182,7 +183,6 @@ void lora_gram_lower_cpu(const at::Tensor& Bt, const at::Tensor& Ac, int64_t r, 
             reduce_tile(P.const_data_ptr<float>(), Q.const_data_ptr<float>(), r, tile, k, M, acc.data());
           }
         }
-        amx_release();
         return;
       }
       // models [from, from + count) of both factors in the compute dtype: the factors themselves, or
@@ -217,6 +217,7 @@ void lora_gram_lower_cpu(const at::Tensor& Bt, const at::Tensor& Ac, int64_t r, 
       }
     });
   });
+  return amx;
 }
 
 }  // namespace unisub::detail

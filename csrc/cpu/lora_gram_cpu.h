@@ -22,8 +22,8 @@ namespace unisub::detail {
 // cover the diagonal blocks, all in rows of Bt (rounded down to whole models, at least one).
 // allow_amx: 16-bit factors with float32 GEMMs take AMX bfloat16 tiles where the CPU has them
 // (amx_split_gemm.h: exact products, float32 accumulation, ~1.2× faster); false: MKL's float32
-// GEMMs on converted panels (the tests compare the two).
-void lora_gram_lower_cpu(const at::Tensor& Bt, const at::Tensor& Ac, int64_t r, const at::Tensor& K,
+// GEMMs on converted panels (the tests compare the two). Returns whether the AMX tiles ran.
+bool lora_gram_lower_cpu(const at::Tensor& Bt, const at::Tensor& Ac, int64_t r, const at::Tensor& K,
                          at::ScalarType compute, int64_t panel_rows, int64_t panel_cols, int64_t diagonal_rows,
                          bool allow_amx = true);
 

@@ -60,9 +60,9 @@ constexpr int64_t kCpuDiagonalRows = 64;
 int64_t lora_gram_cpu_workspace_bytes(int64_t m, int64_t n, at::ScalarType compute, bool convert) {
   const int64_t item = c10::elementSize(compute), workers = std::max(1, at::get_num_threads());
   const int64_t tiles = 2 * kCpuTileRows * kCpuTileCols, panels = convert ? (kCpuTileRows + kCpuTileCols) * (m + n) : 0;
-  // the AMX route's split panels take as many bytes as float32 ones, plus a block of columns
-  // split before its transposition (hi and lo)
-  const int64_t amx_block = convert && compute == at::kFloat ? 2 * 64 * std::max(m, n) * 2 / item : 0;
+  // the AMX route's split panels take as many bytes as float32 ones, plus each column panel's block
+  // of 64 columns split before its transposition (hi and lo, 16 bits each: 256·(m + n) bytes)
+  const int64_t amx_block = convert && compute == at::kFloat ? 256 * (m + n) / item : 0;
   return workers * (tiles + panels + amx_block) * item;
 }
 
@@ -133,9 +133,8 @@ at::Tensor lora_gram_f64(const at::Tensor& B, const at::Tensor& A, bool center,
     const auto Bt = prepared(B, eb).transpose(1, 2).reshape({M * r, m});  // [M r, m]
     const auto Ac = prepared(A, ea).reshape({M * r, n});                   // [M r, n]
     if (cpu) {
-      lora_gram_lower_cpu(Bt, Ac, r, K, compute, kCpuTileRows, kCpuTileCols, kCpuDiagonalRows);
-      // the factors as the tiles got them (a scaled factor is float32 or float64 by now)
-      if (amx) *amx = lora_gram_cpu_uses_amx(Bt.scalar_type(), Ac.scalar_type(), m, n, compute);
+      const bool ran_amx = lora_gram_lower_cpu(Bt, Ac, r, K, compute, kCpuTileRows, kCpuTileCols, kCpuDiagonalRows);
+      if (amx) *amx = ran_amx;
     } else {
       // Row panels of whole models; each panel's GEMMs stop at the diagonal (lower triangle only).
       const int64_t tile = std::max<int64_t>(1, kPanelRows / r);

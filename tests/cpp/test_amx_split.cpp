@@ -137,8 +137,8 @@ BOOST_AUTO_TEST_CASE(lora_gram_tiles_agree_with_the_float32_route) {
   for (const auto& c : {Case{150, 16, 64, 130}, Case{230, 5, 34, 18}, Case{5, 300, 20, 22}, Case{70, 12, 128, 96}}) {
     const auto B = at::randn({c.M * c.r, c.m}).to(at::kHalf), A = at::randn({c.M * c.r, c.n}).to(at::kHalf);
     auto K_amx = at::zeros({c.M, c.M}, at::kDouble), K_f32 = at::zeros({c.M, c.M}, at::kDouble);
-    unisub::detail::lora_gram_lower_cpu(B, A, c.r, K_amx, at::kFloat, 512, 1024, 64, /*allow_amx=*/true);
-    unisub::detail::lora_gram_lower_cpu(B, A, c.r, K_f32, at::kFloat, 512, 1024, 64, /*allow_amx=*/false);
+    BOOST_TEST(unisub::detail::lora_gram_lower_cpu(B, A, c.r, K_amx, at::kFloat, 512, 1024, 64, /*allow_amx=*/true));
+    BOOST_TEST(!unisub::detail::lora_gram_lower_cpu(B, A, c.r, K_f32, at::kFloat, 512, 1024, 64, /*allow_amx=*/false));
     const auto Bd = B.to(at::kDouble).view({c.M, c.r, c.m}), Ad = A.to(at::kDouble).view({c.M, c.r, c.n});
     const auto D = Bd.transpose(1, 2).bmm(Ad).reshape({c.M, -1});
     const auto ref = D.mm(D.t()).tril();

@@ -200,11 +200,12 @@ def test_lora_gram_centred_float32_factors_equal_their_float64_copies(gen):
     assert torch.equal(unisub.lora_gram(Bt.transpose(1, 2), A), unisub.lora_gram(B, A))
 
 
-def test_lora_gram_same_result_on_any_thread_count(gen):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])  # float16, even widths: the AMX tiles where present
+def test_lora_gram_same_result_on_any_thread_count(dtype, gen):
     # The CPU route shares its tiles among the threads as they come free; each K entry is still
     # computed by one tile in a fixed order, so the thread count must not change a bit.
-    B = torch.randn(150, 40, 16, generator=gen)
-    A = torch.randn(150, 16, 30, generator=gen)
+    B = torch.randn(150, 40, 16, generator=gen).to(dtype)
+    A = torch.randn(150, 16, 30, generator=gen).to(dtype)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -214,6 +215,22 @@ def test_lora_gram_same_result_on_any_thread_count(gen):
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one, many)
+
+
+def test_lora_gram_16_bit_with_onednn_switched_off(gen):
+    # the AMX tiles run through oneDNN: switched off mid-process, lora_gram takes the BLAS and still
+    # gives the float32 route's result (no error from torch's micro-kernels)
+    B = torch.randn(60, 64, 16, generator=gen).half()
+    A = torch.randn(60, 16, 48, generator=gen).half()
+    on = unisub.lora_gram(B, A)
+    with torch.backends.mkldnn.flags(enabled=False):
+        off = unisub.lora_gram(B, A)
+    D = (B.double() @ A.double()).reshape(60, -1)
+    ref = D @ D.T
+    scale = ref.diagonal().sqrt().outer(ref.diagonal().sqrt())
+    for K in (on, off):
+        assert ((K.double() - ref).abs() / scale).max() < 1e-5
+    assert torch.equal(off, unisub.lora_gram(B.float(), A.float()))  # the BLAS on exact float32 copies
 
 
 # Even widths of 16-bit factors take the AMX tiles where the CPU has them (exact bfloat16 hi/lo
