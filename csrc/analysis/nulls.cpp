@@ -586,16 +586,9 @@ double top_eigenvalue(NullOperator& op, const at::Tensor& basis, at::Tensor& sta
   // generic vector, so that no eigenvector is missing from it (a start orthogonal to the top
   // eigenvector would converge to a lower eigenvalue; equal scales give t ∝ 1, which H annihilates).
   const auto s0 = start.to(at::kCPU, at::kDouble).contiguous();
-  std::vector<double> x(s0.data_ptr<double>(), s0.data_ptr<double>() + M);
-  // the same vector for every draw and test (M cosines each time were 2 % of a delta report)
-  thread_local std::vector<double> generic;
-  thread_local double gn = 0;
-  if (static_cast<int64_t>(generic.size()) != M) {
-    generic.resize(M);
-    for (int64_t i = 0; i < M; ++i) generic[i] = std::cos(static_cast<double>(i) * 1.7 + 0.3);
-    gn = std::sqrt(dot(generic.data(), generic.data(), M));
-  }
-  const double sn = std::sqrt(dot(x.data(), x.data(), M));
+  std::vector<double> x(s0.data_ptr<double>(), s0.data_ptr<double>() + M), generic(M);
+  for (int64_t i = 0; i < M; ++i) generic[i] = std::cos(static_cast<double>(i) * 1.7 + 0.3);
+  const double sn = std::sqrt(dot(x.data(), x.data(), M)), gn = std::sqrt(dot(generic.data(), generic.data(), M));
   for (int64_t i = 0; i < M; ++i) x[i] = x[i] / (sn > 0 ? sn : 1.0) + 0.01 * generic[i] / gn;
   if (op.projects()) op.project(x.data());
   if (!(std::sqrt(dot(x.data(), x.data(), M)) > 1e-8)) {

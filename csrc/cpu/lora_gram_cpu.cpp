@@ -56,13 +56,15 @@ void reduce_tile(const T* P, const T* Q, int64_t r, const Tile& t, double* K, in
   }
 }
 
-}  // namespace
-
-bool lora_gram_cpu_uses_amx(at::ScalarType b, at::ScalarType a, int64_t m, int64_t n, at::ScalarType compute) {
+// Whether the tiles can run on AMX: 16-bit factors, float32 GEMMs, even widths (m columns of Bt, n
+// of Ac), a CPU with AMX bfloat16 tiles.
+bool amx_route(at::ScalarType b, at::ScalarType a, int64_t m, int64_t n, at::ScalarType compute) {
   const auto is16 = [](at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; };
   return compute == at::kFloat && is16(b) && is16(a) && amx_split_supports(m) && amx_split_supports(n) &&
          amx_bf16_available();
 }
+
+}  // namespace
 
 bool lora_gram_lower_cpu(const at::Tensor& Bt, const at::Tensor& Ac, int64_t r, const at::Tensor& K,
                          at::ScalarType compute, int64_t panel_rows, int64_t panel_cols, int64_t diagonal_rows,
@@ -105,7 +107,7 @@ bool lora_gram_lower_cpu(const at::Tensor& Bt, const at::Tensor& Ac, int64_t r, 
   // last (they are the small ones, so the threads finish together), by row: a worker converting
   // panels keeps its column stripe from one tile to the next and converts each row panel once, and
   // the strips of one diagonal block use that block's row panel for their columns too.
-  const bool amx = allow_amx && lora_gram_cpu_uses_amx(B.scalar_type(), A.scalar_type(), B.size(1), A.size(1), compute);
+  const bool amx = allow_amx && amx_route(B.scalar_type(), A.scalar_type(), B.size(1), A.size(1), compute);
   auto on_diagonal = [](const Tile& t) { return t.j0 + t.nj > t.i0; };
   std::stable_sort(tiles.begin(), tiles.end(), [&](const Tile& x, const Tile& y) {
     if (amx) {

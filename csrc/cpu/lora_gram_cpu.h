@@ -27,11 +27,6 @@ bool lora_gram_lower_cpu(const at::Tensor& Bt, const at::Tensor& Ac, int64_t r, 
                          at::ScalarType compute, int64_t panel_rows, int64_t panel_cols, int64_t diagonal_rows,
                          bool allow_amx = true);
 
-// Whether lora_gram_lower_cpu (allow_amx) takes the AMX route for factors of these dtypes and
-// widths (m columns of Bt, n of Ac) with GEMMs in `compute`: 16-bit factors, float32, even widths,
-// a CPU with AMX bfloat16 tiles.
-bool lora_gram_cpu_uses_amx(at::ScalarType b, at::ScalarType a, int64_t m, int64_t n, at::ScalarType compute);
-
 // The CPU route's buffers at most, in bytes, for factors of m and n columns: each worker's two
 // tiles of BᵢᵀBⱼ and AᵢAⱼᵀ and, for factors stored in another dtype than the GEMMs', its converted
 // row and column panels (what the analysis plan adds to a delta slot's peak).
