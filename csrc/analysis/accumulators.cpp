@@ -11,6 +11,7 @@
 
 #include "analysis/json_writer.h"
 #include "analysis/profile.h"
+#include "cpu/serial_copy.h"
 #include "ops/checks.h"
 #include "unisub/decompositions.h"
 #include "ops/decompositions.h"
@@ -409,6 +410,8 @@ void DeltaAccumulator::add(const at::Tensor& B, const at::Tensor& A, double scal
   TORCH_CHECK_VALUE(std::find(ids_.begin(), ids_.end(), id) == ids_.end(), "DeltaAccumulator.add: model id ", id,
                     " is already in this accumulator; give each model a distinct id");
   at::NoGradGuard no_grad;
+  // the copy into the store (and a cast where it is wider), B laid out as Bᵀ
+  ScopedStage stage("convert", static_cast<uint64_t>(B.nbytes() + A.nbytes()));
   append(B.detach(), A.detach(), scaling, id);
   K_ = at::Tensor();
 }
@@ -454,8 +457,8 @@ void DeltaAccumulator::append(const at::Tensor& B, const at::Tensor& A, double s
       grow(M + 1 > capacity ? std::max(2 * capacity, M + 1) : capacity, rank_capacity, dtype);
   }
   auto Bt_i = Bt_store_[M], A_i = A_store_[M];
-  Bt_i.narrow(0, 0, r).copy_(B.t());  // a cast where the store is wider: exact
-  A_i.narrow(0, 0, r).copy_(A);
+  unisub::detail::transpose_copy(B, Bt_i.narrow(0, 0, r));  // a cast where the store is wider: exact
+  unisub::detail::serial_copy(A, A_i.narrow(0, 0, r));
   if (r < Bt_store_.size(1)) {  // zero padding: no B·A changes
     Bt_i.narrow(0, r, Bt_store_.size(1) - r).zero_();
     A_i.narrow(0, r, A_store_.size(1) - r).zero_();

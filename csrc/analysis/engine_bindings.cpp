@@ -10,7 +10,9 @@
 
 #include "analysis/accumulators.h"
 #include "analysis/binding_errors.h"
+#include "analysis/checkpoint_holder.h"
 #include "analysis/discover.h"
+#include "analysis/model_reading.h"
 #include "analysis/output_folder.h"
 #include "analysis/profile.h"
 #include "analysis/release_memory.h"
@@ -173,6 +175,17 @@ TORCH_LIBRARY_FRAGMENT(unisub, m) {
       .def(torch::init<int64_t, int64_t, bool, std::string>())
       .def("add", [](const DeltaPtr& self, at::Tensor B, at::Tensor A, double scaling, int64_t id) {
         self->acc.add(B, A, scaling, id);
+      })
+      // one model's factors read from a checkpoint of libunisub's reader and added, by the rule
+      // unisub-analyze follows (model_reading.h): one call a model instead of six
+      // (the checkpoint typed Any: reader_bindings.cpp registers its class, maybe after this file's)
+      .def("add_model", [](const DeltaPtr& self, c10::IValue model, std::string a_key, std::string b_key, bool scale,
+                           int64_t id) {
+        TORCH_CHECK_TYPE(model.isCustomClass() && model.type()->str() == "__torch__.torch.classes.unisub.Checkpoint",
+                         "DeltaAccumulator.add_model: model must be a torch.classes.unisub.Checkpoint, got ",
+                         model.isCustomClass() ? model.type()->str() : model.tagKind());
+        const auto ck = model.toCustomClass<CheckpointHolder>();
+        guarded([&] { add_delta_model(self->acc, ck->ck, a_key, b_key, scale, id); });
       })
       .def("merge", [](const DeltaPtr& self, const DeltaPtr& other) { self->acc.merge(other->acc); })
       .def("reserve", [](const DeltaPtr& self, int64_t models) { self->acc.reserve(models); })

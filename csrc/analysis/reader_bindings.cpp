@@ -14,6 +14,7 @@
 #include <torch/library.h>
 
 #include "analysis/binding_errors.h"
+#include "analysis/checkpoint_holder.h"
 #include "analysis/reader.h"
 
 namespace unisub::analysis {
@@ -41,10 +42,6 @@ std::vector<std::vector<int64_t>> shapes_of(size_t n, const std::vector<int64_t>
 
 struct SafetensorsFileHolder : torch::CustomClassHolder {
   SafetensorsHeader h;
-};
-
-struct CheckpointHolder : torch::CustomClassHolder {
-  Checkpoint ck;
 };
 
 struct AdapterConfigHolder : torch::CustomClassHolder {

@@ -3,6 +3,8 @@ checked against a float64 dense reference in plain torch: stack every model, cen
 import json
 import math
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -373,6 +375,46 @@ def test_lora_delta_cli_resume_and_errors(tmp_path, gen):
         unisub.analyze(z, modes=["delta"], plots=False, progress=False)
     with pytest.raises(ValueError, match="modes must be"):
         unisub.analyze(z, modes=["model"], plots=False, progress=False)
+
+
+def test_lora_delta_reads_factors_by_one_rule(tmp_path, gen):
+    """A delta slot's factors are read and added by libunisub's add_delta_model (one call a model,
+    the rule unisub-analyze follows) where it reads the adapter, and with torch.load for an
+    adapter_model.bin: the same slot either way; a non-finite factor is refused naming its file
+    and tensor, in both front ends."""
+    from safetensors.torch import load_file
+
+    _delta_zoo(tmp_path / "ads", 6, gen)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(tmp_path / "ads", mixed)
+    for name in ("adapter01", "adapter04"):  # these two read with torch.load
+        st = mixed / name / "adapter_model.safetensors"
+        torch.save(load_file(st), mixed / name / "adapter_model.bin")
+        st.unlink()
+    opts = dict(modes=["delta"], slots=["*q_proj*"], plots=False, progress=False, batch_size=4)
+    key = "model.layers.0.self_attn.q_proj.delta"
+    a, b = unisub.analyze(tmp_path / "ads", **opts), unisub.analyze(mixed, **opts)
+    sa, sb = a.subspace(key), b.subspace(key)
+    assert torch.equal(sa.gram, sb.gram) and torch.equal(sa.eigenvalues, sb.eigenvalues)
+    assert torch.equal(sa.scalings, sb.scalings)
+
+    bad = tmp_path / "ads" / "adapter03" / "adapter_model.safetensors"
+    tensors = load_file(bad)
+    victim = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+    tensors[victim][1, 2] = float("nan")
+    save_file(tensors, bad)
+    slot = "model.layers.0.self_attn.q_proj.lora_A.weight"
+    with pytest.raises(CheckpointError, match=re.escape(f"{bad}: slot '{slot}': holds NaN or infinity")) as e:
+        unisub.analyze(tmp_path / "ads", **opts)
+    assert e.value.path == str(bad) and e.value.slot == slot
+    from test_analyze_cpp import tool
+
+    run = subprocess.run([tool(), str(tmp_path / "ads"), "--slots", "*q_proj*", "--modes", "delta", "--out",
+                          str(tmp_path / "cpp")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and f"{bad}: slot '{slot}': holds NaN or infinity" in run.stderr, run.stderr
+    acc = torch.classes.unisub.DeltaAccumulator(12, 10, True, "cpu")
+    with pytest.raises(TypeError, match="model must be a torch.classes.unisub.Checkpoint"):
+        acc.add_model(torch.zeros(2), "a", "b", True, 0)
 
 
 def test_lora_delta_refuses_dora_adapters(tmp_path, gen):

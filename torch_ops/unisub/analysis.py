@@ -24,7 +24,7 @@ from .accumulator import (LoraDeltaAccumulator, SubspaceAccumulator, _check_gram
 from .io import DEFAULT_MAX_GRAM_BYTES, CheckpointError, PeftAdapter, discover, matrix_shape, plan
 from .io.slots import plan_deltas
 from .io.atomic import write_bytes
-from .io.errors import writer_call
+from .io.errors import reader_call, writer_call
 from .metrics import ERROR_RANKS, TAUS
 from .subspace import DeltaSubspace, Subspace, load_any
 
@@ -106,6 +106,18 @@ def _read_factors(ck, a_key, b_key):
     _check_finite(ck, a_key, A)
     _check_finite(ck, b_key, B)
     return B, A, ck.scaling(b_key)
+
+
+def _add_delta_model(acc, ck, a_key, b_key, i):
+    """Model ``i``'s factors into ``acc``: where libunisub reads the adapter, its add_model reads,
+    checks and adds them in one call (the rule unisub-analyze follows: model_reading.h); an
+    adapter_model.bin's are read here, with torch.load, and added."""
+    lib = ck.library_checkpoint()
+    if lib is not None:
+        reader_call(acc._impl.add_model, lib, a_key, b_key, ck.scale, i)
+    else:
+        B, A, s = _read_factors(ck, a_key, b_key)
+        acc.add(B, A, s, id=i)
 
 
 def _check_finite(ck, key, t):
@@ -330,8 +342,7 @@ def _run(checkpoints, chosen, deltas, slot_modes, slot_batch, folder, rank_id, w
 
         for _, batch in batches_from(start, key, save, batches, save_last=False):
             for i in batch:
-                B, A, s = _read_factors(checkpoints[i], a_key, b_key)
-                acc.add(B, A, s, id=i)
+                _add_delta_model(acc, checkpoints[i], a_key, b_key, i)
         if world > 1:
             acc.all_reduce(group)
         meta = {"factors": [a_key, b_key], "source_files": [checkpoints[0].file_of(b_key)],

@@ -301,8 +301,7 @@ int run(const Options& o) {
     done += start;
     for (int64_t b = start; b < nbatches; ++b) {
       for (int64_t i = b * o.batch_size; i < std::min(M, (b + 1) * o.batch_size); ++i)
-        acc.add(read_finite_unscaled(models[i], d.b_key).reshape({d.m, -1}),
-                read_finite_unscaled(models[i], d.a_key).reshape({-1, d.n}), models[i].scaling(d.b_key, o.scale), i);
+        unisub::analysis::add_delta_model(acc, models[i], d.a_key, d.b_key, o.scale, i);
       // not after the last batch: the state is every factor read (re-reading them costs less than
       // writing them, 213 MB for 500 adapters of a 4096-wide module), and the slot finishes next
       if (due(false)) folder.save_partial(slot, b + 1, acc, 0);

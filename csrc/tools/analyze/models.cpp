@@ -6,30 +6,11 @@
 #include <set>
 
 #include "analysis/discover.h"
-#include "ops/checks.h"
 #include "safetensors.h"
 
 namespace fs = std::filesystem;
 
 namespace unisub_tool {
-namespace {
-
-torch::Tensor finite(const Model& model, const std::string& key, torch::Tensor t) {
-  if (!unisub::detail::all_finite(t))
-    throw CheckpointError(fmt::format("{}: slot '{}': holds NaN or infinity; the analysis needs finite weights",
-                                      model.file_of(key), key));
-  return t;
-}
-
-}  // namespace
-
-torch::Tensor read_finite(const Model& model, const std::string& key, bool scale) {
-  return finite(model, key, model.get(key, scale));
-}
-
-torch::Tensor read_finite_unscaled(const Model& model, const std::string& key) {
-  return finite(model, key, model.get_unscaled(key));
-}
 
 Model open_model(const std::string& path) {
   const fs::path p(path);

@@ -167,6 +167,11 @@ class PeftAdapter(Checkpoint):
         """s of ΔW = s·B·A for the module of ``b_key`` (1.0 when built with ``scale=False``)."""
         return self.scalings[b_key] if self.scale else 1.0
 
+    def library_checkpoint(self):
+        """The torch.classes.unisub.Checkpoint libunisub reads this adapter with (None for an
+        adapter_model.bin, which torch.load reads): what ``DeltaAccumulator.add_model`` takes."""
+        return self.inner._ck if self._raw is None else None
+
     def lora_pairs(self) -> Dict[str, Tuple[str, str]]:
         """module name -> (lora_A key, lora_B key), for modules holding both factors
         (``lora_A``/``lora_B`` of linear and conv layers, ``lora_embedding_A``/``_B``)."""
