@@ -8,6 +8,7 @@
 #include <limits>
 #include <set>
 #include <tuple>
+#include <utility>
 
 #include "analysis/json_writer.h"
 #include "analysis/profile.h"
@@ -362,12 +363,20 @@ void DeltaAccumulator::check_factors(const char* what) const {
                     "scalings and ranks remain");
 }
 
+DeltaAccumulator::~DeltaAccumulator() { drop_store(); }
+
+void DeltaAccumulator::drop_store() {
+  B_.clear(), A_.clear();
+  Bt_store_ = at::Tensor(), A_store_ = at::Tensor();
+  detail::keep_store_bytes(std::move(store_bytes_));
+  store_bytes_ = at::Tensor();
+}
+
 void DeltaAccumulator::release_factors() {
   if (released_) return;
   if (count() > 0) gram(/*center=*/false);  // cached
   released_ranks_ = ranks();
-  B_.clear(), A_.clear();
-  Bt_store_ = at::Tensor(), A_store_ = at::Tensor();
+  drop_store();
   released_ = true;
 }
 
@@ -426,8 +435,19 @@ void DeltaAccumulator::reserve(int64_t models) {
 void DeltaAccumulator::grow(int64_t capacity, int64_t rank_capacity, at::ScalarType dtype) {
   at::NoGradGuard no_grad;
   const auto opts = at::TensorOptions().dtype(dtype).device(device_);
-  // empty, not zeros: rows past the count are never read, so their pages are never touched
-  auto Bt = at::empty({capacity, rank_capacity, m_}, opts), A = at::empty({capacity, rank_capacity, n_}, opts);
+  // empty, not zeros: rows past the count are never read, so their pages are never touched (nor
+  // cleared, where the bytes are a kept store's)
+  at::Tensor Bt, A, bytes;
+  if (device_.is_cpu()) {
+    const int64_t size = static_cast<int64_t>(c10::elementSize(dtype));
+    const int64_t bt_bytes = capacity * rank_capacity * m_ * size, a_bytes = capacity * rank_capacity * n_ * size;
+    const int64_t a_offset = (bt_bytes + 63) / 64 * 64;
+    bytes = detail::take_store_bytes(a_offset + a_bytes);
+    Bt = bytes.narrow(0, 0, bt_bytes).view(dtype).view({capacity, rank_capacity, m_});
+    A = bytes.narrow(0, a_offset, a_bytes).view(dtype).view({capacity, rank_capacity, n_});
+  } else {
+    Bt = at::empty({capacity, rank_capacity, m_}, opts), A = at::empty({capacity, rank_capacity, n_}, opts);
+  }
   const int64_t M = count();
   if (M > 0) {
     const int64_t old_rank = Bt_store_.size(1);
@@ -443,6 +463,7 @@ void DeltaAccumulator::grow(int64_t capacity, int64_t rank_capacity, at::ScalarT
     const int64_t r = B_[i].size(1);
     B_[i] = Bt_store_[i].narrow(0, 0, r).t(), A_[i] = A_store_[i].narrow(0, 0, r);
   }
+  store_bytes_ = std::move(bytes);  // the old block freed (not kept: it is smaller)
 }
 
 void DeltaAccumulator::append(const at::Tensor& B, const at::Tensor& A, double scaling, int64_t id) {

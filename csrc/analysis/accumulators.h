@@ -24,6 +24,7 @@
 #include <string>
 #include <utility>
 #include <vector>
+#include "analysis/store_reuse.h"
 
 namespace unisub::analysis {
 
@@ -134,6 +135,12 @@ class DeltaAccumulator {
  public:
   // (m, n): ΔW's shape; m, n >= 1.
   DeltaAccumulator(int64_t m, int64_t n, bool center, at::Device device);
+  // Hands its store to a DeltaStoreReuse where one is alive.
+  ~DeltaAccumulator();
+  DeltaAccumulator(const DeltaAccumulator&) = default;
+  DeltaAccumulator& operator=(const DeltaAccumulator&) = default;
+  DeltaAccumulator(DeltaAccumulator&&) = default;
+  DeltaAccumulator& operator=(DeltaAccumulator&&) = default;
 
   // One model: B [m, r], A [r, n] (floating, finite), ΔW = scaling · B · A; id distinct from the
   // ids held (negative: one after the largest so far).
@@ -196,6 +203,9 @@ class DeltaAccumulator {
   // factors to float32 is exact); B_ / A_ are each model's views into them, types_ the dtypes each
   // model's factors came in (the Gram's precision rule is about those).
   at::Tensor Bt_store_, A_store_;
+  // On the CPU, both stores are views of this one block of bytes (A's at a 64-byte boundary), which
+  // a DeltaStoreReuse can keep for the next accumulator.
+  at::Tensor store_bytes_;
   int64_t reserved_ = 0;
   std::vector<at::Tensor> B_, A_;
   std::vector<std::pair<at::ScalarType, at::ScalarType>> types_;
@@ -208,6 +218,8 @@ class DeltaAccumulator {
   std::vector<int64_t> released_ranks_;  // ranks() once the views into the store are gone
 
   void check_factors(const char* what) const;
+  // Drops the views into the store and the store, handing its bytes to a DeltaStoreReuse.
+  void drop_store();
 
   void grow(int64_t capacity, int64_t rank_capacity, at::ScalarType dtype);
   void append(const at::Tensor& B, const at::Tensor& A, double scaling, int64_t id);

@@ -58,6 +58,10 @@ struct DeltaAccumulatorHolder : torch::CustomClassHolder {
       : acc(m, n, center, at::Device(device)) {}
 };
 
+struct DeltaStoreReuseHolder : torch::CustomClassHolder {
+  DeltaStoreReuse reuse;
+};
+
 struct OutputFolderHolder : torch::CustomClassHolder {
   std::unique_ptr<OutputFolder> folder;
   OutputFolder& get() {
@@ -170,6 +174,9 @@ TORCH_LIBRARY_FRAGMENT(unisub, m) {
         return to_tuple(finalize_mode_slot(slot, self->acc, odd->acc, rank, energy, null_seed, metadata,
                                            options_of(taus, error_ranks)));
       });
+
+  // alive around the delta slots: a released store is kept for the next slot (store_reuse.h)
+  m.class_<DeltaStoreReuseHolder>("DeltaStoreReuse").def(torch::init<>());
 
   m.class_<DeltaAccumulatorHolder>("DeltaAccumulator")
       .def(torch::init<int64_t, int64_t, bool, std::string>())

@@ -329,29 +329,35 @@ def _run(checkpoints, chosen, deltas, slot_modes, slot_batch, folder, rank_id, w
         del halves
         store(key, result, Subspace)
         _release_memory()
-    for di, (mod, (a_key, b_key, shape)) in enumerate(deltas.items()):
-        key = mod + DELTA_SUFFIX
-        if finished(key, len(batches)):
-            continue
-        acc = LoraDeltaAccumulator(shape, center, device, gram_precision)
-        start = folder.load_partial_delta(key, acc._impl, rank_id) if folder is not None else 0
-        acc.reserve(sum(len(b) for b in batches))  # every model's factors in one store, allocated once
+    # each delta slot's store, once released, is kept for the next one's factors (libunisub's
+    # DeltaStoreReuse: their pages are mapped already), and freed after the last
+    reuse_stores = torch.classes.unisub.DeltaStoreReuse()
+    try:
+        for di, (mod, (a_key, b_key, shape)) in enumerate(deltas.items()):
+            key = mod + DELTA_SUFFIX
+            if finished(key, len(batches)):
+                continue
+            acc = LoraDeltaAccumulator(shape, center, device, gram_precision)
+            start = folder.load_partial_delta(key, acc._impl, rank_id) if folder is not None else 0
+            acc.reserve(sum(len(b) for b in batches))  # every model's factors in one store, allocated once
 
-        def save(next_batch):
-            writer_call(folder.save_partial_delta, key, next_batch, acc._impl, rank_id)
+            def save(next_batch):
+                writer_call(folder.save_partial_delta, key, next_batch, acc._impl, rank_id)
 
-        for _, batch in batches_from(start, key, save, batches, save_last=False):
-            for i in batch:
-                _add_delta_model(acc, checkpoints[i], a_key, b_key, i)
-        if world > 1:
-            acc.all_reduce(group)
-        meta = {"factors": [a_key, b_key], "source_files": [checkpoints[0].file_of(b_key)],
-                "models": [checkpoints[i].name for i in sorted(acc.ids)]}
-        result = acc.finalize_slot(key, rank, energy, eigen_weights, len(chosen) + di, meta, taus, error_ranks,
-                                   release_factors=True)
-        del acc
-        store(key, result, DeltaSubspace)
-        _release_memory()
+            for _, batch in batches_from(start, key, save, batches, save_last=False):
+                for i in batch:
+                    _add_delta_model(acc, checkpoints[i], a_key, b_key, i)
+            if world > 1:
+                acc.all_reduce(group)
+            meta = {"factors": [a_key, b_key], "source_files": [checkpoints[0].file_of(b_key)],
+                    "models": [checkpoints[i].name for i in sorted(acc.ids)]}
+            result = acc.finalize_slot(key, rank, energy, eigen_weights, len(chosen) + di, meta, taus, error_ranks,
+                                       release_factors=True)
+            del acc
+            store(key, result, DeltaSubspace)
+            _release_memory()
+    finally:
+        del reuse_stores
     bar.close()
     return reports, subspaces
 

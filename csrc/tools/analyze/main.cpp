@@ -24,6 +24,7 @@
 #include <future>
 #include <cmath>
 #include <filesystem>
+#include <optional>
 #include <iostream>
 #include <map>
 
@@ -286,6 +287,10 @@ int run(const Options& o) {
     entries.emplace_back(key, result.entry);
     unisub::analysis::release_freed_memory();
   }
+  // each delta slot's store, once released, is kept for the next one's factors (store_reuse.h),
+  // and freed after the last, before the report is assembled
+  std::optional<unisub::analysis::DeltaStoreReuse> reuse_stores;
+  reuse_stores.emplace();
   for (size_t di = 0; di < deltas.size(); ++di) {
     const auto& d = deltas[di];
     const auto slot = d.module + ".delta";
@@ -319,6 +324,7 @@ int run(const Options& o) {
     entries.emplace_back(slot, result.entry);
     unisub::analysis::release_freed_memory();
   }
+  reuse_stores.reset();
   fmt::print(stderr, "\n");
   if (resumed) fmt::print(stderr, "resumed: {} finished slot(s) read from {}\n", resumed, (fs::path(o.out) / "slots").string());
   std::vector<std::pair<std::string, std::string>> skipped_list(skipped.begin(), skipped.end());
