@@ -43,6 +43,34 @@ def test_matches_dense_reference_with_large_offset(dtype, batch, gen):
         assert err <= 1e-9 * ref[m].abs().max().item()
 
 
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_gram_block_rows_shared_among_threads(precision, gen):
+    """Wide Grams run as block rows shared out among the threads, each GEMM single-threaded on its
+    thread, whichever takes it (csrc/ops/gram.cpp): two runs on two threads give the same bits, and
+    one thread or two agree with the float64 reference to the float32 route's stated bound,
+    (kFloat32Columns + 2)·u32 of Σ‖x − μ₀‖² (4× for the shift), or to 1e-12 in float64."""
+    X = [(torch.randn(520, 300, generator=gen) * 0.1).to(torch.float16) for _ in range(12)]
+    threads = torch.get_num_threads()
+    grams = []
+    try:
+        for n in (2, 2, 1):
+            torch.set_num_threads(n)
+            acc = SubspaceAccumulator((520, 300), ["out", "in"], True, None, precision)
+            for b in range(0, 12, 4):
+                acc.update(X[b:b + 4])
+            grams.append(acc.grams)
+    finally:
+        torch.set_num_threads(threads)
+    D = torch.stack([x.double() for x in X])
+    D = D - D.mean(0)
+    energy = D.pow(2).sum().item()
+    for mode, ref in (("out", torch.einsum("mij,mkj->ik", D, D)), ("in", torch.einsum("mji,mjk->ik", D, D))):
+        assert torch.equal(grams[0][mode], grams[1][mode]), mode
+        bound = (448 + 2) * 2.0 ** -24 * 4 * energy if precision == "float32" else 1e-12 * energy
+        for g in (grams[0], grams[2]):
+            assert (g[mode] - ref).abs().max().item() <= bound, mode
+
+
 def test_uncentred_mode_and_validation(gen):
     X = torch.randn(6, 4, 3, generator=gen, dtype=torch.float64)
     acc = SubspaceAccumulator(modes=("out",), center=False).update(X[:2]).update(X[2:])
