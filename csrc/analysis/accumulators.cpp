@@ -13,6 +13,7 @@
 #include "analysis/json_writer.h"
 #include "analysis/profile.h"
 #include "cpu/serial_copy.h"
+#include "cpu/shifted_copy.h"
 #include "ops/checks.h"
 #include "unisub/decompositions.h"
 #include "ops/decompositions.h"
@@ -156,7 +157,7 @@ void ModeAccumulator::update(at::TensorList models) {
   {
     ScopedStage stage("convert");
     batch_mean_.zero_();
-    for (const auto& x : models) batch_mean_.add_(x.to(dev));  // promoted to float64 element by element
+    for (const auto& x : models) unisub::detail::add_to_float64(x.to(dev), batch_mean_);  // in float64
     batch_mean_ /= static_cast<double>(models.size());
   }
   if (!unisub::detail::all_finite(batch_mean_)) {
@@ -215,14 +216,8 @@ void ModeAccumulator::accumulate_shifted(at::TensorList models, bool float32, co
       ScopedStage stage("convert");
       // shifted in float64 (a 16-bit model minus the float64 μ₀), then stored: a float32 chunk
       // holds each shifted entry to its own relative rounding, whatever the common offset
-      for (int64_t i = 0; i < g; ++i) {
-        auto slot = chunk.select(1, i);
-        if (center_) {
-          at::sub_out(slot, models[first + i].to(dev), shift_);
-        } else {
-          slot.copy_(models[first + i]);
-        }
-      }
+      for (int64_t i = 0; i < g; ++i)
+        unisub::detail::shifted_copy(models[first + i].to(dev), center_ ? shift_ : at::Tensor(), chunk.select(1, i));
     }
     ScopedStage stage(gram_stage);
     // what the float32 part's error bound is relative to, Σ‖x − μ₀‖²: what this chunk adds to the
