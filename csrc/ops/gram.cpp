@@ -90,7 +90,10 @@ void for_each_block_row(int64_t blocks, int64_t max_workers, bool on_cpu, const 
 // GEMM for wide Grams); mirror_lower() later fills the upper triangle.
 void syrk_lower(const at::Tensor& acc, const at::Tensor& A, double beta, double alpha) {
   const int64_t d = A.size(0);
-  const int64_t tile = A.is_cuda() ? 1024 : 256;
+  // 192 rows on the CPU: block rows one thread each, where a narrower block wastes less of the
+  // diagonal block's upper half (768 rows: 0.25–0.27 s against 0.28 s at 256 for 64 float16 models;
+  // 4096 rows of thin LoRA factors: the same)
+  const int64_t tile = A.is_cuda() ? 1024 : 192;
   if (d <= tile) {
     acc.addmm_(A, A.t(), beta, alpha);
     return;
