@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "unisub/analysis.h"
+#include "cpu/blas_threads.h"
 
 namespace unisub::analysis {
 namespace {
@@ -204,6 +205,7 @@ at::Tensor norm_matched_null(const at::Tensor& variances, int64_t dim, bool cent
                       // one draw per thread, each with its own generator (inside the region ATen
                       // and the BLAS run single-threaded)
                       at::parallel_for(0, out.size(0), 1, [&](int64_t b, int64_t e) {
+                        const unisub::detail::SequentialBlas one_thread;
                         for (int64_t d = b; d < e; ++d) {
                           auto gen = null_draw_generator(seed, d);
                           out[d].copy_(null_spectrum(bartlett_factor(out.size(1), dim, gen), scale, Q, dim));

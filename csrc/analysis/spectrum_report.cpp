@@ -15,6 +15,7 @@
 #include "analysis/profile.h"
 #include "unisub/analysis.h"
 #include "unisub/metrics.h"
+#include "cpu/blas_threads.h"
 
 namespace unisub::analysis {
 namespace {
@@ -211,6 +212,7 @@ void norm_matched_entry(Json& null, const at::Tensor& K, const std::vector<doubl
   // thread computes it.
   auto each_draw = [&](const std::function<void(int64_t)>& work) {
     at::parallel_for(0, kDeltaNullDraws, 1, [&](int64_t b, int64_t e) {
+      const unisub::detail::SequentialBlas one_thread;
       for (int64_t d = b; d < e; ++d) work(d);
     });
   };

@@ -14,6 +14,7 @@
 #include "cpu/lora_gram_cpu.h"
 
 #include "cpu/amx_split_gemm.h"
+#include "cpu/blas_threads.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -134,6 +135,7 @@ bool lora_gram_lower_cpu(const at::Tensor& Bt, const at::Tensor& Ac, int64_t r, 
   double* k = K.data_ptr<double>();
   AT_DISPATCH_FLOATING_TYPES(compute, "unisub_lora_gram_lower_cpu", [&] {
     at::parallel_for(0, workers, 1, [&](int64_t w0, int64_t w1) {
+      const SequentialBlas one_thread;
       // Inside at::parallel_for, ATen runs its own parallel loops inline and the BLAS (OpenMP,
       // inside a parallel region) runs single-threaded: each GEMM stays on this thread. Buffers
       // once per worker (fresh multi-megabyte tensors per tile would cost their page faults every

@@ -9,6 +9,7 @@
 #include <numeric>
 
 #include "ops/projection.h"
+#include "cpu/blas_threads.h"
 
 namespace unisub::detail {
 namespace {
@@ -28,6 +29,7 @@ void project_list_cpu(const std::vector<ListEntry>& entries, bool complement) {
   std::atomic<size_t> next{0};
   const int64_t workers = std::min<int64_t>(at::get_num_threads(), static_cast<int64_t>(entries.size()));
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    const SequentialBlas one_thread;
     for (size_t i = next++; i < order.size(); i = next++) project_entry(entries[order[i]], complement);
   });
 }

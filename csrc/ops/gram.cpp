@@ -7,8 +7,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
-#include <climits>
 
 #include "ops/checks.h"
 #include "ops/overlap_checks.h"
@@ -61,49 +59,22 @@ at::Tensor model_mean_for_pack(const at::Tensor& X, const Unfolding& u, const Gr
   return mean.reshape({u.period, u.mean_per_row ? u.rows : 1, u.inner});
 }
 
-namespace {
-
-// Runs block_row(b, worker) for every block row b < blocks. On the CPU with more than one thread,
-// the block rows are shared out among the threads, the widest (the last) first, each GEMM running
-// single-threaded on its thread (inside a parallel region the BLAS does not split work further):
-// a block row is one GEMM of a few hundred rows, which the BLAS splitting it across the threads ran
-// at 35–50 % of the GEMM rate (each split GEMM joined its threads; the float32 route's additions
-// into float64 in between ran one parallel loop each). Each block row is computed by one thread
-// whichever it is, so the result does not depend on which thread takes which.
-template <class BlockRow>
-void for_each_block_row(int64_t blocks, int64_t max_workers, bool on_cpu, const BlockRow& block_row) {
-  const int64_t workers = std::min({max_workers, static_cast<int64_t>(at::get_num_threads()), blocks});
-  if (!on_cpu || workers <= 1 || at::in_parallel_region()) {
-    for (int64_t b = 0; b < blocks; ++b) block_row(b, 0);
-    return;
-  }
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, workers, 1, [&](int64_t w0, int64_t w1) {
-    for (int64_t w = w0; w < w1; ++w)
-      for (int64_t t = next.fetch_add(1); t < blocks; t = next.fetch_add(1)) block_row(blocks - 1 - t, w);
-  });
-}
-
-}  // namespace
-
 // acc = beta·acc + alpha·A Aᵀ, computing only the block lower triangle (about half the flops of one
 // GEMM for wide Grams); mirror_lower() later fills the upper triangle.
 void syrk_lower(const at::Tensor& acc, const at::Tensor& A, double beta, double alpha) {
   const int64_t d = A.size(0);
-  // 192 rows on the CPU: block rows one thread each, where a narrower block wastes less of the
-  // diagonal block's upper half (768 rows: 0.25–0.27 s against 0.28 s at 256 for 64 float16 models;
-  // 4096 rows of thin LoRA factors: the same)
-  const int64_t tile = A.is_cuda() ? 1024 : 192;
+  const int64_t tile = A.is_cuda() ? 1024 : 256;
   if (d <= tile) {
     acc.addmm_(A, A.t(), beta, alpha);
     return;
   }
-  // One GEMM per block row: all tiles left of and on the diagonal at once.
-  for_each_block_row((d + tile - 1) / tile, INT64_MAX, A.is_cpu(), [&](int64_t b, int64_t) {
-    const int64_t i0 = b * tile, ni = std::min(tile, d - i0);
+  for (int64_t i0 = 0; i0 < d; i0 += tile) {
+    const int64_t ni = std::min(tile, d - i0);
+    const auto Ai = A.narrow(0, i0, ni);
+    // One GEMM per block row: all tiles left of and on the diagonal at once.
     auto left = acc.narrow(0, i0, ni).narrow(1, 0, i0 + ni);
-    left.addmm_(A.narrow(0, i0, ni), A.narrow(0, 0, i0 + ni).t(), beta, alpha);
-  });
+    left.addmm_(Ai, A.narrow(0, 0, i0 + ni).t(), beta, alpha);
+  }
 }
 
 namespace {
@@ -130,26 +101,23 @@ int64_t float32_tile(const at::Device& device) { return device.is_cuda() ? 1024 
 }  // namespace
 
 at::Tensor syrk_lower_float32_scratch(int64_t d, const at::Device& device) {
-  // one block row of float32 partial Gram per thread that may take block rows (CPU)
-  const int64_t workers = device.is_cuda() ? 1 : std::max(1, at::get_num_threads());
-  return at::empty({workers, std::min(d, float32_tile(device)), d},
-                   at::TensorOptions().dtype(at::kFloat).device(device));
+  return at::empty({std::min(d, float32_tile(device)), d}, at::TensorOptions().dtype(at::kFloat).device(device));
 }
 
 void syrk_lower_float32(const at::Tensor& acc, const at::Tensor& A, int64_t columns, const at::Tensor& scratch) {
   const int64_t d = A.size(0), k = A.size(1);
   const int64_t tile = float32_tile(A.device());
-  for_each_block_row((d + tile - 1) / tile, scratch.size(0), A.is_cpu(), [&](int64_t b, int64_t worker) {
-    const int64_t i0 = b * tile, ni = std::min(tile, d - i0);
+  for (int64_t i0 = 0; i0 < d; i0 += tile) {
+    const int64_t ni = std::min(tile, d - i0);
     const auto row = acc.narrow(0, i0, ni).narrow(1, 0, i0 + ni);
-    const auto part = scratch.select(0, worker).narrow(0, 0, ni).narrow(1, 0, i0 + ni);
+    const auto part = scratch.narrow(0, 0, ni).narrow(1, 0, i0 + ni);
     // this block row's float32 partial Grams, each added while it is still in cache
     for (int64_t c0 = 0; c0 < k; c0 += columns) {
       const int64_t c = std::min(columns, k - c0);
       part.addmm_(A.narrow(0, i0, ni).narrow(1, c0, c), A.narrow(0, 0, i0 + ni).narrow(1, c0, c).t(), 0.0, 1.0);
       add_block_f32(row, part);
     }
-  });
+  }
 }
 
 namespace {

@@ -45,8 +45,7 @@ at::Tensor model_mean_for_pack(const at::Tensor& X, const Unfolding& u, const Gr
 void syrk_lower(const at::Tensor& acc, const at::Tensor& A, double beta = 1.0, double alpha = 1.0);
 // acc (float64 [d, d]) += A Aᵀ for a float32 A [d, k], lower block triangle, by float32 GEMMs of at
 // most `columns` inner length whose results are summed into acc in float64 one block row at a time
-// (while they are in cache). scratch: from syrk_lower_float32_scratch (one block row for each
-// thread that may take block rows), reusable.
+// (while they are in cache). scratch: from syrk_lower_float32_scratch (one block row), reusable.
 void syrk_lower_float32(const at::Tensor& acc, const at::Tensor& A, int64_t columns, const at::Tensor& scratch);
 at::Tensor syrk_lower_float32_scratch(int64_t d, const at::Device& device);
 // G's strict upper triangle := its lower one's transpose (float64, contiguous; in place on CPU).

@@ -18,6 +18,7 @@
 #include "ops/decompositions.h"
 #include "ops/matrix_checks.h"
 #include "unisub/decompositions.h"
+#include "cpu/blas_threads.h"
 
 namespace unisub::detail {
 namespace {
@@ -261,6 +262,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> svd_impl(const at::Tensor& A, int
     f = {at::empty({batch, m, k}, opts), at::empty({batch, k}, opts), at::empty({batch, k, n}, opts)};
     const int64_t groups = (batch + group - 1) / group;
     at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+      const SequentialBlas one_thread;
       for (int64_t g = g0; g < g1; ++g) {
         const int64_t b0 = g * group, nb = std::min(group, batch - b0);
         const Factors part = solve(A3.narrow(0, b0, nb), method);

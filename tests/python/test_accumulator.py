@@ -44,11 +44,11 @@ def test_matches_dense_reference_with_large_offset(dtype, batch, gen):
 
 
 @pytest.mark.parametrize("precision", ["float32", "float64"])
-def test_gram_block_rows_shared_among_threads(precision, gen):
-    """Wide Grams run as block rows shared out among the threads, each GEMM single-threaded on its
-    thread, whichever takes it (csrc/ops/gram.cpp): two runs on two threads give the same bits, and
-    one thread or two agree with the float64 reference to the float32 route's stated bound,
-    (kFloat32Columns + 2)·u32 of Σ‖x − μ₀‖² (4× for the shift), or to 1e-12 in float64."""
+def test_mode_grams_repeat_bit_for_bit_and_meet_their_bound_on_any_thread_count(precision, gen):
+    """Two runs on two threads give the same bits (what resume and the front ends' identical folders
+    rely on), after torch.set_num_threads has turned MKL's dynamic threading off; one thread or two
+    agree with the float64 reference to the float32 route's stated bound, (kFloat32Columns + 2)·u32
+    of Σ‖x − μ₀‖² (4× for the shift), or to 1e-12 in float64."""
     X = [(torch.randn(520, 300, generator=gen) * 0.1).to(torch.float16) for _ in range(12)]
     threads = torch.get_num_threads()
     grams = []

@@ -352,6 +352,10 @@ def test_thin_wide_slots_are_read_in_the_plans_batches(tmp_path, gen):
     from the same batch boundary in the other, bit for bit."""
     from unisub.io import save_file
 
+    # torch.set_num_threads turns MKL's dynamic threading off, after which libunisub's workers'
+    # GEMMs spread over every thread again unless each worker keeps the BLAS to itself
+    # (cpu/blas_threads.h): the bytes then differed from the C++ tool's
+    torch.set_num_threads(torch.get_num_threads())
     zoo = tmp_path / "zoo"
     zoo.mkdir()
     for i in range(150):
