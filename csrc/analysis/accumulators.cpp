@@ -205,7 +205,7 @@ void ModeAccumulator::accumulate_shifted(at::TensorList models, bool float32, co
   constexpr int64_t kChunkBytes = 32LL << 20;
   const int64_t per_chunk = std::clamp<int64_t>(kChunkBytes / (size * elem), 1, static_cast<int64_t>(models.size()));
   if (!chunk_.defined() || chunk_.scalar_type() != dtype || chunk_.numel() < per_chunk * size)
-    chunk_ = at::empty({per_chunk * size}, at::TensorOptions().dtype(dtype).device(dev));
+    chunk_ = unisub::detail::page_aligned_empty({per_chunk * size}, dtype, dev);  // see gram.h
   if (float32 && grams32_.empty())  // one block row of float32 partial Gram per mode
     for (const auto& G : grams_) grams32_.push_back(unisub::detail::syrk_lower_float32_scratch(G.size(0), dev));
   for (size_t first = 0; first < models.size(); first += per_chunk) {

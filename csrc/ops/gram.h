@@ -45,9 +45,13 @@ at::Tensor model_mean_for_pack(const at::Tensor& X, const Unfolding& u, const Gr
 void syrk_lower(const at::Tensor& acc, const at::Tensor& A, double beta = 1.0, double alpha = 1.0);
 // acc (float64 [d, d]) += A Aᵀ for a float32 A [d, k], lower block triangle, by float32 GEMMs of at
 // most `columns` inner length whose results are summed into acc in float64 one block row at a time
-// (while they are in cache). scratch: from syrk_lower_float32_scratch (one block row), reusable.
+// (while they are in cache), the block rows shared out among the threads on the CPU. scratch: from
+// syrk_lower_float32_scratch (one block row per thread), reusable.
 void syrk_lower_float32(const at::Tensor& acc, const at::Tensor& A, int64_t columns, const at::Tensor& scratch);
 at::Tensor syrk_lower_float32_scratch(int64_t d, const at::Device& device);
+// An uninitialised tensor whose data starts on a 4096-byte boundary (CPU; elsewhere at::empty):
+// for operands of single-threaded BLAS calls whose bits must not depend on where they lie.
+at::Tensor page_aligned_empty(at::IntArrayRef sizes, at::ScalarType dtype, const at::Device& device);
 // G's strict upper triangle := its lower one's transpose (float64, contiguous; in place on CPU).
 void mirror_lower_(const at::Tensor& G);
 
