@@ -363,8 +363,7 @@ DeltaAccumulator::~DeltaAccumulator() { drop_store(); }
 void DeltaAccumulator::drop_store() {
   B_.clear(), A_.clear();
   Bt_store_ = at::Tensor(), A_store_ = at::Tensor();
-  detail::keep_store_bytes(std::move(store_bytes_));
-  store_bytes_ = at::Tensor();
+  detail::keep_store_bytes(std::move(store_bytes_));  // leaves store_bytes_ undefined
 }
 
 void DeltaAccumulator::release_factors() {

@@ -134,7 +134,8 @@ void shifted_copy(const at::Tensor& x, const at::Tensor& shift, const at::Tensor
                     !x.is_conj() && !x.is_neg();
   if (!fast) {
     if (shift.defined()) {
-      at::sub_out(const_cast<at::Tensor&>(out), x.to(out.device()), shift);
+      at::Tensor result = out;  // a handle on out's storage: sub_out writes into it
+      at::sub_out(result, x.to(out.device()), shift);
     } else {
       out.copy_(x);
     }

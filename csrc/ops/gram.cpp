@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/util/accumulate.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -132,9 +133,7 @@ at::Tensor page_aligned_empty(at::IntArrayRef sizes, at::ScalarType dtype, const
   // depends on where the operands lie relative to a page: blocks that sit at the same offset in
   // every run give the same bits in every run (and in both front ends)
   constexpr int64_t kPage = 4096;
-  int64_t numel = 1;
-  for (auto s : sizes) numel *= s;
-  const int64_t bytes = numel * static_cast<int64_t>(c10::elementSize(dtype));
+  const int64_t bytes = c10::multiply_integers(sizes) * static_cast<int64_t>(c10::elementSize(dtype));
   auto raw = at::empty({bytes + kPage}, at::TensorOptions().dtype(at::kByte));
   const auto address = reinterpret_cast<uintptr_t>(raw.data_ptr());
   const int64_t offset = static_cast<int64_t>((kPage - address % kPage) % kPage);
