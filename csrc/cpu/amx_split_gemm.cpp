@@ -12,25 +12,27 @@
 #include <immintrin.h>
 #endif
 
-#if __has_include(<ATen/native/CPUBlas.h>)
-#include <ATen/native/CPUBlas.h>
-#endif
-// torch's brgemm with the VNNI flag and its packing check: CPUBlas.h defines these macros beside
-// them (the float32 one came with the flag)
-#if defined(CPUBLAS_BRGEMM_BF16BF16F32) && defined(CPUBLAS_BRGEMM_F32F32F32)
-#define UNISUB_HAVE_BRGEMM 1
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#define UNISUB_HAVE_AMX_KERNEL 1
 #else
-#define UNISUB_HAVE_BRGEMM 0
+#define UNISUB_HAVE_AMX_KERNEL 0
 #endif
 
 namespace unisub::detail {
 namespace {
 
-// Rows of the left operand per micro-kernel call: with a 64-column block of the right operand
-// (K × 64 bfloat16, 512 KiB for K = 4096, hi and lo together 1 MiB) held in L2 while the left
-// operand's rows stream past it. 32 × 64 blocks measured within noise of 64 × 64 and 128 × 64 at
-// 1024 × 1024 × 4096 (~10 ms a bfloat16 GEMM against 55 ms in float32, one thread).
-constexpr int64_t kRowsPerCall = 32;
+// Rows of the left operand per block of the products: its split rows (64 × 4096 hi and lo, 1 MiB)
+// stay in L2 while the right operand's column pairs pass by. 32 and 64 measured alike, 128 and more
+// 15–20 % slower (one thread, 512 × 1024 × 4096).
+constexpr int64_t kRowsPerBlock = 64;
+
+// The inner dimension is padded with zeros to whole tiles (32 numbers, 16 pairs): the tiles always
+// read 32 of them, and zeros add nothing to the products.
+constexpr int64_t kTileDepth = 32;
+
+int64_t padded_depth(int64_t k) { return (k + kTileDepth - 1) / kTileDepth * kTileDepth; }
 
 // x (a float holding a float16 value) = hi + lo, both bfloat16 bit patterns: hi rounded to nearest
 // even; lo = x − hi is exact in float32 and has at most 4 significant bits above the float16 unit of
@@ -86,15 +88,16 @@ void split_half_row(const uint16_t* src, int64_t k, uint16_t* hi, uint16_t* lo) 
   split_half_row_generic(src, k, hi, lo);
 }
 
-// Row i of src (float16: split; bfloat16: hi is the value, there is no lo) for i < rows.
-void split_rows(const at::Tensor& src, uint16_t* hi, uint16_t* lo) {
+// Row i of src (float16: split; bfloat16: hi is the value, there is no lo) for i < rows, to row i
+// of hi and lo, `stride` numbers apart (the numbers from k to stride are left as they are).
+void split_rows(const at::Tensor& src, uint16_t* hi, uint16_t* lo, int64_t stride) {
   const int64_t rows = src.size(0), k = src.size(1), ld = src.stride(0);
   const auto* s = static_cast<const uint16_t*>(src.const_data_ptr());
   for (int64_t i = 0; i < rows; ++i) {
     if (lo) {
-      split_half_row(s + i * ld, k, hi + i * k, lo + i * k);
+      split_half_row(s + i * ld, k, hi + i * stride, lo + i * stride);
     } else {
-      std::memcpy(hi + i * k, s + i * ld, static_cast<size_t>(k) * 2);
+      std::memcpy(hi + i * stride, s + i * ld, static_cast<size_t>(k) * 2);
     }
   }
 }
@@ -121,13 +124,78 @@ void check_source(const at::Tensor& src, const char* what) {
               "and even k, got ", src.sizes(), " ", src.scalar_type());
 }
 
+#if UNISUB_HAVE_AMX_KERNEL
+// The tiles' layout for every product: 8 tiles of 16 rows × 64 bytes (palette 1).
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t bytes_per_row[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Linux hands a process the tiles' register state only when it asks (arch_prctl); torch asks too
+// when oneDNN first uses them, but our kernel may run first.
+bool tiles_permitted() {
+  static const bool permitted = [] {
+    constexpr long kRequestPermission = 0x1023, kTileData = 18;  // ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA
+    return __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") &&
+           syscall(SYS_arch_prctl, kRequestPermission, kTileData) == 0;
+  }();
+  return permitted;
+}
+
+__attribute__((target("amx-tile"))) void load_tile_config() {
+  TileConfig config;
+  for (int t = 0; t < 8; ++t) config.bytes_per_row[t] = 64, config.rows[t] = 16;
+  // as an asm with the whole configuration as its memory operand: GCC 12 did not count the
+  // intrinsic's read of it, dropped the stores to its rows and widths, and the tiles faulted
+  asm volatile("ldtilecfg %0" : : "m"(config));
+}
+
+__attribute__((target("amx-tile"))) void release_tiles() { _tile_release(); }
+
+// Tiles 0–3 (C: rows r and r + 16 × columns c and c + 16) += Σ over depth numbers of the rows a0,
+// a1 (stride lda bytes) times the column tiles b0, b1 (VNNI pair rows, strides ldb0, ldb1 bytes).
+// Each C tile takes one product per 32 numbers and the four are independent, so the products
+// overlap instead of waiting on one accumulator.
+__attribute__((target("amx-tile,amx-bf16"))) void tile_products(const uint16_t* a0, const uint16_t* a1, int64_t lda,
+                                                                const uint16_t* b0, int64_t ldb0, const uint16_t* b1,
+                                                                int64_t ldb1, int64_t depth) {
+  // pair rows advance 16 per step: ld/4 words each, i.e. ld/2 numbers
+  const int64_t b0_step = 16 * ldb0 / 2, b1_step = 16 * ldb1 / 2;
+  for (int64_t k = 0, step = 0; k < depth; k += kTileDepth, ++step) {
+    _tile_loadd(4, a0 + k, lda);
+    _tile_loadd(6, b0 + step * b0_step, ldb0);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_loadd(7, b1 + step * b1_step, ldb1);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_loadd(5, a1 + k, lda);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+}
+
+__attribute__((target("amx-tile"))) void zero_tiles() {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+}
+
+// The four C tiles to out (32 × 32 floats, row-major).
+__attribute__((target("amx-tile"))) void store_tiles(float* out) {
+  _tile_stored(0, out, 128);
+  _tile_stored(1, out + 16, 128);
+  _tile_stored(2, out + 512, 128);
+  _tile_stored(3, out + 528, 128);
+}
+#endif
+
 }  // namespace
 
 bool amx_bf16_available() {
-#if UNISUB_HAVE_BRGEMM
-  // asked each time, not cached: torch's brgemm refuses once oneDNN is switched off
-  // (torch.backends.mkldnn.enabled = False), and could_pack says so
-  return at::native::cpublas::could_pack(at::kBFloat16);
+#if UNISUB_HAVE_AMX_KERNEL
+  return tiles_permitted();
 #else
   return false;
 #endif
@@ -138,18 +206,30 @@ bool amx_split_supports(int64_t k) { return k >= 2 && k % 2 == 0; }
 int64_t packed_width(int64_t columns) { return (columns + 15) / 16 * 16; }
 
 void SplitPanel::reserve(int64_t rows, int64_t k, bool has_lo) {
-  const int64_t n = rows * k;
+  // the tiles read whole 16-row tiles in pairs and 32 numbers deep: room for 32 rows past the last
+  // one, zero (their products are computed and dropped), and each row padded to a whole depth
+  const int64_t depth = padded_depth(k), n = (rows + 32) * depth;
   const auto opts = at::TensorOptions().dtype(at::kBFloat16);
   if (!hi_.defined() || hi_.numel() < n) hi_ = at::empty({n}, opts);
   if (has_lo && (!lo_.defined() || lo_.numel() < n)) lo_ = at::empty({n}, opts);
-  rows_ = rows, k_ = k, has_lo_ = has_lo;
+  rows_ = rows, k_ = k, depth_ = depth, has_lo_ = has_lo;
 }
 
 void SplitPanel::load_rows(const at::Tensor& src) {
   check_source(src, "SplitPanel::load_rows");
-  reserve(src.size(0), src.size(1), src.scalar_type() == at::kHalf);
+  const int64_t rows = src.size(0), k = src.size(1);
+  reserve(rows, k, src.scalar_type() == at::kHalf);
   packed_ = false;
-  split_rows(src, static_cast<uint16_t*>(hi_.data_ptr()), has_lo_ ? static_cast<uint16_t*>(lo_.data_ptr()) : nullptr);
+  auto* hi = static_cast<uint16_t*>(hi_.data_ptr());
+  auto* lo = has_lo_ ? static_cast<uint16_t*>(lo_.data_ptr()) : nullptr;
+  split_rows(src, hi, lo, depth_);
+  // the depth's padding of every row, then the 32 rows past the last
+  for (uint16_t* p : {hi, lo}) {
+    if (!p) continue;
+    if (depth_ > k)
+      for (int64_t i = 0; i < rows; ++i) std::fill(p + i * depth_ + k, p + (i + 1) * depth_, uint16_t{0});
+    std::fill(p + rows * depth_, p + (rows + 32) * depth_, uint16_t{0});
+  }
 }
 
 void SplitPanel::load_columns(const at::Tensor& src) {
@@ -161,12 +241,13 @@ void SplitPanel::load_columns(const at::Tensor& src) {
   packed_ = true;
   // Row j of src becomes column j of the right operand: in the block of columns [c, c + w) (c a
   // multiple of kAmxBlockColumns, w its width), pair p of the column is the 32-bit word
-  // (p · ld + j − c) of the block, which starts at number c · k; ld is w rounded up to a multiple of
-  // 16, as the micro-kernels' own packing lays it out (its extra columns zero). A block's rows are
-  // split into row-major scratch (1 MiB at k = 4096, in L2) first, then transposed.
+  // (p · ld + j − c) of the block, which starts at number c · depth; ld is w rounded up to a
+  // multiple of 16 (its extra columns zero), as oneDNN's own packing lays a block out, and the
+  // pairs from k/2 to depth/2 are zero. A block's rows are split into row-major scratch (256 KiB at
+  // k = 4096, in L2) first, then transposed.
   auto* hi = static_cast<uint32_t*>(hi_.data_ptr());
   auto* lo = has_lo_ ? static_cast<uint32_t*>(lo_.data_ptr()) : nullptr;
-  const int64_t block = kAmxBlockColumns * k;
+  const int64_t block = kAmxBlockColumns * k, depth_pairs = depth_ / 2;
   if (!block_.defined() || block_.numel() < 2 * block) block_ = at::empty({2 * block}, at::kBFloat16);
   auto* h = static_cast<uint16_t*>(block_.data_ptr());
   uint16_t* l = h + block;
@@ -176,53 +257,89 @@ void SplitPanel::load_columns(const at::Tensor& src) {
       std::fill(h + w * k, h + ld * k, uint16_t{0});
       if (lo) std::fill(l + w * k, l + ld * k, uint16_t{0});
     }
-    split_rows(src.narrow(0, c, w), h, lo ? l : nullptr);
-    transpose_pairs(h, hi + c * pairs, ld, pairs);
-    if (lo) transpose_pairs(l, lo + c * pairs, ld, pairs);
+    split_rows(src.narrow(0, c, w), h, lo ? l : nullptr, k);
+    transpose_pairs(h, hi + c * depth_pairs, ld, pairs);
+    if (lo) transpose_pairs(l, lo + c * depth_pairs, ld, pairs);
+    for (uint32_t* p : {hi, lo})
+      if (p) std::fill(p + c * depth_pairs + pairs * ld, p + c * depth_pairs + depth_pairs * ld, 0u);
   }
+  // the spare room past the last block, which a tile of dropped columns may read
+  const int64_t end = packed_width(rows) * depth_;
+  for (auto* p : {static_cast<uint16_t*>(hi_.data_ptr()), has_lo_ ? static_cast<uint16_t*>(lo_.data_ptr()) : nullptr})
+    if (p) std::fill(p + end, p + end + 32 * depth_, uint16_t{0});
 }
 
 void amx_split_product(const SplitPanel& a, int64_t a0, int64_t na, const SplitPanel& b, int64_t b0, int64_t nb,
                        float* C, int64_t ldc) {
-#if UNISUB_HAVE_BRGEMM
-  TORCH_CHECK(!a.packed() && b.packed() && a.k() == b.k() && a0 >= 0 && na >= 0 && a0 + na <= a.rows() && b0 >= 0 &&
-                  nb >= 0 && b0 + nb <= b.rows() && b0 % kAmxBlockColumns == 0 && ldc >= nb,
+#if UNISUB_HAVE_AMX_KERNEL
+  TORCH_CHECK(amx_bf16_available() && !a.packed() && b.packed() && a.k() == b.k() && a0 >= 0 && na >= 0 &&
+                  a0 + na <= a.rows() && b0 >= 0 && nb >= 0 && b0 + nb <= b.rows() && b0 % kAmxBlockColumns == 0 &&
+                  ldc >= nb,
               "unisub: internal error: amx_split_product got operands it cannot multiply");
-  const int64_t k = a.k();
-  for (int64_t i = 0; i < na; ++i) std::fill(C + i * ldc, C + i * ldc + nb, 0.0f);
-  using at::native::cpublas::brgemm;
-  auto bf = [](const uint16_t* p) { return reinterpret_cast<const at::BFloat16*>(p); };
-  // The small terms first (lo·lo', lo·hi', hi·lo'), then hi·hi': the tiles accumulate with a
-  // truncating bias, so adding the small terms onto the large hi·hi' sum lost part of each of them
-  // (K_ii 4.5e-6 low on average at K = 4096, against 3.7e-7 for MKL's float32 GEMM); in this order
-  // 5.6e-8 (max 2.1e-7). K is not blocked, for the same reason.
-  for (int64_t n0 = 0; n0 < nb; n0 += kAmxBlockColumns) {
-    const int64_t c = b0 + n0, width = packed_width(std::min(kAmxBlockColumns, b.rows() - c));
-    const int64_t cols = std::min(kAmxBlockColumns, nb - n0);
-    const uint16_t* bh = b.hi() + c * k;
-    const uint16_t* bl = b.has_lo() ? b.lo() + c * k : nullptr;
-    for (int64_t m0 = 0; m0 < na; m0 += kRowsPerCall) {
-      const int64_t rows = std::min(kRowsPerCall, na - m0);
-      const uint16_t* ah = a.hi() + (a0 + m0) * k;
-      const uint16_t* al = a.has_lo() ? a.lo() + (a0 + m0) * k : nullptr;
-      float* c_block = C + m0 * ldc + n0;
-      // every call adds to C (zeroed above): one kernel per block shape, not two
-      if (al && bl) brgemm(rows, cols, k, k, width, ldc, true, bf(al), bf(bl), c_block, true);
-      if (al) brgemm(rows, cols, k, k, width, ldc, true, bf(al), bf(bh), c_block, true);
-      if (bl) brgemm(rows, cols, k, k, width, ldc, true, bf(ah), bf(bl), c_block, true);
-      brgemm(rows, cols, k, k, width, ldc, true, bf(ah), bf(bh), c_block, true);
+  const int64_t depth = a.depth(), lda = depth * 2;
+  // The tiles' configuration is loaded for each call and released after it: between two calls,
+  // oneDNN (torch's own bfloat16 products) may configure this thread's tiles its own way.
+  load_tile_config();
+  struct Release {
+    ~Release() { release_tiles(); }
+  } release;
+  // Column tile j (a multiple of 16, from b0) of the right operand: its first pair row and the
+  // stride between pair rows, in its block of kAmxBlockColumns. A tile past the last block's
+  // padded width reads the zero pairs of the next rows or the panel's spare room; its columns are
+  // dropped.
+  auto column_tile = [&](const uint16_t* base, int64_t j, int64_t& stride) {
+    const int64_t col = b0 + j, c = col / kAmxBlockColumns * kAmxBlockColumns;
+    const int64_t ld = packed_width(std::min(kAmxBlockColumns, std::max<int64_t>(b.rows() - c, 1)));
+    stride = ld * 4;
+    return base + c * depth + (col - c) * 2;
+  };
+  alignas(64) float small[32 * 32], large[32 * 32];
+  for (int64_t r0 = 0; r0 < na; r0 += kRowsPerBlock) {
+    const int64_t r1 = std::min(na, r0 + kRowsPerBlock);
+    for (int64_t j = 0; j < nb; j += 32) {
+      int64_t s0, s1;
+      const uint16_t* bh0 = column_tile(b.hi(), j, s0);
+      const uint16_t* bh1 = column_tile(b.hi(), j + 16, s1);
+      const uint16_t* bl0 = b.has_lo() ? column_tile(b.lo(), j, s0) : nullptr;
+      const uint16_t* bl1 = b.has_lo() ? column_tile(b.lo(), j + 16, s1) : nullptr;
+      for (int64_t i = r0; i < r1; i += 32) {
+        const int64_t row = a0 + i;
+        const uint16_t* ah0 = a.hi() + row * depth;
+        const uint16_t* al0 = a.has_lo() ? a.lo() + row * depth : nullptr;
+        // The small terms (lo·lo′, lo·hi′, hi·lo′) in tiles of their own, hi·hi′ alone, then the
+        // two sums added once: the tiles' accumulation truncates, and small terms added onto the
+        // large sum lost part of each (Kᵢᵢ of 4096-long factors 4.5e-6 low on average against
+        // 3.7e-7 for MKL's float32 GEMM).
+        const bool any_small = al0 || bl0;
+        if (any_small) {
+          zero_tiles();
+          if (al0 && bl0) tile_products(al0, al0 + 16 * depth, lda, bl0, s0, bl1, s1, depth);
+          if (al0) tile_products(al0, al0 + 16 * depth, lda, bh0, s0, bh1, s1, depth);
+          if (bl0) tile_products(ah0, ah0 + 16 * depth, lda, bl0, s0, bl1, s1, depth);
+          store_tiles(small);
+        }
+        zero_tiles();
+        tile_products(ah0, ah0 + 16 * depth, lda, bh0, s0, bh1, s1, depth);
+        store_tiles(large);
+        const int64_t rows = std::min<int64_t>(32, r1 - i), cols = std::min<int64_t>(32, nb - j);
+        for (int64_t x = 0; x < rows; ++x) {
+          float* out = C + (i + x) * ldc + j;
+          const float* l = large + x * 32;
+          if (any_small) {
+            const float* sm = small + x * 32;
+            for (int64_t y = 0; y < cols; ++y) out[y] = l[y] + sm[y];
+          } else {
+            std::copy(l, l + cols, out);
+          }
+        }
+      }
     }
   }
 #else
   (void)a, (void)a0, (void)na, (void)b, (void)b0, (void)nb, (void)C, (void)ldc;
-  TORCH_CHECK(false, "unisub: internal error: amx_split_product without torch's brgemm");
+  TORCH_CHECK(false, "unisub: internal error: amx_split_product without AMX support in this build");
 #endif
 }
 
-void amx_release() {
-#if UNISUB_HAVE_BRGEMM
-  if (amx_bf16_available()) at::native::cpublas::brgemm_release(true);
-#endif
-}
 
 }  // namespace unisub::detail

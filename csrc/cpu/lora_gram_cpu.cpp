@@ -156,7 +156,6 @@ bool lora_gram_lower_cpu(const at::Tensor& Bt, const at::Tensor& Ac, int64_t r, 
         return start >= 0 && from >= start && from + count <= start + models;
       };
       if (amx) {  // the same walk over the tiles, the panels split for AMX instead of converted
-        const AmxReleaseGuard release;
         SplitPanel rowSB, rowSA, colSB, colSA;
         for (int64_t w = w0; w < w1; ++w) {
           for (int64_t t = next.fetch_add(1); t < static_cast<int64_t>(tiles.size()); t = next.fetch_add(1)) {

@@ -57,14 +57,19 @@ BOOST_AUTO_TEST_CASE(every_float16_splits_exactly) {
   for (int64_t i = 0; i < n; ++i)
     if (static_cast<double>(bf16_value(p.hi()[i])) + static_cast<double>(bf16_value(p.lo()[i])) != w[i]) ++wrong;
   BOOST_TEST(wrong == 0);
-  // bfloat16 input: hi is the value, no lo
+  // bfloat16 input: hi is the value, no lo; each row padded with zeros to a whole tile's depth
   const auto y = at::randn({3, 8}).to(at::kBFloat16);
   p.load_rows(y);
   BOOST_TEST(!p.has_lo());
-  BOOST_TEST(std::memcmp(p.hi(), y.const_data_ptr(), 24 * 2) == 0);
+  BOOST_TEST(p.depth() == 32);
+  const auto* yb = static_cast<const uint16_t*>(y.const_data_ptr());
+  for (int64_t i = 0; i < 3; ++i) {
+    BOOST_TEST(std::memcmp(p.hi() + i * p.depth(), yb + i * 8, 8 * 2) == 0);
+    for (int64_t t = 8; t < p.depth(); ++t) BOOST_TEST(p.hi()[i * p.depth() + t] == 0);
+  }
 }
 
-// load_columns lays each block of 64 columns out as torch's pack() does (VNNI pairs), including a
+// load_columns lays each block of 16 columns out as torch's pack() does (VNNI pairs), including a
 // narrower last block (padded to 16 columns).
 BOOST_AUTO_TEST_CASE(columns_are_packed_as_torch_packs_them) {
   if (skip_without_amx()) return;
@@ -75,7 +80,7 @@ BOOST_AUTO_TEST_CASE(columns_are_packed_as_torch_packs_them) {
   for (int64_t c = 0; c < rows; c += unisub::detail::kAmxBlockColumns) {
     const int64_t w = std::min<int64_t>(unisub::detail::kAmxBlockColumns, rows - c);
     const int64_t ld = unisub::detail::packed_width(w);
-    BOOST_TEST(ld == (w == 64 ? 64 : 32));
+    BOOST_TEST(ld == 16);
     const auto kn = src.narrow(0, c, w).t().contiguous();  // [k, w], what pack() takes
     auto packed = at::zeros({k * ld}, at::kBFloat16);
     at::native::cpublas::pack(k, w, w, ld, at::kBFloat16, at::kBFloat16, kn.const_data_ptr(), packed.data_ptr());
