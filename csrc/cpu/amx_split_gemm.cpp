@@ -206,12 +206,13 @@ bool amx_split_supports(int64_t k) { return k >= 2 && k % 2 == 0; }
 int64_t packed_width(int64_t columns) { return (columns + 15) / 16 * 16; }
 
 void SplitPanel::reserve(int64_t rows, int64_t k, bool has_lo) {
-  // the tiles read whole 16-row tiles in pairs and 32 numbers deep: room for 32 rows past the last
-  // one, zero (their products are computed and dropped), and each row padded to a whole depth
+  // The tiles read whole 16-row tiles in pairs and 32 numbers deep: room for 32 rows past the last
+  // one (their products are computed and dropped; zero when allocated, later whatever an earlier
+  // load left there, finite), and each row padded to a whole depth.
   const int64_t depth = padded_depth(k), n = (rows + 32) * depth;
   const auto opts = at::TensorOptions().dtype(at::kBFloat16);
-  if (!hi_.defined() || hi_.numel() < n) hi_ = at::empty({n}, opts);
-  if (has_lo && (!lo_.defined() || lo_.numel() < n)) lo_ = at::empty({n}, opts);
+  if (!hi_.defined() || hi_.numel() < n) hi_ = at::zeros({n}, opts);
+  if (has_lo && (!lo_.defined() || lo_.numel() < n)) lo_ = at::zeros({n}, opts);
   rows_ = rows, k_ = k, depth_ = depth, has_lo_ = has_lo;
 }
 
@@ -223,12 +224,13 @@ void SplitPanel::load_rows(const at::Tensor& src) {
   auto* hi = static_cast<uint16_t*>(hi_.data_ptr());
   auto* lo = has_lo_ ? static_cast<uint16_t*>(lo_.data_ptr()) : nullptr;
   split_rows(src, hi, lo, depth_);
-  // the depth's padding of every row, then the 32 rows past the last
+  // the depth's padding of every row, and the rows up to a whole pair of tiles
+  const int64_t whole = (rows + 31) / 32 * 32;
   for (uint16_t* p : {hi, lo}) {
     if (!p) continue;
     if (depth_ > k)
       for (int64_t i = 0; i < rows; ++i) std::fill(p + i * depth_ + k, p + (i + 1) * depth_, uint16_t{0});
-    std::fill(p + rows * depth_, p + (rows + 32) * depth_, uint16_t{0});
+    std::fill(p + rows * depth_, p + whole * depth_, uint16_t{0});
   }
 }
 
@@ -339,6 +341,15 @@ void amx_split_product(const SplitPanel& a, int64_t a0, int64_t na, const SplitP
   (void)a, (void)a0, (void)na, (void)b, (void)b0, (void)nb, (void)C, (void)ldc;
   TORCH_CHECK(false, "unisub: internal error: amx_split_product without AMX support in this build");
 #endif
+}
+
+void amx_split_product(const at::Tensor& a, SplitPanel& scratch, const SplitPanel& b, int64_t b0, int64_t nb, float* C,
+                       int64_t ldc) {
+  for (int64_t r0 = 0; r0 < a.size(0); r0 += kRowsPerBlock) {
+    const int64_t rows = std::min(kRowsPerBlock, a.size(0) - r0);
+    scratch.load_rows(a.narrow(0, r0, rows));
+    amx_split_product(scratch, 0, rows, b, b0, nb, C + r0 * ldc, ldc);
+  }
 }
 
 

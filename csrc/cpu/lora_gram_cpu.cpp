@@ -156,16 +156,11 @@ bool lora_gram_lower_cpu(const at::Tensor& Bt, const at::Tensor& Ac, int64_t r, 
         return start >= 0 && from >= start && from + count <= start + models;
       };
       if (amx) {  // the same walk over the tiles, the panels split for AMX instead of converted
-        SplitPanel rowSB, rowSA, colSB, colSA;
+        SplitPanel rowSplit, colSB, colSA;  // the tile's rows are split a block at a time as they are multiplied
         for (int64_t w = w0; w < w1; ++w) {
           for (int64_t t = next.fetch_add(1); t < static_cast<int64_t>(tiles.size()); t = next.fetch_add(1)) {
             const Tile& tile = tiles[t];
             const int64_t rows = tile.ni * r, cols = tile.nj * r;
-            if (!holds(row_start, row_models, tile.i0, tile.ni)) {
-              row_start = tile.i0 / ti * ti, row_models = std::min(ti, M - row_start);
-              rowSB.load_rows(B.narrow(0, row_start * r, row_models * r));
-              rowSA.load_rows(A.narrow(0, row_start * r, row_models * r));
-            }
             // The tile's columns from the split column stripe that holds them, where they begin on a
             // block of kAmxBlockColumns (a diagonal strip's columns begin at its row panel, inside a
             // stripe); else from a panel split starting at the tile's first model.
@@ -179,10 +174,9 @@ bool lora_gram_lower_cpu(const at::Tensor& Bt, const at::Tensor& Ac, int64_t r, 
             }
             auto P = bufP.narrow(0, 0, rows * cols).view({rows, cols});
             auto Q = bufQ.narrow(0, 0, rows * cols).view({rows, cols});
-            const int64_t a0 = (tile.i0 - row_start) * r;
             const int64_t b0 = (tile.j0 - col_start) * r;
-            amx_split_product(rowSB, a0, rows, colSB, b0, cols, P.data_ptr<float>(), cols);
-            amx_split_product(rowSA, a0, rows, colSA, b0, cols, Q.data_ptr<float>(), cols);
+            amx_split_product(B.narrow(0, tile.i0 * r, rows), rowSplit, colSB, b0, cols, P.data_ptr<float>(), cols);
+            amx_split_product(A.narrow(0, tile.i0 * r, rows), rowSplit, colSA, b0, cols, Q.data_ptr<float>(), cols);
             reduce_tile(P.const_data_ptr<float>(), Q.const_data_ptr<float>(), r, tile, k, M, acc.data());
           }
         }
