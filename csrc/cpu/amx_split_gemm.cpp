@@ -12,6 +12,10 @@
 #include <immintrin.h>
 #endif
 
+#if __has_include(<ATen/native/CPUBlas.h>)
+#include <ATen/native/CPUBlas.h>
+#endif
+
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__linux__)
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -152,7 +156,15 @@ __attribute__((target("amx-tile"))) void load_tile_config() {
   asm volatile("ldtilecfg %0" : : "m"(config));
 }
 
-__attribute__((target("amx-tile"))) void release_tiles() { _tile_release(); }
+// Releases the tiles, and with torch's micro-kernels present, through them: they keep the kernel
+// whose configuration they last loaded (per thread) and skip loading it again while it is the
+// same, so after our products they would run on our configuration; their release forgets it.
+__attribute__((target("amx-tile"))) void release_tiles() {
+#if defined(CPUBLAS_BRGEMM_BF16BF16F32)
+  at::native::cpublas::brgemm_release(/*is_vnni=*/true);
+#endif
+  _tile_release();
+}
 
 // Tiles 0–3 (C: rows r and r + 16 × columns c and c + 16) += Σ over depth numbers of the rows a0,
 // a1 (stride lda bytes) times the column tiles b0, b1 (VNNI pair rows, strides ldb0, ldb1 bytes).

@@ -233,6 +233,21 @@ def test_lora_gram_16_bit_with_onednn_switched_off(gen):
     assert torch.equal(off, on)
 
 
+def test_lora_gram_16_bit_between_torch_own_tile_kernels(gen):
+    # torch's bfloat16 attention runs oneDNN's tile kernels (on a CPU with AMX), which keep the
+    # configuration they last loaded per thread; ours loads its own in between: each must still
+    # give the same bits as when it runs alone
+    q, k, v = (torch.randn(2, 4, 256, 64, generator=gen).bfloat16() for _ in range(3))
+    attention = torch.nn.functional.scaled_dot_product_attention
+    B = torch.randn(60, 64, 16, generator=gen).half()
+    A = torch.randn(60, 16, 48, generator=gen).half()
+    first, K = attention(q, k, v), unisub.lora_gram(B, A)
+    assert torch.equal(attention(q, k, v), first)
+    assert torch.equal(unisub.lora_gram(B, A), K)
+    reference = attention(q.float(), k.float(), v.float())
+    assert (first.float() - reference).abs().max() < 0.05
+
+
 # Even widths of 16-bit factors take the AMX tiles where the CPU has them (exact bfloat16 hi/lo
 # products, float32 sums; docs/decompositions.md): within that route's bound (8k roundings a sum),
 # on tile walks with remainders, and as accurate as the float32 GEMMs on the diagonal.
