@@ -73,19 +73,29 @@ BOOST_AUTO_TEST_CASE(every_float16_splits_exactly) {
 // narrower last block (padded to 16 columns).
 BOOST_AUTO_TEST_CASE(columns_are_packed_as_torch_packs_them) {
   if (skip_without_amx()) return;
-  const int64_t rows = 64 + 23, k = 96;
-  const auto src = at::randn({rows, k}).to(at::kBFloat16);  // no lo: hi is src itself
-  SplitPanel p;
-  p.load_columns(src);
-  for (int64_t c = 0; c < rows; c += unisub::detail::kAmxBlockColumns) {
-    const int64_t w = std::min<int64_t>(unisub::detail::kAmxBlockColumns, rows - c);
-    const int64_t ld = unisub::detail::packed_width(w);
-    BOOST_TEST(ld == 16);
-    const auto kn = src.narrow(0, c, w).t().contiguous();  // [k, w], what pack() takes
-    auto packed = at::zeros({k * ld}, at::kBFloat16);
-    at::native::cpublas::pack(k, w, w, ld, at::kBFloat16, at::kBFloat16, kn.const_data_ptr(), packed.data_ptr());
-    BOOST_TEST(std::memcmp(p.hi() + c * k, packed.const_data_ptr(), static_cast<size_t>(k * ld) * 2) == 0,
-               "block at column " << c);
+  // k = 104: 52 pairs, three whole groups of 16 and 4 more; padded to a depth of 128 with zeros
+  for (const int64_t k : {96, 104}) {
+    for (const auto dtype : {at::kBFloat16, at::kHalf}) {
+      const int64_t rows = 64 + 23;
+      const auto src = at::randn({rows, k}).to(dtype);
+      SplitPanel p;
+      p.load_columns(src);
+      BOOST_TEST(p.depth() == (k + 31) / 32 * 32);
+      // what the split's hi is: src itself (bfloat16), or src rounded to bfloat16 (float16)
+      const auto hi = dtype == at::kBFloat16 ? src : src.to(at::kFloat).to(at::kBFloat16);
+      for (int64_t c = 0; c < rows; c += unisub::detail::kAmxBlockColumns) {
+        const int64_t w = std::min<int64_t>(unisub::detail::kAmxBlockColumns, rows - c);
+        const int64_t ld = unisub::detail::packed_width(w);
+        BOOST_TEST(ld == 16);
+        const auto kn = hi.narrow(0, c, w).t().contiguous();  // [k, w], what pack() takes
+        auto packed = at::zeros({k * ld}, at::kBFloat16);
+        at::native::cpublas::pack(k, w, w, ld, at::kBFloat16, at::kBFloat16, kn.const_data_ptr(), packed.data_ptr());
+        const uint16_t* block = p.hi() + c * p.depth();
+        BOOST_TEST(std::memcmp(block, packed.const_data_ptr(), static_cast<size_t>(k * ld) * 2) == 0,
+                   "block at column " << c << ", k " << k);
+        for (int64_t t = k * ld; t < p.depth() * ld; ++t) BOOST_TEST(block[t] == 0);
+      }
+    }
   }
 }
 
