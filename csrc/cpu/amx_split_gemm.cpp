@@ -253,7 +253,7 @@ __attribute__((target("amx-tile"))) void load_tile_config() {
 // whose configuration they last loaded (per thread) and skip loading it again while it is the
 // same, so after our products they would run on our configuration; their release forgets it.
 __attribute__((target("amx-tile"))) void release_tiles() {
-#if defined(CPUBLAS_BRGEMM_BF16BF16F32)
+#if __has_include(<ATen/native/CPUBlas.h>)
   at::native::cpublas::brgemm_release(/*is_vnni=*/true);
 #endif
   _tile_release();
@@ -266,6 +266,9 @@ __attribute__((target("amx-tile"))) void release_tiles() {
 __attribute__((target("amx-tile,amx-bf16"))) void tile_products(const uint16_t* a0, const uint16_t* a1, int64_t lda,
                                                                 const uint16_t* b0, int64_t ldb0, const uint16_t* b1,
                                                                 int64_t ldb1, int64_t depth) {
+  // GCC's tile intrinsics are asm statements that do not say they read memory: the panels written
+  // before must be in memory first
+  asm volatile("" ::: "memory");
   // pair rows advance 16 per step: ld/4 words each, i.e. ld/2 numbers
   const int64_t b0_step = 16 * ldb0 / 2, b1_step = 16 * ldb1 / 2;
   for (int64_t k = 0, step = 0; k < depth; k += kTileDepth, ++step) {
@@ -293,6 +296,7 @@ __attribute__((target("amx-tile"))) void store_tiles(float* out) {
   _tile_stored(1, out + 16, 128);
   _tile_stored(2, out + 512, 128);
   _tile_stored(3, out + 528, 128);
+  asm volatile("" ::: "memory");  // nor that they write it: `out` is read next
 }
 #endif
 
@@ -346,38 +350,45 @@ void SplitPanel::load_columns(const at::Tensor& src) {
   reserve(packed_width(rows), k, src.scalar_type() == at::kHalf);
   rows_ = rows;
   packed_ = true;
-  // Row j of src becomes column j of the right operand: in the block of columns [c, c + w) (c a
-  // multiple of kAmxBlockColumns, w its width), pair p of the column is the 32-bit word
-  // (p · ld + j − c) of the block, which starts at number c · depth; ld is w rounded up to a
-  // multiple of 16 (its extra columns zero), as oneDNN's own packing lays a block out, and the
-  // pairs from k/2 to depth/2 are zero. A block's rows are split into row-major scratch (256 KiB at
-  // k = 4096, in L2) first, then transposed.
+  // Row j of src becomes column j of the right operand, in blocks of kAmxBlockColumns (16) columns,
+  // one tile wide: in the block of columns [c, c + 16), pair p of column j is the 32-bit word
+  // p · 16 + j − c of the block, which starts at number c · depth (oneDNN's pack() lays a block of
+  // 16 out the same way); the columns of the last block past `rows`, and the pairs from k/2 to
+  // depth/2, are zero.
+  static_assert(kAmxBlockColumns == 16, "a block of columns is one tile wide");
   auto* hi = static_cast<uint32_t*>(hi_.data_ptr());
   auto* lo = has_lo_ ? static_cast<uint32_t*>(lo_.data_ptr()) : nullptr;
-  const int64_t block = kAmxBlockColumns * k, depth_pairs = depth_ / 2;
-  if (!block_.defined() || block_.numel() < 2 * block) block_ = at::empty({2 * block}, at::kBFloat16);
-  auto* h = static_cast<uint16_t*>(block_.data_ptr());
-  uint16_t* l = h + block;
+  const int64_t depth_pairs = depth_ / 2;
   for (int64_t c = 0; c < rows; c += kAmxBlockColumns) {
-    const int64_t w = std::min(kAmxBlockColumns, rows - c), ld = packed_width(w);
+    const int64_t w = std::min(kAmxBlockColumns, rows - c);
+    uint32_t* block_hi = hi + c * depth_pairs;
+    uint32_t* block_lo = lo ? lo + c * depth_pairs : nullptr;
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (w == kAmxBlockColumns && has_avx512_split()) {
-      split_column_block_avx512(static_cast<const uint16_t*>(src.const_data_ptr()) + c * src.stride(0), src.stride(0),
-                                k, lo != nullptr, hi + c * depth_pairs, lo ? lo + c * depth_pairs : nullptr);
-      for (uint32_t* p : {hi, lo})
-        if (p) std::fill(p + c * depth_pairs + pairs * ld, p + c * depth_pairs + depth_pairs * ld, 0u);
-      continue;
-    }
+    const bool fused = w == kAmxBlockColumns && has_avx512_split();
+#else
+    const bool fused = false;
 #endif
-    if (ld > w) {  // the padding columns
-      std::fill(h + w * k, h + ld * k, uint16_t{0});
-      if (lo) std::fill(l + w * k, l + ld * k, uint16_t{0});
+    if (fused) {
+#if defined(__x86_64__) && defined(__GNUC__)
+      split_column_block_avx512(static_cast<const uint16_t*>(src.const_data_ptr()) + c * src.stride(0), src.stride(0),
+                                k, lo != nullptr, block_hi, block_lo);
+#endif
+    } else {
+      // the block's rows split into row-major scratch (256 KiB at k = 4096, in L2), then transposed
+      const int64_t block = kAmxBlockColumns * k;
+      if (!block_.defined() || block_.numel() < 2 * block) block_ = at::empty({2 * block}, at::kBFloat16);
+      auto* h = static_cast<uint16_t*>(block_.data_ptr());
+      uint16_t* l = h + block;
+      if (w < kAmxBlockColumns) {  // the padding columns
+        std::fill(h + w * k, h + block, uint16_t{0});
+        if (lo) std::fill(l + w * k, l + block, uint16_t{0});
+      }
+      split_rows(src.narrow(0, c, w), h, lo ? l : nullptr, k);
+      transpose_pairs(h, block_hi, kAmxBlockColumns, pairs);
+      if (lo) transpose_pairs(l, block_lo, kAmxBlockColumns, pairs);
     }
-    split_rows(src.narrow(0, c, w), h, lo ? l : nullptr, k);
-    transpose_pairs(h, hi + c * depth_pairs, ld, pairs);
-    if (lo) transpose_pairs(l, lo + c * depth_pairs, ld, pairs);
-    for (uint32_t* p : {hi, lo})
-      if (p) std::fill(p + c * depth_pairs + pairs * ld, p + c * depth_pairs + depth_pairs * ld, 0u);
+    for (uint32_t* p : {block_hi, block_lo})
+      if (p) std::fill(p + pairs * kAmxBlockColumns, p + depth_pairs * kAmxBlockColumns, 0u);
   }
   // the spare room past the last block, which a tile of dropped columns may read
   const int64_t end = packed_width(rows) * depth_;
@@ -399,25 +410,19 @@ void amx_split_product(const SplitPanel& a, int64_t a0, int64_t na, const SplitP
   struct Release {
     ~Release() { release_tiles(); }
   } release;
-  // Column tile j (a multiple of 16, from b0) of the right operand: its first pair row and the
-  // stride between pair rows, in its block of kAmxBlockColumns. A tile past the last block's
-  // padded width reads the zero pairs of the next rows or the panel's spare room; its columns are
-  // dropped.
-  auto column_tile = [&](const uint16_t* base, int64_t j, int64_t& stride) {
-    const int64_t col = b0 + j, c = col / kAmxBlockColumns * kAmxBlockColumns;
-    const int64_t ld = packed_width(std::min(kAmxBlockColumns, std::max<int64_t>(b.rows() - c, 1)));
-    stride = ld * 4;
-    return base + c * depth + (col - c) * 2;
-  };
+  // Column tile j (a multiple of 16, from b0) of the right operand is its block: 16 columns from
+  // number (b0 + j) · depth, pair rows 64 bytes apart. A tile past the last block reads the
+  // panel's spare room (zero); its columns are dropped.
+  constexpr int64_t ldb = kAmxBlockColumns * 4;
+  auto column_tile = [&](const uint16_t* base, int64_t j) { return base + (b0 + j) * depth; };
   alignas(64) float small[32 * 32], large[32 * 32];
   for (int64_t r0 = 0; r0 < na; r0 += kRowsPerBlock) {
     const int64_t r1 = std::min(na, r0 + kRowsPerBlock);
     for (int64_t j = 0; j < nb; j += 32) {
-      int64_t s0, s1;
-      const uint16_t* bh0 = column_tile(b.hi(), j, s0);
-      const uint16_t* bh1 = column_tile(b.hi(), j + 16, s1);
-      const uint16_t* bl0 = b.has_lo() ? column_tile(b.lo(), j, s0) : nullptr;
-      const uint16_t* bl1 = b.has_lo() ? column_tile(b.lo(), j + 16, s1) : nullptr;
+      const uint16_t* bh0 = column_tile(b.hi(), j);
+      const uint16_t* bh1 = column_tile(b.hi(), j + 16);
+      const uint16_t* bl0 = b.has_lo() ? column_tile(b.lo(), j) : nullptr;
+      const uint16_t* bl1 = b.has_lo() ? column_tile(b.lo(), j + 16) : nullptr;
       for (int64_t i = r0; i < r1; i += 32) {
         const int64_t row = a0 + i;
         const uint16_t* ah0 = a.hi() + row * depth;
@@ -429,13 +434,13 @@ void amx_split_product(const SplitPanel& a, int64_t a0, int64_t na, const SplitP
         const bool any_small = al0 || bl0;
         if (any_small) {
           zero_tiles();
-          if (al0 && bl0) tile_products(al0, al0 + 16 * depth, lda, bl0, s0, bl1, s1, depth);
-          if (al0) tile_products(al0, al0 + 16 * depth, lda, bh0, s0, bh1, s1, depth);
-          if (bl0) tile_products(ah0, ah0 + 16 * depth, lda, bl0, s0, bl1, s1, depth);
+          if (al0 && bl0) tile_products(al0, al0 + 16 * depth, lda, bl0, ldb, bl1, ldb, depth);
+          if (al0) tile_products(al0, al0 + 16 * depth, lda, bh0, ldb, bh1, ldb, depth);
+          if (bl0) tile_products(ah0, ah0 + 16 * depth, lda, bl0, ldb, bl1, ldb, depth);
           store_tiles(small);
         }
         zero_tiles();
-        tile_products(ah0, ah0 + 16 * depth, lda, bh0, s0, bh1, s1, depth);
+        tile_products(ah0, ah0 + 16 * depth, lda, bh0, ldb, bh1, ldb, depth);
         store_tiles(large);
         const int64_t rows = std::min<int64_t>(32, r1 - i), cols = std::min<int64_t>(32, nb - j);
         for (int64_t x = 0; x < rows; ++x) {

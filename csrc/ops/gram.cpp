@@ -8,8 +8,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
+#include <vector>
 
 #include "cpu/blas_threads.h"
 #include "ops/checks.h"
@@ -107,9 +107,13 @@ int64_t float32_tile(const at::Device& device) { return device.is_cuda() ? 1024 
 namespace {
 
 // Runs block_row(b, worker) for every block row b < blocks: on the CPU with more than one thread the
-// block rows are shared out among the threads, the widest (the last) first, each block row's GEMMs
-// on its own thread (SequentialBlas), instead of the BLAS splitting every few-hundred-row GEMM across
-// the threads and joining them (the float32 route of the full-weight case: 15.7 -> 12.4 s).
+// block rows are shared out among the threads, each block row's GEMMs on its own thread
+// (SequentialBlas), instead of the BLAS splitting every few-hundred-row GEMM across the threads and
+// joining them (the float32 route of the full-weight case: 15.7 -> 12.4 s). Which worker takes
+// which block row is fixed before they start (the widest first, each to the worker with the least
+// work so far; block row b's work ∝ its width b + 1), not taken from a shared counter as they come
+// free: MKL's single-threaded GEMMs here gave different last bits on one worker than on the other
+// (2 runs in 30 of a test differed), so the bits must not depend on timing.
 template <class BlockRow>
 void for_each_block_row(int64_t blocks, int64_t max_workers, bool on_cpu, const BlockRow& block_row) {
   const int64_t workers = std::min({max_workers, static_cast<int64_t>(at::get_num_threads()), blocks});
@@ -117,11 +121,17 @@ void for_each_block_row(int64_t blocks, int64_t max_workers, bool on_cpu, const 
     for (int64_t b = 0; b < blocks; ++b) block_row(b, 0);
     return;
   }
-  std::atomic<int64_t> next{0};
+  std::vector<std::vector<int64_t>> assigned(static_cast<size_t>(workers));
+  std::vector<int64_t> load(static_cast<size_t>(workers), 0);
+  for (int64_t b = blocks - 1; b >= 0; --b) {
+    const auto least = std::min_element(load.begin(), load.end()) - load.begin();
+    assigned[least].push_back(b);
+    load[least] += b + 1;
+  }
   at::parallel_for(0, workers, 1, [&](int64_t w0, int64_t w1) {
     const SequentialBlas one_thread;
     for (int64_t w = w0; w < w1; ++w)
-      for (int64_t t = next.fetch_add(1); t < blocks; t = next.fetch_add(1)) block_row(blocks - 1 - t, w);
+      for (const int64_t b : assigned[w]) block_row(b, w);
   });
 }
 

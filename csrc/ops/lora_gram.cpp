@@ -60,9 +60,9 @@ constexpr int64_t kCpuDiagonalRows = 64;
 int64_t lora_gram_cpu_workspace_bytes(int64_t m, int64_t n, at::ScalarType compute, bool convert) {
   const int64_t item = c10::elementSize(compute), workers = std::max(1, at::get_num_threads());
   const int64_t tiles = 2 * kCpuTileRows * kCpuTileCols, panels = convert ? (kCpuTileRows + kCpuTileCols) * (m + n) : 0;
-  // the AMX route's split panels take no more than float32 ones (its column stripe as many, its rows
-  // a block of 96 at a time), plus each column panel's block of 16 columns split before its
-  // transposition (hi and lo, 16 bits each: 64·(m + n) bytes)
+  // the AMX route's split panels: its column stripe as many bytes as a float32 one (inner dimension
+  // padded to a multiple of 32: at most 31 more a row), its rows a block of 96 at a time instead of
+  // a whole row panel, plus a scratch block of 16 columns (hi and lo, 16 bits each: 64·(m + n) bytes)
   const int64_t amx_block = convert && compute == at::kFloat ? 64 * (m + n) / item : 0;
   return workers * (tiles + panels + amx_block) * item;
 }

@@ -197,10 +197,9 @@ def test_delta_float32_kernel_says_which_tiles_ran():
     huge = [(B * 2.0 ** 40, A) for B, A in lora_factors(9, 12, 96, 80, 8, torch.bfloat16)]
     assert kernel(huge, (96, 80)) == "blas"
     # the tile kernel is libunisub's own: oneDNN switched off changes nothing
+    before = kernel(even, (96, 80))
     with torch.backends.mkldnn.flags(enabled=False):
-        assert kernel(even, (96, 80)) == kernel(even, (96, 80))
-        if amx is not None:
-            assert kernel(even, (96, 80)) == expected
+        assert kernel(even, (96, 80)) == before
 
 
 def test_delta_auto_falls_back_to_float64_when_centring_cancels():
