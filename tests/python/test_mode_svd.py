@@ -271,6 +271,31 @@ def test_lora_gram_16_bit_even_widths(dtype, M, r, m, n, gen):
     assert (err / ref.diagonal().sqrt().outer(ref.diagonal().sqrt())).max() < 1e-5
 
 
+def test_lora_gram_16_bit_random_shapes(gen):
+    # The tile kernel's edges on shapes drawn at random: rows past whole 32-row groups, columns past
+    # whole 16-column blocks, inner dimensions past whole 32-deep tiles, ranks that do not divide
+    # 16, models of scales over four decades; every one within the route's bound (as above).
+    u = 2.0 ** -24
+    gamma = lambda k: k * u / (1 - k * u)
+    for trial in range(24):
+        M = int(torch.randint(1, 60, (1,), generator=gen))
+        r = int(torch.randint(1, 24, (1,), generator=gen))
+        m, n = (2 * int(torch.randint(1, 160, (1,), generator=gen)) for _ in range(2))
+        dtype = (torch.float16, torch.bfloat16)[trial % 2]
+        scale = torch.logspace(-2, 2, M)[torch.randperm(M, generator=gen)]
+        B = (torch.randn(M, m, r, generator=gen) * scale[:, None, None]).to(dtype)
+        A = torch.randn(M, r, n, generator=gen).to(dtype)
+        K = unisub.lora_gram(B, A)
+        assert torch.equal(K, K.T)
+        Bd, Ad = B.double(), A.double()
+        D = (Bd @ Ad).reshape(M, -1)
+        ref = D @ D.T
+        s = (Bd.norm(dim=1) * Ad.norm(dim=2)).sum(1)
+        bound = (gamma(8 * m) + gamma(8 * n) + 2 * u) * s[:, None] * s[None, :] + u * ref.abs()
+        err = (K.double() - ref).abs()
+        assert (err <= bound).all(), f"M {M} r {r} m {m} n {n} {dtype}: worst error / bound {(err / bound).max():.3g}"
+
+
 def test_lora_gram_float32_error_bound(gen):
     # Uncentred float32 factors take float32 GEMMs. Rigorous bound from |fl(xᵀy) − xᵀy| ≤ γ_k‖x‖‖y‖
     # on every entry of BᵀB (k = m) and AAᵀ (k = n), summed over each r × r block:
