@@ -248,14 +248,11 @@ def test_lora_gram_16_bit_between_torch_own_tile_kernels(gen):
     assert (first.float() - reference).abs().max() < 0.05
 
 
-# Even widths of 16-bit factors take the AMX tiles where the CPU has them (exact bfloat16 hi/lo
-# products, float32 sums; docs/decompositions.md): within that route's bound (8k roundings a sum),
-# on tile walks with remainders, and as accurate as the float32 GEMMs on the diagonal.
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("M,r,m,n", [(150, 16, 64, 130), (230, 5, 34, 18), (5, 300, 20, 22)])
-def test_lora_gram_16_bit_even_widths(dtype, M, r, m, n, gen):
-    B = torch.randn(M, m, r, generator=gen).to(dtype)
-    A = torch.randn(M, r, n, generator=gen).to(dtype)
+def amx_route_error(B, A):
+    """lora_gram(B, A) of 16-bit factors: its error against float64, and the AMX route's bound
+    (γ_8m + γ_8n + 2u)·sᵢsⱼ + u|Kᵢⱼ| (sᵢ = Σ_k ‖B_i[:, k]‖·‖A_i[k, :]‖), and the float64 K."""
+    M, m, _ = B.shape
+    n = A.shape[2]
     K = unisub.lora_gram(B, A)
     assert torch.equal(K, K.T)
     Bd, Ad = B.double(), A.double()
@@ -265,7 +262,18 @@ def test_lora_gram_16_bit_even_widths(dtype, M, r, m, n, gen):
     gamma = lambda k: k * u / (1 - k * u)
     s = (Bd.norm(dim=1) * Ad.norm(dim=2)).sum(1)
     bound = (gamma(8 * m) + gamma(8 * n) + 2 * u) * s[:, None] * s[None, :] + u * ref.abs()
-    err = (K.double() - ref).abs()
+    return (K.double() - ref).abs(), bound, ref
+
+
+# Even widths of 16-bit factors take the AMX tiles where the CPU has them (exact bfloat16 hi/lo
+# products, float32 sums; docs/decompositions.md): within that route's bound (8k roundings a sum),
+# on tile walks with remainders, and as accurate as the float32 GEMMs on the diagonal.
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("M,r,m,n", [(150, 16, 64, 130), (230, 5, 34, 18), (5, 300, 20, 22)])
+def test_lora_gram_16_bit_even_widths(dtype, M, r, m, n, gen):
+    B = torch.randn(M, m, r, generator=gen).to(dtype)
+    A = torch.randn(M, r, n, generator=gen).to(dtype)
+    err, bound, ref = amx_route_error(B, A)
     assert (err <= bound).all(), f"worst error / bound {(err / bound).max():.3g}"
     # and far inside it: a float32 GEMM's size of error relative to the diagonal
     assert (err / ref.diagonal().sqrt().outer(ref.diagonal().sqrt())).max() < 1e-5
@@ -275,8 +283,6 @@ def test_lora_gram_16_bit_random_shapes(gen):
     # The tile kernel's edges on shapes drawn at random: rows past whole 32-row groups, columns past
     # whole 16-column blocks, inner dimensions past whole 32-deep tiles, ranks that do not divide
     # 16, models of scales over four decades; every one within the route's bound (as above).
-    u = 2.0 ** -24
-    gamma = lambda k: k * u / (1 - k * u)
     for trial in range(24):
         M = int(torch.randint(1, 60, (1,), generator=gen))
         r = int(torch.randint(1, 24, (1,), generator=gen))
@@ -285,14 +291,7 @@ def test_lora_gram_16_bit_random_shapes(gen):
         scale = torch.logspace(-2, 2, M)[torch.randperm(M, generator=gen)]
         B = (torch.randn(M, m, r, generator=gen) * scale[:, None, None]).to(dtype)
         A = torch.randn(M, r, n, generator=gen).to(dtype)
-        K = unisub.lora_gram(B, A)
-        assert torch.equal(K, K.T)
-        Bd, Ad = B.double(), A.double()
-        D = (Bd @ Ad).reshape(M, -1)
-        ref = D @ D.T
-        s = (Bd.norm(dim=1) * Ad.norm(dim=2)).sum(1)
-        bound = (gamma(8 * m) + gamma(8 * n) + 2 * u) * s[:, None] * s[None, :] + u * ref.abs()
-        err = (K.double() - ref).abs()
+        err, bound, _ = amx_route_error(B, A)
         assert (err <= bound).all(), f"M {M} r {r} m {m} n {n} {dtype}: worst error / bound {(err / bound).max():.3g}"
 
 
