@@ -88,7 +88,10 @@ def mp_singular_values(A: torch.Tensor):
 
 
 def test_jacobi_keeps_relative_accuracy_on_graded_matrices(gen):
-    """A = D₁ B D₂ with D spanning 1e-10 … 1: every σ, however small, to ~κ(B)·ε relative."""
+    """A = D₁ B D₂ with D spanning 1e-10 … 1: every σ, however small, to ~κ(B)·ε relative. The
+    constant: over 300 such 12 × 9 matrices the worst relative error was 133·κ(B)·ε (1 in 150 above
+    100, which made this test fail now and then); LAPACK's svdvals, which is accurate only relative
+    to σ_max, was at least 1.0e4·κ(B)·ε on every one of 40 and typically 5e8."""
     for _ in range(3):
         B = torch.randn(12, 9, generator=gen, dtype=torch.float64)
         d1 = torch.logspace(0, -10, 12, dtype=torch.float64)[torch.randperm(12, generator=gen)]
@@ -97,7 +100,7 @@ def test_jacobi_keeps_relative_accuracy_on_graded_matrices(gen):
         exact = np.sort(mp_singular_values(A))[::-1]
         S = unisub.svd(A, -1, "jacobi")[1].numpy()
         kappa = torch.linalg.cond(B).item()
-        assert (np.abs(S - exact) / exact).max() <= 100 * kappa * np.finfo(float).eps, (S, exact)
+        assert (np.abs(S - exact) / exact).max() <= 1000 * kappa * np.finfo(float).eps, (S, exact)
 
 
 def test_float32_gram_route_keeps_small_singular_values(gen):
