@@ -1,6 +1,8 @@
 #include "analysis/discover.h"
 
 #include <algorithm>
+#include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <map>
 
@@ -10,6 +12,53 @@ namespace fs = std::filesystem;
 
 namespace unisub::analysis {
 namespace {
+
+// The run's description (state/run.json) and report.json record every model's path as JSON text,
+// which must be UTF-8: a name that is not is refused where it is found, shown with its stray bytes
+// as \xNN (as Python's backslashreplace shows them).
+constexpr const char* kNotUtf8 = "file names must be valid UTF-8 (the run's description and report.json record them); rename it";
+
+bool valid_utf8(const std::string& s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    const size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+    if (len == 0 || i + len > s.size()) return false;
+    uint32_t cp = len == 1 ? c : c & (0x7F >> len);
+    for (size_t k = 1; k < len; ++k) {
+      const auto d = static_cast<unsigned char>(s[i + k]);
+      if ((d & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (d & 0x3F);
+    }
+    // overlong forms, UTF-16 surrogates and code points beyond U+10FFFF are not UTF-8
+    const uint32_t least[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < least[len] || (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF) return false;
+    i += len;
+  }
+  return true;
+}
+
+std::string shown(const std::string& path) {
+  std::string out;
+  for (size_t i = 0; i < path.size();) {
+    size_t len = 1;
+    while (len <= 4 && i + len <= path.size() && !valid_utf8(path.substr(i, len))) ++len;
+    if (len <= 4 && i + len <= path.size()) {
+      out += path.substr(i, len);
+      i += len;
+    } else {
+      char hex[5];
+      std::snprintf(hex, sizeof hex, "\\x%02x", static_cast<unsigned char>(path[i]));
+      out += hex;
+      ++i;
+    }
+  }
+  return out;
+}
+
+void check_utf8(const fs::path& p) {
+  if (!valid_utf8(p.string())) throw ReadError(shown(p.string()), kNotUtf8);
+}
 
 bool ends_with(const std::string& s, const std::string& tail) {
   return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
@@ -37,6 +86,7 @@ Source file_source(const fs::path& p) {
 }
 
 void visit(const fs::path& p, bool top, std::vector<Source>& found) {
+  check_utf8(p);
   std::error_code ec;
   if (fs::is_directory(p, ec)) {
     if (is_model_folder(p)) {
@@ -52,6 +102,7 @@ void visit(const fs::path& p, bool top, std::vector<Source>& found) {
       if (fs::is_directory(c, ec)) {
         visit(c, false, found);
       } else if (is_weight_file(c)) {
+        check_utf8(c);
         found.push_back(file_source(c));
       }
     }

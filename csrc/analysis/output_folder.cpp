@@ -4,6 +4,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -67,7 +68,12 @@ std::string slot_file_stem(const std::string& slot) {
     safe += ok && c < 0x80 ? static_cast<char>(c) : '_';
     plain = plain && ok && c < 0x80;
   }
-  if (plain) return slot;
+  // a plain name of the hashed form ("enc_w-086936bee5253521", what "enc/w" becomes) is hashed too,
+  // so that the two do not share a file
+  const auto hex_digit = [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); };
+  const bool looks_hashed = slot.size() > 17 && slot[slot.size() - 17] == '-' &&
+                            std::all_of(slot.end() - 16, slot.end(), hex_digit);
+  if (plain && !looks_hashed) return slot;
   uint64_t h = 14695981039346656037ull;
   for (unsigned char c : slot) h = (h ^ c) * 1099511628211ull;
   char hex[17];
@@ -116,9 +122,16 @@ OutputFolder::OutputFolder(std::string dir, const std::string& run_json, bool re
     // the pid is only for the message above; the lock itself is held
   }
   if (resume) return;
+  // an earlier run's results must not pass for this one's: its entries, subspace files, plots and
+  // report (this run writes its own report at the end)
   std::error_code ec;
-  for (const auto& e : fs::directory_iterator(root / "slots"))
-    if (e.path().extension() == ".json") fs::remove(e.path(), ec);
+  for (const auto& [sub, extension] : {std::pair{"slots", ".json"}, std::pair{"subspaces", ".safetensors"},
+                                       std::pair{"plots", ".png"}}) {
+    if (!fs::is_directory(root / sub, ec)) continue;
+    for (const auto& e : fs::directory_iterator(root / sub, ec))
+      if (e.path().extension() == extension) fs::remove(e.path(), ec);
+  }
+  fs::remove(root / "report.json", ec);
   for (const auto& e : fs::directory_iterator(root / "state"))
     if (e.path().filename().string().rfind("partial.", 0) == 0) fs::remove(e.path(), ec);
   write_file_atomically(record.string(), run_json + "\n");

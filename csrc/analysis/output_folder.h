@@ -7,10 +7,10 @@
 //   DIR/state/partial.rank<R>.safetensors  the accumulators of the slot in progress (process R)
 //   DIR/state/lock                      held (flock) while a run writes DIR
 //
-// <stem> is the slot name when it is made of [A-Za-z0-9._-] only and at most 120 bytes long;
-// otherwise its safe form ('_' for any other byte), cut to 100 bytes, then '-' and 16 hex digits
-// of the name's FNV-1a hash: "enc/w" and "enc_w" can never share a file, and no name is too long
-// for a file system.
+// <stem> is the slot name when it is made of [A-Za-z0-9._-] only, at most 120 bytes long and not
+// ending in '-' and 16 hex digits; otherwise its safe form ('_' for any other byte), cut to 100
+// bytes, then '-' and 16 hex digits of the name's FNV-1a hash: "enc/w", "enc_w" and
+// "enc_w-086936bee5253521" can never share a file, and no name is too long for a file system.
 #pragma once
 #include <ATen/ATen.h>
 

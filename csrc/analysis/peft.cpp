@@ -140,6 +140,10 @@ AdapterConfig AdapterConfig::read(const std::string& folder) {
     if (!v->is_bool()) throw ReadError(cfg.path, std::string(field) + " must be true or false, got " + v->dump());
     *target = v->boolean;
   }
+  if (const auto* v = doc.find("peft_type"); v && !v->is_null()) {
+    if (!v->is_string()) throw ReadError(cfg.path, "peft_type must be a string, got " + v->dump());
+    cfg.peft_type = v->text;
+  }
   cfg.rank_pattern = read_patterns(doc.find("rank_pattern"), "rank_pattern", true, cfg.path);
   cfg.alpha_pattern = read_patterns(doc.find("alpha_pattern"), "alpha_pattern", false, cfg.path);
   return cfg;

@@ -70,9 +70,10 @@ std::optional<std::pair<int64_t, int64_t>> matrix_shape(const std::vector<int64_
 namespace {
 // The delta modules' costs in the plan (what the run will hold and compute); a module plan_deltas
 // refuses adds nothing here, and the front ends report plan_deltas' error themselves.
-void add_delta_costs(SlotPlan& plan, const std::vector<PlanModel>& models) {
-  const auto deltas = plan_deltas(models, plan.selected);
+void add_delta_costs(SlotPlan& plan, const std::vector<PlanModel>& models, bool named) {
+  const auto deltas = plan_deltas(models, plan.selected, named);
   if (deltas.error) return;
+  for (const auto& [module, why] : deltas.skipped) plan.skipped[module] = why;
   const double M = static_cast<double>(models.size());
   for (const auto& d : deltas.modules) {
     PlannedDelta c{d.module, d.m, d.n};
@@ -158,6 +159,15 @@ PlanResult plan_slots(const std::vector<PlanModel>& models, const PlanOptions& o
     if (named) {
       what = "matches --slots";
       for (const auto& p : *o.patterns) what += " " + p;
+      // the patterns matched, but only tensors that cannot be analysed as they are: say which, and why
+      if (!plan.skipped.empty()) {
+        std::string why;
+        int listed = 0;
+        for (const auto& [key, reason] : plan.skipped)
+          if (listed++ < 5) why += (why.empty() ? "" : "; ") + key + ": " + reason;
+        if (listed > 5) why += "; and " + std::to_string(listed - 5) + " more";
+        return fail(ref.name, "no tensor that " + what + " can be analysed (" + why + ")");
+      }
     }
     return fail(ref.name, "no tensor " + what + " (it has " + std::to_string(ref.tensors.size()) + " tensors" + some + ")");
   }
@@ -165,7 +175,7 @@ PlanResult plan_slots(const std::vector<PlanModel>& models, const PlanOptions& o
   if (plan.models < 4)
     plan.split_half_note = std::to_string(plan.models) + " models: the split halves (even and odd model indices) need 2 models "
                                                                  "each, so no split-half stability is reported";
-  if (std::find(o.modes.begin(), o.modes.end(), "delta") != o.modes.end()) add_delta_costs(plan, models);
+  if (std::find(o.modes.begin(), o.modes.end(), "delta") != o.modes.end()) add_delta_costs(plan, models, named);
   if (factor_modes.empty()) {
     plan.seconds = plan.multiply_adds / kMultiplyAddsPerSecond;
     return {plan, std::nullopt};
@@ -375,11 +385,35 @@ std::map<std::string, std::pair<std::string, std::string>> lora_pairs(const std:
   return pairs;
 }
 
-DeltaPlanResult plan_deltas(const std::vector<PlanModel>& models, const std::vector<std::string>& selected) {
+namespace {
+
+// Why an adapter's weight change is not s·B·A, which --modes delta assumes, or "".
+std::string not_plain_lora(const PlanModel& m) {
+  const std::string advice = "; analyse its factors with --modes out in";
+  if (m.dora)
+    return "a DoRA adapter (use_dora): its weight change is a rescaled direction, not s·B·A, so --modes delta would "
+           "misreport it" + advice;
+  if (!m.peft_type.empty() && m.peft_type != "LORA")
+    return "peft_type '" + m.peft_type + "' in adapter_config.json: --modes delta reads LoRA adapters (peft_type "
+           "'LORA'), whose weight change is s·B·A" + advice;
+  for (const auto& [key, _] : m.tensors) {
+    if (key.find(".lora_magnitude_vector") != std::string::npos)
+      return "a DoRA adapter (it holds '" + key + "'): its weight change is a rescaled direction, not s·B·A" + advice;
+    if (key.find(".lora_E") != std::string::npos || key.find(".ranknum") != std::string::npos)
+      return "an AdaLoRA adapter (it holds '" + key + "'): its weight change is B·diag(E)·A, not s·B·A" + advice;
+  }
+  return "";
+}
+
+}  // namespace
+
+DeltaPlanResult plan_deltas(const std::vector<PlanModel>& models, const std::vector<std::string>& selected,
+                            bool named) {
   DeltaPlanResult out;
   auto fail = [&](std::string path, std::string message, std::string slot = "") {
     out.error = PlanError{std::move(path), std::move(message), std::move(slot)};
     out.modules.clear();
+    out.skipped.clear();
     return out;
   };
   if (models.empty()) return fail("(none)", "no checkpoints given");
@@ -387,47 +421,66 @@ DeltaPlanResult plan_deltas(const std::vector<PlanModel>& models, const std::vec
     if (!m.adapter)
       return fail(m.name, "--modes delta analyses LoRA deltas ΔW = s·B·A and needs PEFT adapter folders "
                           "(adapter_config.json gives s); this is not one");
-    if (m.dora)
-      return fail(m.name, "a DoRA adapter (use_dora): its weight change is a rescaled direction, not s·B·A, so "
-                          "--modes delta would misreport it; analyse its factors with --modes out in");
+    if (const auto why = not_plain_lora(m); !why.empty()) return fail(m.name, why);
   }
   const auto& ref = models[0];
   std::vector<std::string> keys;
   for (const auto& [k, _] : ref.tensors) keys.push_back(k);
   const std::set<std::string> sel(selected.begin(), selected.end());
+  std::optional<PlanError> first_refusal;  // what a skipped module would have been, had it been named
   for (const auto& [module, ab] : lora_pairs(keys)) {
     if (!sel.count(ab.first) && !sel.count(ab.second)) continue;
     const auto& [a_key, b_key] = ab;
     DeltaModulePlan plan{module, a_key, b_key};
-    for (size_t i = 0; i < models.size(); ++i) {
+    std::optional<PlanError> refusal;  // a model this module does not fit in: an error if named, else skipped
+    for (size_t i = 0; i < models.size() && !refusal; ++i) {
       const auto& m = models[i];
       for (const auto& key : {a_key, b_key}) {
         const auto it = m.tensors.find(key);
-        if (it == m.tensors.end())
-          return fail(m.file_of(key), "missing (present in '" + ref.file_of(key) + "')", key);
-        if (!analysable_dtype(it->second.dtype))
-          return fail(m.file_of(key), "dtype " + it->second.dtype + " cannot be analysed (need one of F64, F32, F16, BF16)",
-                      key);
+        if (it == m.tensors.end()) {
+          refusal = PlanError{m.name, "missing (present in '" + ref.file_of(key) + "')", key};
+          break;
+        }
+        if (!analysable_dtype(it->second.dtype)) {
+          refusal = PlanError{m.file_of(key),
+                              "dtype " + it->second.dtype + " cannot be analysed (need one of F64, F32, F16, BF16)", key};
+          break;
+        }
       }
+      if (refusal) break;
       const auto& a = m.tensors.at(a_key).shape;
       const auto& b = m.tensors.at(b_key).shape;
       const auto as = matrix_shape(a), bs = matrix_shape(b);
-      if (!as || !bs || as->first != bs->second)
+      if (!as || !bs || as->first != bs->second)  // a broken adapter, named or not
         return fail(m.file_of(b_key), "lora_B " + shape_str(b) + " and lora_A " + shape_str(a) + " have different ranks",
                     b_key);
       const int64_t rows = bs->first, cols = as->second;
       if (i == 0) {
         plan.m = rows, plan.n = cols;
       } else if (rows != plan.m || cols != plan.n) {
-        return fail(m.file_of(b_key), "ΔW = B·A of shape " + shape_str({rows, cols}) + " differs from " +
-                                          shape_str({plan.m, plan.n}) + " in '" + ref.file_of(b_key) + "'",
-                    b_key);
+        refusal = PlanError{m.file_of(b_key),
+                            "ΔW = B·A of shape " + shape_str({rows, cols}) + " differs from " +
+                                shape_str({plan.m, plan.n}) + " in '" + ref.file_of(b_key) + "'",
+                            b_key};
       }
     }
-    out.modules.push_back(std::move(plan));
+    if (!refusal) {
+      out.modules.push_back(std::move(plan));
+      continue;
+    }
+    if (named) return fail(refusal->path, refusal->message, refusal->slot);
+    out.skipped[module + ".delta"] = refusal->slot + ": " + refusal->message + " (in '" + refusal->path + "')";
+    if (!first_refusal) first_refusal = refusal;
   }
-  if (out.modules.empty())
+  if (out.modules.empty()) {
+    if (first_refusal) {
+      auto e = *first_refusal;
+      if (out.skipped.size() > 1)
+        e.message += " (and every other module was skipped, " + std::to_string(out.skipped.size()) + " in all)";
+      return fail(e.path, e.message, e.slot);
+    }
     return fail(ref.name, "--modes delta: no selected tensor is the lora_A or lora_B of a module that has both factors");
+  }
   return out;
 }
 

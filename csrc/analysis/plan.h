@@ -24,6 +24,7 @@ struct PlanModel {
   std::map<std::string, std::string> files;        // name as analysed -> the file holding it (optional)
   bool adapter = false;                            // a PEFT adapter (its config gives the LoRA scalings)
   bool dora = false;                               // ... with use_dora
+  std::string peft_type;                           // ... its config's peft_type ("" when not said)
   const std::string& file_of(const std::string& key) const;
 };
 
@@ -125,9 +126,14 @@ struct DeltaModulePlan {
 };
 struct DeltaPlanResult {
   std::vector<DeltaModulePlan> modules;
+  std::map<std::string, std::string> skipped;  // "<module>.delta" -> why (default selections only)
   std::optional<PlanError> error;
 };
-DeltaPlanResult plan_deltas(const std::vector<PlanModel>& models, const std::vector<std::string>& selected);
+// `named`: the selection came from --slots patterns. A module that is missing from a model, or
+// whose ΔW has another shape or an unreadable dtype there, is then an error naming the file, and
+// otherwise skipped with its reason (adapters trained on different target_modules).
+DeltaPlanResult plan_deltas(const std::vector<PlanModel>& models, const std::vector<std::string>& selected,
+                            bool named = false);
 
 // The (m, n) a tensor is analysed as: conv kernels (C_out, C_in, kh, kw) are C_out × C_in·kh·kw,
 // vectors 1 × n; nullopt for scalars.

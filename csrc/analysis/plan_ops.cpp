@@ -13,7 +13,7 @@ namespace unisub::analysis {
 namespace {
 
 // models_json: [{"name": str, "tensors": {key: [dtype, [dims...], file or null]}, "adapter": bool,
-// "dora": bool}, ...] ("adapter" and "dora" optional: false)
+// "dora": bool, "peft_type": str}, ...] ("adapter" and "dora" optional: false; "peft_type": "")
 std::vector<PlanModel> models_of(const std::string& text) {
   constexpr const char* op = "unisub.plan_slots";
   json::Value doc;
@@ -33,6 +33,7 @@ std::vector<PlanModel> models_of(const std::string& text) {
     pm.name = name->text;
     if (const auto* a = m.find("adapter"); a && a->is_bool()) pm.adapter = a->boolean;
     if (const auto* d = m.find("dora"); d && d->is_bool()) pm.dora = d->boolean;
+    if (const auto* t = m.find("peft_type"); t && t->is_string()) pm.peft_type = t->text;
     for (const auto& t : tensors->members) {
       const auto& v = t.value;
       TORCH_CHECK(v.is_array() && v.items.size() == 3 && v.items[0].is_string() && v.items[1].is_array() &&
@@ -84,9 +85,10 @@ std::string plan_slots_op(const std::string& models_json, std::optional<std::vec
   return out.dump();
 }
 
-// {"modules": [[module, a_key, b_key, m, n], ...]} or {"error": {"path", "slot", "message", "what"}}
-std::string plan_deltas_op(const std::string& models_json, std::vector<std::string> selected) {
-  const auto res = plan_deltas(models_of(models_json), selected);
+// {"modules": [[module, a_key, b_key, m, n], ...], "skipped": {slot: why}} or {"error": {"path",
+// "slot", "message", "what"}}
+std::string plan_deltas_op(const std::string& models_json, std::vector<std::string> selected, bool named) {
+  const auto res = plan_deltas(models_of(models_json), selected, named);
   Json out = Json::object();
   if (res.error) {
     out["error"] = error_json(*res.error);
@@ -99,6 +101,9 @@ std::string plan_deltas_op(const std::string& models_json, std::vector<std::stri
     list.push_back(std::move(item));
   }
   out["modules"] = std::move(list);
+  Json skipped = Json::object();
+  for (const auto& [k, v] : res.skipped) skipped[k] = v;
+  out["skipped"] = std::move(skipped);
   return out.dump();
 }
 
@@ -116,7 +121,7 @@ TORCH_LIBRARY_FRAGMENT(unisub, m) {
   m.def("plan_slots(str models_json, str[]? patterns, bool include_1d, str[] modes, int max_gram_bytes, "
         "int batch_size) -> str",
         &unisub::analysis::plan_slots_op);
-  m.def("plan_deltas(str models_json, str[] selected) -> str", &unisub::analysis::plan_deltas_op);
+  m.def("plan_deltas(str models_json, str[] selected, bool named=False) -> str", &unisub::analysis::plan_deltas_op);
   m.def("lora_pairs(str[] keys) -> (str[], str[], str[])", &unisub::analysis::lora_pairs_op);
   // the slot-pattern rule (pattern.h) for other callers (unisub.lora selects modules with it)
   m.def("slot_patterns_match(str[] keys, str[] patterns) -> bool[]",

@@ -55,13 +55,14 @@ struct PatternSet;  // compiled rank_pattern / alpha_pattern (PCRE2)
 
 // adapter_config.json of a PEFT LoRA folder, strictly typed: r and rank_pattern values positive
 // integers, lora_alpha and alpha_pattern values finite numbers, use_rslora / use_dora booleans
-// (absent or null: PEFT's defaults r = 8, lora_alpha = 8, false).
+// (absent or null: PEFT's defaults r = 8, lora_alpha = 8, false), peft_type a string.
 struct AdapterConfig {
   std::string path;  // of adapter_config.json
   std::string text;  // the file as read (valid strict JSON)
   int64_t r = 8;
   double lora_alpha = 8;
   bool use_rslora = false, use_dora = false;
+  std::string peft_type;  // "LORA", "ADALORA", ... ("" when the config does not say)
   std::shared_ptr<const PatternSet> rank_pattern, alpha_pattern;
 
   static AdapterConfig read(const std::string& folder);
@@ -95,6 +96,7 @@ struct Checkpoint {
   const std::string& file_of(const std::string& key) const;
   uint64_t total_bytes() const;
   bool dora() const { return config && config->use_dora; }
+  std::string peft_type() const { return config ? config->peft_type : std::string(); }
   // The tensor as stored, its dtype kept.
   at::Tensor get_unscaled(const std::string& key) const;
   // A lora_B times its scaling when `scale`: the product formed in float64, returned in float32

@@ -5,6 +5,8 @@
 //                                    model folder) or "adapter" (a PEFT folder)
 //   AdapterConfig(folder)            adapter_config.json's rules, for adapters Python reads with
 //                                    torch.load (adapter_model.bin)
+// and analysis_weight_problem(t, scaling) / analysis_delta_problem(B, A, s), the rules what is read
+// for the analysis must pass.
 // Shapes travel as one flat int list per object: for each tensor (in keys() order) its number of
 // dimensions, the dimensions, then (SafetensorsFile only) its absolute begin and end offsets.
 // A ReadError becomes a ValueError whose message is the C++ one followed by a line holding
@@ -15,6 +17,7 @@
 
 #include "analysis/binding_errors.h"
 #include "analysis/checkpoint_holder.h"
+#include "analysis/model_reading.h"
 #include "analysis/reader.h"
 
 namespace unisub::analysis {
@@ -58,6 +61,15 @@ std::vector<std::string> map_keys(const Map& m) {
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(unisub, m) {
+  // the reading rule (model_reading.h) for tensors Python reads itself (torch.load): why the analysis
+  // refuses one, or ""
+  m.def("analysis_weight_problem(Tensor t, float? scaling=None) -> str",
+        [](const at::Tensor& t, std::optional<double> scaling) { return unisub::analysis::weight_problem(t, scaling); });
+  m.def("analysis_delta_problem(Tensor B, Tensor A, float s) -> (str, str)",
+        [](const at::Tensor& B, const at::Tensor& A, double s) {
+          auto [which, why] = unisub::analysis::delta_problem(B, A, s);
+          return std::make_tuple(which, why);
+        });
   m.class_<SafetensorsFileHolder>("SafetensorsFile")
       .def(torch::init([](const std::string& path) {
         auto self = c10::make_intrusive<SafetensorsFileHolder>();

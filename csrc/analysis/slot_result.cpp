@@ -7,7 +7,9 @@
 
 #include "analysis/json.h"
 #include "analysis/json_writer.h"
+#include "analysis/model_reading.h"
 #include "analysis/profile.h"
+#include "ops/checks.h"
 
 namespace unisub::analysis {
 namespace {
@@ -38,7 +40,13 @@ ModeSpectra mode_spectra(const ModeAccumulator& acc, std::optional<int64_t> rank
   TORCH_CHECK_VALUE(acc.count() > 0, "ModeAccumulator: no models were accumulated");
   at::NoGradGuard no_grad;
   ModeSpectra out;
-  for (const auto& G : acc.grams()) {
+  for (size_t k = 0; k < acc.grams().size(); ++k) {
+    const auto& G = acc.grams()[k];
+    // models given to the accumulator directly skip the reading rule (model_reading.h): a Gram that
+    // overflowed would otherwise reach eigh as "failed to converge"
+    TORCH_CHECK_VALUE(unisub::detail::all_finite(G), "ModeAccumulator: the Gram of mode '", acc.modes()[k],
+                      "' overflows float64: the models' entries are too large to square (keep them within 2^",
+                      kWeightExponentLimit, ")");
     ScopedStage stage("eigh");
     auto [ev, U] = sorted_eigh(G);
     const int64_t r = choose_rank(ev, rank, energy);
@@ -99,6 +107,9 @@ SlotResult finalize_delta_slot(const std::string& slot, DeltaAccumulator& acc, s
   acc.sort_by_id();
   const int64_t M = acc.count();
   const auto Kc = acc.gram(acc.center());
+  TORCH_CHECK_VALUE(unisub::detail::all_finite(Kc), "DeltaAccumulator: the Gram of slot '", slot,
+                    "' overflows float64: the weight changes s·B·A are too large to square (keep them within 2^",
+                    kWeightExponentLimit, ")");
   at::Tensor ev, V;
   {
     ScopedStage stage("eigh");

@@ -23,6 +23,9 @@ inline bool is_supported_float(at::ScalarType t) {
 // True when no entry is NaN or infinite (integer tensors and empty ones are). A CPU tensor is read
 // once by its bit patterns (csrc/cpu/finite_cpu.cpp); others take aminmax and one host sync.
 bool all_finite(const at::Tensor& t);
+// The largest |entry| (0 for an empty tensor; NaN where any entry is NaN, infinity where any is
+// infinite and none NaN). A CPU tensor is read once by its bit patterns, like all_finite.
+double largest_magnitude(const at::Tensor& t);
 
 // float16/bfloat16/float32 are computed in float32 and returned as float32; float64 stays.
 inline at::ScalarType result_dtype(const at::Tensor& t) {

@@ -59,8 +59,8 @@ class AnalysisResult:
         """The ``Subspace`` of a slot, or the ``DeltaSubspace`` of a ``<module>.delta`` slot."""
         if slot in self._subspaces:
             return self._subspaces[slot]
-        if self.out is None:
-            raise KeyError(slot)
+        if self.out is None or slot not in self.report["slots"]:
+            raise KeyError(slot)  # not this run's: a file of that name would be another run's
         return load_any(self.out / "subspaces" / f"{slot_file_stem(slot)}.safetensors")
 
 
@@ -79,9 +79,11 @@ def _dist():
 
 
 def _plan_models(checkpoints):
-    """Each model's slot table as the planner reads it: (name, slots, file_of, is_adapter, is_dora)."""
+    """Each model's slot table as the planner reads it: (name, slots, file_of, is_adapter, is_dora,
+    peft_type)."""
     return [(ck.name, ck.slots, ck.file_of, isinstance(ck, PeftAdapter),
-             isinstance(ck, PeftAdapter) and bool(ck.config.get("use_dora", False))) for ck in checkpoints]
+             isinstance(ck, PeftAdapter) and bool(ck.config.get("use_dora", False)),
+             ck.config.get("peft_type") or "" if isinstance(ck, PeftAdapter) else "") for ck in checkpoints]
 
 
 def _plan(checkpoints, patterns, include_1d, modes, max_gram_bytes, batch_size):
@@ -92,10 +94,10 @@ def _plan(checkpoints, patterns, include_1d, modes, max_gram_bytes, batch_size):
     return plan(_plan_models(checkpoints), patterns, include_1d, modes, max_gram_bytes, batch_size)
 
 
-def _plan_deltas(checkpoints, chosen):
+def _plan_deltas(checkpoints, chosen, named):
     """module -> (lora_A key, lora_B key, (m, n)) for every module of which a factor was selected:
     libunisub's delta plan (``unisub.io.plan_deltas``), the one ``unisub-analyze`` makes."""
-    return plan_deltas(_plan_models(checkpoints), chosen)
+    return plan_deltas(_plan_models(checkpoints), chosen, named)
 
 
 def _read_factors(ck, a_key, b_key):
@@ -103,9 +105,12 @@ def _read_factors(ck, a_key, b_key):
     A = ck.get_unscaled(a_key)
     B = ck.get_unscaled(b_key)
     A, B = A.reshape(matrix_shape(tuple(A.shape))), B.reshape(matrix_shape(tuple(B.shape)))
-    _check_finite(ck, a_key, A)
-    _check_finite(ck, b_key, B)
-    return B, A, ck.scaling(b_key)
+    s = ck.scaling(b_key)
+    which, why = torch.ops.unisub.analysis_delta_problem(B, A, float(s))
+    if why:
+        key = a_key if which == "lora_A" else b_key
+        raise CheckpointError(ck.file_of(key), why, slot=key)
+    return B, A, s
 
 
 def _add_delta_model(acc, ck, a_key, b_key, i):
@@ -120,9 +125,11 @@ def _add_delta_model(acc, ck, a_key, b_key, i):
         acc.add(B, A, s, id=i)
 
 
-def _check_finite(ck, key, t):
-    if not torch.ops.unisub.all_finite(t):
-        raise CheckpointError(ck.file_of(key), "holds NaN or infinity; the analysis needs finite weights", slot=key)
+def _check_weights(ck, key, t, scaling=None):
+    """libunisub's reading rule (model_reading.h): finite, and within what float64 can square."""
+    why = torch.ops.unisub.analysis_weight_problem(t, scaling)
+    if why:
+        raise CheckpointError(ck.file_of(key), why, slot=key)
 
 
 def _source_bytes(ck) -> int:
@@ -135,7 +142,8 @@ def _read(ck, key, shape):
     t = ck.get(key)
     if tuple(t.shape) != tuple(ck.slots[key][1]):
         raise CheckpointError(ck.file_of(key), f"read shape {list(t.shape)}, header says {list(ck.slots[key][1])}", slot=key)
-    _check_finite(ck, key, t)
+    scaled = isinstance(ck, PeftAdapter) and ck.scale and key in ck.scalings
+    _check_weights(ck, key, t, float(ck.scalings[key]) if scaled else None)
     return t.reshape(shape)
 
 
@@ -177,6 +185,8 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
     The accumulators, each slot's finalisation and report entry, the file formats and the
     folder's rules are libunisub's (csrc/analysis/), the code ``unisub-analyze`` runs: for the same
     inputs both write the same files."""
+    _check_int64(rank=rank, batch_size=batch_size, eigen_weights=eigen_weights, max_gram_bytes=max_gram_bytes,
+                 error_ranks=error_ranks)
     if batch_size < 1:
         raise ValueError(f"analyze: batch_size must be >= 1, got {batch_size}")
     if not all(0 < t <= 1 for t in taus):
@@ -203,7 +213,7 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
     if progress and rank_id == 0:
         print(plan_text, file=sys.stderr, flush=True)
     skipped = slot_plan["skipped"]
-    deltas = _plan_deltas(checkpoints, slot_plan["selected"]) if "delta" in modes else {}
+    deltas = _plan_deltas(checkpoints, slot_plan["selected"], patterns is not None) if "delta" in modes else {}
     chosen = list(slot_plan["slots"])
     slot_modes = {key: list(p["modes"]) for key, p in slot_plan["slots"].items()}  # within the Gram budget
     slot_batch = {key: int(p["batch"]) for key, p in slot_plan["slots"].items()}  # models read at a time
@@ -240,6 +250,19 @@ def analyze(sources: Sequence, slots: Optional[Sequence[str]] = None, modes: Seq
 
         plot_report(result.report, out / "plots", progress=progress)
     return result
+
+
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _check_int64(**values):
+    """libunisub's ops take these as int64_t: a larger int would fail as an op-schema cast (a
+    RuntimeError naming no argument) once the headers are read, so it is refused here, by name."""
+    for name, value in values.items():
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, int) and not _INT64_MIN <= v <= _INT64_MAX:
+                raise ValueError(f"analyze: {name} must fit a signed 64-bit integer "
+                                 f"({_INT64_MIN} to {_INT64_MAX}), got {v}")
 
 
 def _run(checkpoints, chosen, deltas, slot_modes, slot_batch, folder, rank_id, world, device, center, rank, energy,

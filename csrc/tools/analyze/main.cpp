@@ -20,13 +20,17 @@
 #include <torch/torch.h>
 
 #include <array>
+#include <cerrno>
+#include <charconv>
 #include <chrono>
-#include <future>
 #include <cmath>
+#include <cstdlib>
+#include <future>
 #include <filesystem>
 #include <optional>
 #include <iostream>
 #include <map>
+#include <set>
 
 #include "analysis/accumulators.h"
 #include "analysis/json.h"
@@ -53,9 +57,31 @@ struct Options {
   double energy = 0.9;
   int64_t rank = -1, batch_size = 8, eigen_weights = 0, max_gram_bytes = unisub::analysis::kDefaultMaxGramBytes;
   bool check_headers = false, check = false, scale = true, resume = false, profile = false, include_1d = false;
+  bool rank_given = false;
 };
 
 [[noreturn]] void usage_error(const std::string& msg) { throw std::invalid_argument(msg); }
+
+// The whole text must be the number ("1e9" is no integer, "0.5junk" no number): std::stoll and
+// std::stod stop at the first character they cannot read and return what they read before it.
+int64_t integer_option(const std::string& option, const std::string& text) {
+  int64_t v = 0;
+  const char* end = text.data() + text.size();
+  const auto [stop, ec] = std::from_chars(text.data(), end, v);
+  if (ec == std::errc::result_out_of_range)
+    usage_error(fmt::format("{} {} is out of range: values must fit a signed 64-bit integer", option, text));
+  if (ec != std::errc() || stop != end) usage_error(fmt::format("{} takes an integer, got '{}'", option, text));
+  return v;
+}
+
+double number_option(const std::string& option, const std::string& text) {
+  errno = 0;
+  char* stop = nullptr;
+  const double v = std::strtod(text.c_str(), &stop);
+  if (text.empty() || stop != text.c_str() + text.size() || errno == ERANGE)
+    usage_error(fmt::format("{} takes a number, got '{}'", option, text));
+  return v;
+}
 
 Options parse_args(int argc, char** argv) {
   Options o;
@@ -67,11 +93,11 @@ Options parse_args(int argc, char** argv) {
       return argv[++i];
     };
     if (a == "--out") o.out = value(), list = &o.paths;
-    else if (a == "--energy") o.energy = std::stod(value()), list = &o.paths;
-    else if (a == "--rank") o.rank = std::stoll(value()), list = &o.paths;
-    else if (a == "--batch-size") o.batch_size = std::stoll(value()), list = &o.paths;
-    else if (a == "--eigen-weights") o.eigen_weights = std::stoll(value()), list = &o.paths;
-    else if (a == "--max-gram-bytes") o.max_gram_bytes = std::stoll(value()), list = &o.paths;
+    else if (a == "--energy") o.energy = number_option(a, value()), list = &o.paths;
+    else if (a == "--rank") o.rank = integer_option(a, value()), o.rank_given = true, list = &o.paths;
+    else if (a == "--batch-size") o.batch_size = integer_option(a, value()), list = &o.paths;
+    else if (a == "--eigen-weights") o.eigen_weights = integer_option(a, value()), list = &o.paths;
+    else if (a == "--max-gram-bytes") o.max_gram_bytes = integer_option(a, value()), list = &o.paths;
     else if (a == "--gram-precision") o.gram_precision = value(), list = &o.paths;
     else if (a == "--include-1d") o.include_1d = true, list = &o.paths;
     else if (a == "--slots") list = &o.slots;
@@ -87,6 +113,10 @@ Options parse_args(int argc, char** argv) {
   for (const auto& m : o.modes)
     if (m != "out" && m != "in" && m != "delta") usage_error(fmt::format("--modes takes out, in and/or delta, got '{}'", m));
   if (o.modes.empty()) usage_error("--modes needs at least one of out, in, delta");
+  std::set<std::string> seen;
+  for (const auto& m : o.modes)
+    if (!seen.insert(m).second) usage_error(fmt::format("--modes takes each mode once, got '{}' twice", m));
+  if (o.rank_given && o.rank < 1) usage_error(fmt::format("--rank must be a positive integer, got {}", o.rank));
   if (o.paths.empty()) usage_error("no PATH given");
   if (!o.check_headers && !o.check && o.out.empty()) usage_error("--out DIR is required");
   if (!(o.energy > 0 && o.energy <= 1)) usage_error(fmt::format("--energy must lie in (0, 1], got {}", o.energy));
@@ -163,6 +193,7 @@ int run(const Options& o) {
     t.name = model.name;
     t.adapter = model.adapter;
     t.dora = model.dora();
+    t.peft_type = model.peft_type();
     for (const auto& k : model.keys()) {
       t.tensors[k] = {model.info(k).dtype, model.info(k).shape};
       t.files[k] = model.file_of(k);
@@ -191,7 +222,7 @@ int run(const Options& o) {
     for (const auto& c : s.modes) plan_modes[s.key].push_back(c.mode);
   std::vector<unisub::analysis::DeltaModulePlan> deltas;  // libunisub's delta plan, the one `unisub analyze` makes
   if (std::find(o.modes.begin(), o.modes.end(), "delta") != o.modes.end()) {
-    auto planned_deltas = unisub::analysis::plan_deltas(tables, chosen);
+    auto planned_deltas = unisub::analysis::plan_deltas(tables, chosen, !o.slots.empty());
     if (planned_deltas.error) throw CheckpointError(planned_deltas.error->what());
     deltas = std::move(planned_deltas.modules);
   }

@@ -14,14 +14,15 @@ namespace unisub_tool {
 
 Model open_model(const std::string& path) {
   const fs::path p(path);
-  if (!fs::is_directory(p)) {
+  std::error_code ec;  // a path that cannot be looked at (a symlink loop) is the reader's to refuse, by name
+  if (!fs::is_directory(p, ec)) {
     const auto ext = p.extension().string();
     if (ext == ".pt" || ext == ".pth" || ext == ".bin")
       throw CheckpointError(fmt::format("{}: a PyTorch pickle; unisub-analyze reads safetensors only (use `unisub "
                                         "analyze`, which reads it with torch.load, or save it as safetensors)", path));
     return unisub::analysis::open_safetensors({path}, path);
   }
-  if (fs::exists(p / "adapter_config.json")) return unisub::analysis::open_adapter(path);
+  if (fs::exists(p / "adapter_config.json", ec)) return unisub::analysis::open_adapter(path);
   return unisub::analysis::open_model_folder(path);
 }
 

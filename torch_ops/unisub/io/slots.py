@@ -48,22 +48,26 @@ def plan(models, patterns: Optional[Sequence[str]], include_1d: bool, modes: Seq
 
 
 def _payload(models) -> str:
-    """models as plan_slots / plan_deltas read them: (name, slots, file_of[, adapter, dora])."""
+    """models as plan_slots / plan_deltas read them: (name, slots, file_of[, adapter, dora[, peft_type]])."""
     out = []
     for name, slots, file_of, *kind in models:
         item = {"name": str(name), "tensors": {k: [dt, [int(d) for d in shape], str(file_of(k))]
                                                for k, (dt, shape) in slots.items()}}
         if kind:
             item["adapter"], item["dora"] = bool(kind[0]), bool(kind[1])
+        if len(kind) > 2 and kind[2]:
+            item["peft_type"] = str(kind[2])
         out.append(item)
     return json.dumps(out, ensure_ascii=False)
 
 
-def plan_deltas(models, selected: Sequence[str]) -> Dict[str, Tuple[str, str, Tuple[int, int]]]:
+def plan_deltas(models, selected: Sequence[str], named: bool = False) -> Dict[str, Tuple[str, str, Tuple[int, int]]]:
     """--modes delta's modules (libunisub's ``plan_deltas``, the tool's rule): module -> (lora_A key,
-    lora_B key, (m, n)); ``models`` a list of (name, slots, file_of, is_adapter, is_dora). Bad input
-    raises ``CheckpointError`` naming the file."""
-    res = json.loads(torch.ops.unisub.plan_deltas(_payload(models), list(selected)))
+    lora_B key, (m, n)); ``models`` a list of (name, slots, file_of, is_adapter, is_dora[, peft_type]).
+    ``named``: ``selected`` came from slot patterns, so a module that does not fit every model is an
+    error rather than skipped (the plan lists those as skipped). Bad input raises ``CheckpointError``
+    naming the file."""
+    res = json.loads(torch.ops.unisub.plan_deltas(_payload(models), list(selected), named))
     if "error" in res:
         e = res["error"]
         raise CheckpointError(e["path"], e["message"], slot=e["slot"] or None)
