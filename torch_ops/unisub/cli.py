@@ -29,6 +29,23 @@ class _HelpFormatter(argparse.HelpFormatter):
                          for line in text.splitlines())
 
 
+# libunisub takes the integer options as int64_t: a larger value is a usage error here, not a failed
+# cast in an op's schema later (a traceback).
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _int64(text: str) -> int:
+    """argparse type of the integer options of `unisub analyze`: an int that fits int64_t."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: values must fit a signed 64-bit integer "
+                                         f"({_INT64_MIN} to {_INT64_MAX})")
+    return value
+
+
 def _command(sub, name: str, help: str, example: str, **kwargs) -> argparse.ArgumentParser:
     """A subcommand whose --help ends with a worked example, also listed by `unisub --help`."""
     p = sub.add_parser(name, help=help, epilog=f"example:\n  {example}",
@@ -81,17 +98,17 @@ def _add_analyze(sub):
                         "adapter folders, model-space PCA (mode 0) of each module's ΔW = s·B·A through "
                         "lora_gram, never forming ΔW (slot '<module>.delta'; with delta alone the factors "
                         "are not analysed one by one). Default: out in")
-    p.add_argument("--eigen-weights", type=int, default=0, metavar="K",
+    p.add_argument("--eigen-weights", type=_int64, default=0, metavar="K",
                    help="with --modes delta: also save the top K eigen-weights (dense m x n matrices, "
                         "formed as low-rank products) and the mean ΔW in each delta subspace file")
     p.add_argument("--energy", type=float, default=0.9, help="keep the fewest components reaching this "
                    "explained variance (default 0.9; 1 keeps all that carry variance)")
-    p.add_argument("--rank", type=int, help="keep at most this many components per mode")
+    p.add_argument("--rank", type=_int64, help="keep at most this many components per mode")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--batch-size", type=int, default=8, help="models per streamed batch (default 8; thin models of a large Gram, e.g. LoRA factors, "
+    p.add_argument("--batch-size", type=_int64, default=8, help="models per streamed batch (default 8; thin models of a large Gram, e.g. LoRA factors, "
                    "are read in larger batches, as the plan says)")
     p.add_argument("--include-1d", action="store_true", help="analyse 1-D tensors (biases, norms) as 1 x n")
-    p.add_argument("--max-gram-bytes", type=int, default=2 << 30, metavar="BYTES",
+    p.add_argument("--max-gram-bytes", type=_int64, default=2 << 30, metavar="BYTES",
                    help="skip (with its reason in the report) a mode whose float64 Gram, 8*d*d bytes, is larger "
                         "(default 2 GiB: d = 16384)")
     p.add_argument("--gram-precision", choices=["auto", "float64", "float32"], default="auto",
@@ -108,7 +125,7 @@ def _add_analyze(sub):
                         "each Gram's fraction of the GEMM rate measured in the same run; also in report.json")
     p.add_argument("--device", default=None, help="where the Grams accumulate (default cpu; cuda for NCCL runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or table")
-    p.set_defaults(run=_run_analyze)
+    p.set_defaults(run=_run_analyze, interrupted=_analyze_interrupted, parser=p)
 
 
 def _add_inspect(sub):
@@ -140,6 +157,8 @@ def _run_analyze(args) -> int:
     from .io import CheckpointError, WriteError
     from .table import format_report
 
+    if args.eigen_weights > 0 and "delta" not in args.modes:  # the API ignores it; as the C++ tool, say so
+        args.parser.error("--eigen-weights needs --modes delta")
     dist = _init_distributed(args.device)
     device = args.device
     if dist is not None and device and device.startswith("cuda") and ":" not in device:
@@ -169,6 +188,18 @@ def _run_analyze(args) -> int:
         print(format_report(result.report))
         print(f"written to {args.out}")
     return 0
+
+
+def _analyze_interrupted(args) -> str:
+    """What to do after Ctrl-C: --resume needs the run's description (DIR/state/run.json, written when
+    the folder is prepared, after every header was read); an earlier interruption left nothing to
+    continue from."""
+    from pathlib import Path
+
+    if args.out is None or not (Path(args.out) / "state" / "run.json").is_file():
+        return "interrupted (nothing saved yet: rerun the same command to start again)"
+    again = "the same command" if args.resume else "the same command with --resume"
+    return f"interrupted: rerun {again} to continue from the last saved batch in {args.out}"
 
 
 def _is_rank0():
@@ -247,7 +278,15 @@ _COMMANDS = [_add_demo, _add_analyze, _add_inspect, _add_lora]
 
 def main(argv=None) -> int:
     args = _build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; the library lets it propagate
+        pass
+    # Said once the handler is left: the traceback, and with it the interrupted frames, is freed
+    # then, so a progress bar closes (ending its line) before this line, not after it.
+    hint = getattr(args, "interrupted", None)
+    print(f"unisub {args.command}: " + (hint(args) if hint else "interrupted"), file=sys.stderr)
+    return 130  # 128 + SIGINT, as a shell reports a process Ctrl-C ended
 
 
 if __name__ == "__main__":

@@ -39,12 +39,12 @@ class _LibraryCheckpoint(Checkpoint):
     """A model the C++ reader opened (``kind`` "files", "folder" or "adapter")."""
 
     def __init__(self, kind, paths, name):
-        self._ck = reader_call(torch.classes.unisub.Checkpoint, kind, [str(p) for p in paths], str(name))
-        self.name = self._ck.name()
+        self._ck = reader_call(torch.classes.unisub.Checkpoint, kind, [_utf8_path(p) for p in paths], _utf8_path(name))
+        self.name = _utf8_names(self._ck.name)
         keys = self._ck.keys()
         shapes = shapes_from_layout(len(keys), self._ck.layout())
         self.slots = {k: (dt, shape) for k, dt, (shape, _) in zip(keys, self._ck.dtypes(), shapes)}
-        self._files = dict(zip(keys, self._ck.files()))
+        self._files = dict(zip(keys, _utf8_names(self._ck.files)))  # a folder's shards: names it found
 
     def _get(self, key, scale):
         if key not in self.slots:
@@ -88,6 +88,7 @@ class TorchCheckpoint(Checkpoint):
                 if not isinstance(k, str):
                     raise CheckpointError(path, f"tensor names must be strings, got key {k!r} "
                                                 f"({type(k).__name__})")
+                _check_dense(path, k, v)
                 self.slots[k] = (NAMES.get(v.dtype, str(v.dtype).replace("torch.", "")), tuple(v.shape))
 
     def _load(self):
@@ -111,6 +112,19 @@ class TorchCheckpoint(Checkpoint):
         if key not in sd or not isinstance(sd[key], torch.Tensor):
             raise CheckpointError(self.path, "no such tensor in this checkpoint", slot=key)
         return sd[key].clone()
+
+
+def _check_dense(path, key, t):
+    """The analysis reads a tensor's values from plain CPU memory. A sparse (or other non-strided)
+    tensor, or a meta one (which map_location leaves where it is), would fail deep inside an op
+    once the output folder exists; it is refused now, with the headers."""
+    if t.layout == torch.strided and t.device.type == "cpu" and not t.is_nested:
+        return
+    what = ("a nested tensor" if t.is_nested else "a tensor" if t.layout == torch.strided
+            else f"a {str(t.layout).replace('torch.', '')} tensor")
+    where = "" if t.device.type == "cpu" else f" on device '{t.device}'"
+    hint = "a meta tensor holds no values" if t.device.type == "meta" else "save it with .to_dense() / .cpu()"
+    raise CheckpointError(path, f"{what}{where}; expected a dense (strided) tensor in CPU memory ({hint})", slot=key)
 
 
 class PeftAdapter(Checkpoint):
@@ -190,7 +204,7 @@ def lora_pairs(slots) -> Dict[str, Tuple[str, str]]:
 
 
 def open_checkpoint(path: Path, scale_lora: bool = True) -> Checkpoint:
-    path = Path(path)
+    path = Path(_utf8_path(path))
     if path.is_dir():
         if (path / "adapter_config.json").exists():
             return PeftAdapter(path, scale=scale_lora)
@@ -218,10 +232,39 @@ def _is_model_folder(path: Path) -> bool:
 def discover(paths, scale_lora: bool = True) -> List[Checkpoint]:
     """Resolve the user's PATHs into checkpoints, ordered by path: libunisub's rule (which folders
     are models, which are folders of models), the one unisub-analyze follows (docs/format.md)."""
-    if isinstance(paths, (str, os.PathLike)):
+    if isinstance(paths, (str, bytes, os.PathLike)):
         paths = [paths]
-    found, kinds = reader_call(torch.ops.unisub.discover_sources, [os.fspath(p) for p in paths])
+    found, kinds = _utf8_names(reader_call, torch.ops.unisub.discover_sources, [_utf8_path(p) for p in paths])
     return [_open_source(Path(p), kind, scale_lora) for p, kind in zip(found, kinds)]
+
+
+# Paths cross into libunisub as UTF-8 strings, and the run's description (state/run.json) and
+# report.json record every model's file name as JSON text: a name that is not valid UTF-8 (a
+# Linux file name is any bytes) is refused by name, while the models are found, before any output.
+_NOT_UTF8 = "file names must be valid UTF-8 (the run's description and report.json record them); rename it"
+
+
+def _utf8_path(path) -> str:
+    """``path`` as the str libunisub takes; a CheckpointError if its bytes are not UTF-8 (Python
+    carries such a name from the command line or os.listdir as lone surrogates)."""
+    path = os.fsdecode(path)
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        raise CheckpointError(shown, _NOT_UTF8) from None
+    return path
+
+
+def _utf8_names(fn, *args):
+    """``fn(*args)`` for a libunisub call that returns paths it found on disk (a folder's models or
+    shards): a name that is not UTF-8 fails to decode on its way back, and is named."""
+    try:
+        return fn(*args)
+    except UnicodeDecodeError as e:
+        if not isinstance(e.object, (bytes, bytearray)):
+            raise
+        raise CheckpointError(bytes(e.object).decode("utf-8", "backslashreplace"), _NOT_UTF8) from None
 
 
 def _open_source(path: Path, kind: str, scale_lora: bool) -> Checkpoint:
