@@ -1,5 +1,7 @@
 #include "analysis/discover.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -58,6 +60,18 @@ std::string shown(const std::string& path) {
 
 void check_utf8(const fs::path& p) {
   if (!valid_utf8(p.string())) throw ReadError(shown(p.string()), kNotUtf8);
+}
+
+// What makes two paths one model: the file system's device and inode (stat follows symlinks), so
+// that a symlink, a hard link or a bind mount of one file is found as the same model; the
+// canonical path where stat fails.
+std::string identity(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0)
+    return std::to_string(static_cast<uint64_t>(st.st_dev)) + ":" + std::to_string(static_cast<uint64_t>(st.st_ino));
+  std::error_code ec;
+  const auto canonical = fs::weakly_canonical(path, ec).string();
+  return ec ? path : canonical;
 }
 
 bool ends_with(const std::string& s, const std::string& tail) {
@@ -123,12 +137,9 @@ std::vector<Source> discover_sources(const std::vector<std::string>& paths) {
   std::vector<Source> found;
   for (const auto& p : paths) visit(fs::path(p), true, found);
   std::sort(found.begin(), found.end(), [](const Source& a, const Source& b) { return a.path < b.path; });
-  std::map<std::string, std::string> seen;  // canonical path -> the path as found
+  std::map<std::string, std::string> seen;  // the file's identity -> the path as found
   for (const auto& s : found) {
-    std::error_code ec;
-    auto key = fs::weakly_canonical(s.path, ec).string();
-    if (ec) key = s.path;
-    const auto [it, fresh] = seen.emplace(key, s.path);
+    const auto [it, fresh] = seen.emplace(identity(s.path), s.path);
     if (!fresh) throw ReadError(s.path, "this model is given twice (as '" + it->second + "' too)");
   }
   return found;

@@ -214,3 +214,11 @@ def test_a_file_name_that_is_not_utf8_is_named_by_both(tmp_path, gen):
     os.rename(zoo / "m3.safetensors", os.fsencode(zoo) + b"/m\xff\xfe.safetensors")
     _refused_alike(_both(zoo, "--out", tmp_path / "o"), "m\\xff\\xfe.safetensors", "valid UTF-8")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_hard_link_to_a_model_is_the_same_model(tmp_path, gen):
+    import os
+
+    zoo = _models(tmp_path / "zoo", gen, 1.0)
+    os.link(zoo / "m0.safetensors", zoo / "m9.safetensors")  # before: analysed as a fifth model
+    _refused_alike(_both(zoo, "--out", tmp_path / "o"), "m9.safetensors", "given twice", "m0.safetensors")
