@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <set>
 
 #include "analysis/reader.h"
 
@@ -99,7 +100,20 @@ Source file_source(const fs::path& p) {
   throw ReadError(p.string(), "unknown checkpoint type (expected a folder or a .safetensors, .pt, .pth or .bin file)");
 }
 
-void visit(const fs::path& p, bool top, std::vector<Source>& found) {
+// A symlinked folder is followed (a zoo of links to model folders is common) unless it leads back to
+// a folder being searched or already searched: a link to an ancestor (/proc/self/root is "/") would
+// search the whole file system, a cycle forever.
+bool leads_back(const fs::path& link, const fs::path& parent, const std::set<std::string>& searched) {
+  std::error_code ec;
+  if (!fs::is_symlink(link, ec)) return false;
+  const auto target = fs::canonical(link, ec);
+  if (ec) return true;
+  if (searched.count(identity(target.string()))) return true;
+  const auto here = fs::canonical(parent, ec).string(), there = target.string();
+  return !ec && (there == "/" || here == there || here.rfind(there + "/", 0) == 0);
+}
+
+void visit(const fs::path& p, bool top, std::vector<Source>& found, std::set<std::string>& searched) {
   check_utf8(p);
   std::error_code ec;
   if (fs::is_directory(p, ec)) {
@@ -107,6 +121,7 @@ void visit(const fs::path& p, bool top, std::vector<Source>& found) {
       found.push_back({p.string(), fs::exists(p / "adapter_config.json") ? "adapter" : "folder"});
       return;
     }
+    searched.insert(identity(p.string()));
     std::vector<fs::path> children;
     for (const auto& e : fs::directory_iterator(p, ec)) children.push_back(e.path());
     if (ec) throw ReadError(p.string(), "cannot list this folder: " + ec.message());
@@ -114,7 +129,7 @@ void visit(const fs::path& p, bool top, std::vector<Source>& found) {
     const auto before = found.size();
     for (const auto& c : children) {
       if (fs::is_directory(c, ec)) {
-        visit(c, false, found);
+        if (!leads_back(c, p, searched)) visit(c, false, found, searched);
       } else if (is_weight_file(c)) {
         check_utf8(c);
         found.push_back(file_source(c));
@@ -135,7 +150,8 @@ void visit(const fs::path& p, bool top, std::vector<Source>& found) {
 std::vector<Source> discover_sources(const std::vector<std::string>& paths) {
   if (paths.empty()) throw ReadError("(none)", "no checkpoints given");
   std::vector<Source> found;
-  for (const auto& p : paths) visit(fs::path(p), true, found);
+  std::set<std::string> searched;  // the folders of models searched so far (identity())
+  for (const auto& p : paths) visit(fs::path(p), true, found, searched);
   std::sort(found.begin(), found.end(), [](const Source& a, const Source& b) { return a.path < b.path; });
   std::map<std::string, std::string> seen;  // the file's identity -> the path as found
   for (const auto& s : found) {

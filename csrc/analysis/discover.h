@@ -6,7 +6,8 @@
 // (*.safetensors, *.pt, *.pth, *.bin). A file is one model. The models are ordered by their path
 // (byte order), whatever the order of the PATHs: the reference model, the split halves (even and
 // odd positions) and the seeds follow from the files alone. A model found twice, a PATH that does
-// not exist and a folder without any model are errors.
+// not exist and a folder without any model are errors. Symlinked folders are followed unless they
+// lead back to a folder searched already or to an ancestor (a cycle, or /proc/self/root).
 #pragma once
 #include <string>
 #include <vector>

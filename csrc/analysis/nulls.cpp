@@ -14,6 +14,7 @@
 
 #include "unisub/analysis.h"
 #include "cpu/blas_threads.h"
+#include "ops/checks.h"
 
 namespace unisub::analysis {
 namespace {
@@ -110,6 +111,7 @@ at::Tensor gaussian_null(int64_t p, int64_t N, double total, int64_t seed) {
 }
 
 at::Tensor null_model_variances(const at::Tensor& diag_in, bool center) {
+  unisub::detail::check_has_values(diag_in, "null_model_variances", "diag");
   TORCH_CHECK(diag_in.dim() == 1, "unisub.null_model_variances: diag must be 1-D (one entry per model), got shape ",
               diag_in.sizes());
   TORCH_CHECK(diag_in.is_floating_point(), "unisub.null_model_variances: diag must be floating point, got ",
@@ -133,6 +135,8 @@ at::Tensor null_model_variances(const at::Tensor& diag_in, bool center) {
 
 at::Tensor projected_null_variances(const at::Tensor& Q_in, const at::Tensor& diag_in) {
   constexpr const char* op = "unisub.projected_null_variances";
+  unisub::detail::check_has_values(Q_in, "projected_null_variances", "Q");
+  unisub::detail::check_has_values(diag_in, "projected_null_variances", "diag");
   const auto Q = Q_in.detach().to(at::kCPU, at::kDouble).contiguous();
   const auto c = diag_in.detach().to(at::kCPU, at::kDouble).clamp_min(0).contiguous();
   TORCH_CHECK(Q.dim() == 2 && Q.size(0) == Q.size(1) && Q.size(0) == c.numel(), op,
@@ -174,6 +178,8 @@ template <class DrawSpectrum>
 at::Tensor null_draws(const at::Tensor& variances_in, int64_t dim, const at::Tensor& Q_in, int64_t draws,
                       DrawSpectrum&& draw_spectrum) {
   constexpr const char* op = "unisub.norm_matched_null";
+  unisub::detail::check_has_values(variances_in, "norm_matched_null", "variances");
+  unisub::detail::check_has_values(Q_in, "norm_matched_null", "Q");
   TORCH_CHECK(variances_in.dim() == 1, op, ": variances must be 1-D (one per model), got shape ", variances_in.sizes());
   TORCH_CHECK(variances_in.is_floating_point(), op, ": variances must be floating point, got ",
               variances_in.scalar_type());

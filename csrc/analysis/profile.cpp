@@ -123,29 +123,44 @@ std::string profile_json(bool measure_gemm) {
 }
 
 std::string profile_table(const std::string& text) {
-  const auto v = json::parse(text);
+  json::Value v;
+  try {
+    v = json::parse(text);
+  } catch (const json::ParseError& e) {
+    TORCH_CHECK_VALUE(false, "analysis_profile_table: the profile is not valid JSON: ", e.what());
+  }
+  // a profile written by another version, or by hand, may lack fields: each is read as a number or
+  // refused by name (an absent one was read through a null pointer)
+  auto number = [](const json::Value& obj, const char* field, const std::string& where) {
+    const auto* f = obj.is_object() ? obj.find(field) : nullptr;
+    TORCH_CHECK_VALUE(f && f->is_number(), "analysis_profile_table: ", where, " has no number '", field, "'");
+    return f->number;
+  };
   std::string out = format("%-10s %10s %7s %14s %8s %16s %10s\n", "stage", "seconds", "share", "bytes", "calls",
                            "speed", "GEMM rate");
-  const auto* st = v.find("stages");
-  const auto* total = v.find("total_seconds");
+  const auto* st = v.is_object() ? v.find("stages") : nullptr;
+  const auto* total = v.is_object() ? v.find("total_seconds") : nullptr;
   const double all = total && total->is_number() ? total->number : 0.0;
-  if (st)
+  if (st && st->is_object())
     for (const auto& m : st->members) {
       const auto& s = m.value;
-      const double sec = s.find("seconds")->number, madds = s.find("multiply_adds")->number;
-      const double bytes = s.find("bytes")->number;
+      const std::string where = "stage '" + m.key + "'";
+      const double sec = number(s, "seconds", where), madds = number(s, "multiply_adds", where);
+      const double bytes = number(s, "bytes", where), calls = number(s, "calls", where);
       const auto* frac = s.find("gemm_fraction");
       const std::string speed = madds > 0 && sec > 0   ? format("%.2f Gmadd/s", madds / sec / 1e9)
                                 : bytes > 0 && sec > 0 ? format("%.2f GB/s", bytes / sec / 1e9)
                                                        : std::string("-");
       out += format("%-10s %10.3f %6.1f%% %14.0f %8.0f %16s %10s\n", m.key.c_str(), sec, all > 0 ? 100 * sec / all : 0.0,
-                    bytes, s.find("calls")->number, speed.c_str(),
+                    bytes, calls, speed.c_str(),
                     frac && frac->is_number() ? format("%.0f%%", 100 * frac->number).c_str() : "-");
     }
-  const auto* rates = v.find("gemm_rate");
-  if (rates && rates->find("float64") && rates->find("float64")->is_number())
-    out += format("GEMM rate measured in this run: float64 %.2f Gmadd/s, float32 %.2f Gmadd/s\n",
-                  rates->find("float64")->number / 1e9, rates->find("float32")->number / 1e9);
+  const auto* rates = v.is_object() ? v.find("gemm_rate") : nullptr;
+  const auto* f64 = rates && rates->is_object() ? rates->find("float64") : nullptr;
+  const auto* f32 = rates && rates->is_object() ? rates->find("float32") : nullptr;
+  if (f64 && f64->is_number() && f32 && f32->is_number())
+    out += format("GEMM rate measured in this run: float64 %.2f Gmadd/s, float32 %.2f Gmadd/s\n", f64->number / 1e9,
+                  f32->number / 1e9);
   return out;
 }
 

@@ -19,6 +19,7 @@
 #include "analysis/checkpoint_holder.h"
 #include "analysis/model_reading.h"
 #include "analysis/reader.h"
+#include "ops/checks.h"
 
 namespace unisub::analysis {
 namespace {
@@ -62,14 +63,9 @@ std::vector<std::string> map_keys(const Map& m) {
 
 TORCH_LIBRARY_FRAGMENT(unisub, m) {
   // the reading rule (model_reading.h) for tensors Python reads itself (torch.load): why the analysis
-  // refuses one, or ""
-  m.def("analysis_weight_problem(Tensor t, float? scaling=None) -> str",
-        [](const at::Tensor& t, std::optional<double> scaling) { return unisub::analysis::weight_problem(t, scaling); });
-  m.def("analysis_delta_problem(Tensor B, Tensor A, float s) -> (str, str)",
-        [](const at::Tensor& B, const at::Tensor& A, double s) {
-          auto [which, why] = unisub::analysis::delta_problem(B, A, s);
-          return std::make_tuple(which, why);
-        });
+  // refuses one, or "" (kernels below)
+  m.def("analysis_weight_problem(Tensor t, float? scaling=None) -> str");
+  m.def("analysis_delta_problem(Tensor B, Tensor A, float s) -> (str, str)");
   m.class_<SafetensorsFileHolder>("SafetensorsFile")
       .def(torch::init([](const std::string& path) {
         auto self = c10::make_intrusive<SafetensorsFileHolder>();
@@ -182,3 +178,17 @@ TORCH_LIBRARY_FRAGMENT(unisub, m) {
 }
 
 }  // namespace unisub::analysis
+
+// CompositeExplicitAutograd, not catch-all: the tracers would run a catch-all kernel on fake tensors
+TORCH_LIBRARY_IMPL(unisub, CompositeExplicitAutograd, m) {
+  m.impl("analysis_weight_problem", [](const at::Tensor& t, std::optional<double> scaling) {
+    unisub::detail::check_has_values(t, "analysis_weight_problem", "t");
+    return unisub::analysis::weight_problem(t, scaling);
+  });
+  m.impl("analysis_delta_problem", [](const at::Tensor& B, const at::Tensor& A, double s) {
+    unisub::detail::check_has_values(B, "analysis_delta_problem", "B");
+    unisub::detail::check_has_values(A, "analysis_delta_problem", "A");
+    auto [which, why] = unisub::analysis::delta_problem(B, A, s);
+    return std::make_tuple(which, why);
+  });
+}

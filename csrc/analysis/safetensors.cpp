@@ -54,7 +54,9 @@ struct Fd {
 };
 
 void open_regular(const std::string& path, Fd& f, uint64_t& size, const std::string& slot = "") {
-  f.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a named pipe (or a device) would otherwise wait for a writer forever, before
+  // the check below can refuse it; on a regular file it changes nothing
+  f.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (f.fd < 0) throw ReadError(path, std::string("cannot read: ") + std::strerror(errno), slot);
   struct stat st {};
   if (::fstat(f.fd, &st) != 0) throw ReadError(path, std::string("cannot read: ") + std::strerror(errno), slot);

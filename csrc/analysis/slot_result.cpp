@@ -60,6 +60,9 @@ SlotResult finalize_mode_slot(const std::string& slot, const ModeAccumulator& ev
                               std::optional<int64_t> rank, std::optional<double> energy, int64_t null_seed,
                               const std::string& metadata_json, const ReportOptions& options) {
   parse_metadata(metadata_json, "finalize_mode_slot");
+  // the halves are merged into one total: the same accumulator twice would count its models twice
+  TORCH_CHECK_VALUE(&even != &odd, "finalize_mode_slot: the even and odd halves are the same accumulator; give the "
+                                   "two halves (an empty one where a run has a single half)");
   at::NoGradGuard no_grad;
   ModeAccumulator total(even.rows(), even.cols(), even.modes(), even.center(), even.device());
   total.set_gram_precision(even.gram_precision());

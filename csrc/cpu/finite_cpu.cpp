@@ -99,6 +99,7 @@ double largest_magnitude(const at::Tensor& t) {
 }
 
 bool all_finite(const at::Tensor& t) {
+  if (t.is_complex()) return all_finite(at::view_as_real(t.resolve_conj()));  // both parts finite
   if (!t.is_floating_point() || t.numel() == 0) return true;
   // a transposed view holds the same values in memory order: scan those (no contiguous copy)
   if (!t.is_contiguous() && t.dim() >= 2 && t.mT().is_contiguous()) return all_finite(t.mT());

@@ -2,6 +2,7 @@
 // Input checks shared by every op. Each message names the op, the argument, what was expected
 // and what was given, so a user can fix the call without reading our source.
 #include <ATen/core/Tensor.h>
+#include <c10/core/GradMode.h>
 #include <c10/util/Exception.h>
 
 #include <string_view>
@@ -23,6 +24,26 @@ inline bool is_supported_float(at::ScalarType t) {
 // True when no entry is NaN or infinite (integer tensors and empty ones are). A CPU tensor is read
 // once by its bit patterns (csrc/cpu/finite_cpu.cpp); others take aminmax and one host sync.
 bool all_finite(const at::Tensor& t);
+// The in-place ops have no backward. Under grad mode, a target that requires grad (already part of
+// a graph) would keep a graph describing its old values: backward silently wrong, with no warning.
+// It is refused at the call; `instead` says what to do. (Other arguments that require grad get the
+// autograd fallback's warning at backward: the result is only not differentiated.)
+inline void check_not_in_graph(const at::Tensor& t, std::string_view op, std::string_view arg,
+                               std::string_view instead) {
+  TORCH_CHECK(!t.defined() || !c10::GradMode::is_enabled() || !t.requires_grad(), "unisub.", op, ": ", arg,
+              " requires grad, and ", op, " is in place and not differentiable: ", instead,
+              ", or call it under torch.no_grad()");
+}
+
+// Kernels that read a tensor's values on the host (all_finite, the analysis ops) refuse a meta
+// tensor (what torch.compile, torch.export and FakeTensorMode trace with): it has no values, and
+// copying it to the CPU gives uninitialised memory.
+inline void check_has_values(const at::Tensor& t, std::string_view op, std::string_view arg) {
+  TORCH_CHECK(!t.defined() || !t.is_meta(), "unisub.", op, ": ", arg, " is a meta tensor (no values); ", op,
+              " reads values, so it cannot be traced (torch.compile, torch.export, FakeTensorMode): call it outside "
+              "the traced code");
+}
+
 // The largest |entry| (0 for an empty tensor; NaN where any entry is NaN, infinity where any is
 // infinite and none NaN). A CPU tensor is read once by its bit patterns, like all_finite.
 double largest_magnitude(const at::Tensor& t);

@@ -263,6 +263,7 @@ at::Tensor mode_gram_impl(const at::Tensor& X, int64_t dim, bool center, const G
 
 void gram_update_impl(const at::Tensor& G, const at::Tensor& X, int64_t dim, const GramKernels& k) {
   constexpr std::string_view op = "gram_update_";
+  check_not_in_graph(G, op, "G", "use unisub.mode_gram (differentiable) and add");
   const at::NoGradGuard no_grad;  // not differentiable (see checks.h)
   check_stack(X, op);
   check_defined(G, op, "G");

@@ -242,6 +242,7 @@ at::Tensor project_impl(const at::Tensor& G, const OptTensor& U, const OptTensor
 
 void project_inplace_impl(const at::Tensor& G, const OptTensor& U, const OptTensor& V, bool complement,
                           bool check_basis) {
+  check_not_in_graph(G, "project_", "G", "use unisub.project (out of place, differentiable)");
   const at::NoGradGuard no_grad;  // not differentiable (see checks.h)
   const auto a = validate_projection(G, U, V, "project_", -1, "G", /*in_place=*/true);
   check_no_internal_overlap(G, "project_", "G");
@@ -254,6 +255,8 @@ void project_inplace_impl(const at::Tensor& G, const OptTensor& U, const OptTens
 void project_list_impl(at::TensorList Gs, const c10::List<OptTensor>& Us, const c10::List<OptTensor>& Vs,
                        bool complement, bool check_basis, const ProjectionKernels& k) {
   constexpr std::string_view op = "project_list_";
+  for (size_t i = 0; i < Gs.size(); ++i)
+    check_not_in_graph(Gs[i], op, "Gs[" + std::to_string(i) + "]", "use unisub.project on each (out of place, differentiable)");
   const at::NoGradGuard no_grad;  // not differentiable (see checks.h)
   const int64_t count = static_cast<int64_t>(Gs.size());
   TORCH_CHECK(count > 0, "unisub.", op, ": Gs must hold at least one tensor, got an empty list");

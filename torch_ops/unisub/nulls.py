@@ -22,14 +22,23 @@ Thin wrappers: the numbers come from libunisub (``torch.ops.unisub.*``, csrc/ana
 import torch
 
 
+def _check_not_meta(t, op, arg):
+    # A fake impl also runs for real meta tensors, outside any tracer: its CPU result would be a
+    # real, uninitialised tensor (these ops return CPU tensors whatever the input's device).
+    torch._check(t.device.type != "meta", lambda: f"unisub.{op}: {arg} is a meta tensor (no values); {op} reads "
+                                                  "values, so call it on a tensor that has them")
+
+
 @torch.library.register_fake("unisub::null_model_variances")
 def _null_model_variances_fake(diag, center):
+    _check_not_meta(diag, "null_model_variances", "diag")
     torch._check(diag.dim() == 1, lambda: f"unisub.null_model_variances: diag must be 1-D, got {diag.dim()}-D")
     return torch.empty(diag.shape, dtype=torch.float64, device="cpu")
 
 
 @torch.library.register_fake("unisub::norm_matched_null")
 def _norm_matched_null_fake(variances, dim, center, draws, seed=0):
+    _check_not_meta(variances, "norm_matched_null", "variances")
     torch._check(variances.dim() == 1, lambda: f"unisub.norm_matched_null: variances must be 1-D, got {variances.dim()}-D")
     torch._check(draws >= 1, lambda: f"unisub.norm_matched_null: draws must be >= 1, got {draws}")
     return torch.empty((draws, variances.shape[0]), dtype=torch.float64, device="cpu")

@@ -1,0 +1,139 @@
+"""Inputs that once crashed an op or silently gave a wrong answer (found by fuzzing the ops): each
+must now give the right answer or a clear error. Cases that crashed the process run in a
+subprocess, so that a regression fails this test instead of killing the test run."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import unisub
+
+
+def _python(code, timeout=120):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("how", ["fake", "compile"])
+def test_all_finite_cannot_be_traced_and_says_so(how):
+    # a catch-all kernel was decomposed under FakeTensorMode and read a fake tensor's data: SIGSEGV
+    code = {
+        "fake": """
+            import torch, unisub
+            from torch._subclasses.fake_tensor import FakeTensorMode
+            with FakeTensorMode():
+                torch.ops.unisub.all_finite(torch.randn(5))
+        """,
+        "compile": """
+            import torch, unisub
+            torch.compile(lambda x: torch.ops.unisub.all_finite(x), fullgraph=True)(torch.randn(5))
+        """,
+    }[how]
+    run = _python(code)
+    assert run.returncode == 1, (run.returncode, run.stderr[-2000:])
+    assert "all_finite reads values, so it cannot be traced" in run.stderr
+
+
+def test_all_finite_reads_both_parts_of_complex_numbers():
+    x = torch.zeros(4, dtype=torch.complex64)
+    assert torch.ops.unisub.all_finite(x)
+    x[2] = complex(0, float("nan"))
+    assert not torch.ops.unisub.all_finite(x)
+    assert not torch.ops.unisub.all_finite(torch.tensor([complex(float("inf"), 0)]).conj())
+
+
+def test_all_finite_and_the_nulls_refuse_meta_tensors():
+    meta = torch.empty(3, device="meta", dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="meta tensor"):
+        torch.ops.unisub.all_finite(meta)
+    # these return CPU tensors: before, uninitialised memory
+    with pytest.raises(RuntimeError, match="meta tensor"):
+        torch.ops.unisub.null_model_variances(meta, True)
+    with pytest.raises(RuntimeError, match="meta tensor"):
+        torch.ops.unisub.norm_matched_null(meta, 4, True, 2, 0)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('{"stages": {"x": {"seconds": 1.0}}}', "stage 'x' has no number 'multiply_adds'"),
+    ('{"stages": {"x": {"seconds": 1.0, "multiply_adds": 0, "bytes": 0}}}', "no number 'calls'"),
+    ("not json", "not valid JSON"),
+])
+def test_profile_table_refuses_a_profile_with_missing_fields(text, needle):
+    # an absent field was read through a null pointer: SIGSEGV (run apart, in case it comes back)
+    run = _python(f"""
+        import torch, unisub
+        try:
+            torch.ops.unisub.analysis_profile_table({text!r})
+        except ValueError as e:
+            print("refused:", e)
+    """)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert needle in run.stdout
+
+
+def test_profile_table_of_a_whole_profile_still_prints():
+    text = json.dumps({"stages": {"gram": {"seconds": 2.0, "multiply_adds": 4e9, "bytes": 0, "calls": 3}},
+                       "total_seconds": 4.0, "gemm_rate": {"float64": 1e10, "float32": 2e10}})
+    table = torch.ops.unisub.analysis_profile_table(text)
+    assert "2.00 Gmadd/s" in table and "50.0%" in table and "float64 10.00 Gmadd/s" in table
+
+
+def test_in_place_ops_refuse_a_target_already_in_a_graph():
+    # before: G's graph still described G = 2a, so a.grad came out 2 everywhere, with no warning
+    a = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    U = torch.linalg.qr(torch.randn(6, 2, dtype=torch.float64))[0]
+    G = a * 2
+    with pytest.raises(RuntimeError, match="project_: G requires grad"):
+        unisub.project_(G, U, None)
+    with pytest.raises(RuntimeError, match=r"project_list_: Gs\[0\] requires grad"):
+        unisub.project_list_([G], [U], [None])
+    with torch.no_grad():
+        unisub.project_(G, U, None)
+    torch.testing.assert_close(G, U @ (U.T @ (a.detach() * 2)))
+    acc = torch.zeros(6, 6, dtype=torch.float64, requires_grad=True) * 1
+    with pytest.raises(RuntimeError, match="gram_update_: G requires grad"):
+        unisub.gram_update_(acc, torch.randn(2, 6, 4, dtype=torch.float64), 1)
+
+
+def test_finalising_a_slot_with_one_accumulator_as_both_halves_is_refused():
+    MA = torch.classes.unisub.ModeAccumulator
+    a = MA(3, 4, ["out", "in"], True, "cpu")
+    a.update([torch.randn(3, 4, dtype=torch.float64) for _ in range(4)])
+    with pytest.raises(ValueError, match="the same accumulator"):  # it counted every model twice
+        a.finalize_slot(a, "s", None, 0.9, 0, "{}", [0.9], [1])
+
+
+def test_a_named_pipe_is_refused_not_waited_on(tmp_path):
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)
+    run = _python(f"""
+        import torch, unisub
+        try:
+            torch.classes.unisub.SafetensorsFile({str(fifo)!r})
+        except Exception as e:
+            print("refused:", e)
+    """, timeout=60)
+    assert "not a regular file" in run.stdout, (run.stdout, run.stderr[-2000:])
+
+
+def test_discovery_does_not_follow_links_back_to_a_folder_it_searches(tmp_path):
+    zoo = tmp_path / "zoo"
+    (zoo / "sub").mkdir(parents=True)
+    unisub.io.save_file({"w": torch.randn(2, 3)}, zoo / "sub" / "m0.safetensors")
+    unisub.io.save_file({"w": torch.randn(2, 3)}, zoo / "m1.safetensors")
+    os.symlink("..", zoo / "sub" / "up")      # a cycle
+    os.symlink("/", zoo / "sub" / "root")     # the whole file system, as /proc/self/root
+    os.symlink(zoo / "sub", tmp_path / "linked_sub")
+    found, kinds = torch.ops.unisub.discover_sources([str(zoo)])
+    assert [os.path.relpath(p, zoo) for p in found] == ["m1.safetensors", os.path.join("sub", "m0.safetensors")]
+    # a link to a model folder elsewhere is still followed
+    other = tmp_path / "other"
+    other.mkdir()
+    os.symlink(tmp_path / "linked_sub", other / "models")
+    found, _ = torch.ops.unisub.discover_sources([str(other)])
+    assert [os.path.basename(p) for p in found] == ["m0.safetensors"]
