@@ -17,6 +17,7 @@
 
 #include "ops/basis_checks.h"
 #include "ops/checks.h"
+#include "ops/square_range.h"
 #include "unisub/metrics.h"
 
 namespace unisub::detail {
@@ -94,23 +95,25 @@ at::Tensor subspace_distance_impl(const at::Tensor& U1, const at::Tensor& U2, st
   return d.to(result_dtype(U1));
 }
 
-at::Tensor explained_variance_impl(const at::Tensor& X, const at::Tensor& U, int64_t dim, bool center,
+at::Tensor explained_variance_impl(const at::Tensor& X_in, const at::Tensor& U, int64_t dim, bool center,
                                    bool check_basis) {
   constexpr std::string_view op = "explained_variance";
   const at::NoGradGuard no_grad;  // not differentiable (see checks.h)
-  check_float_input(X, op, "X");
-  check_min_dim(X, 2, op, "X", "a model axis and at least one weight axis: [M, d1, ...]");
-  TORCH_CHECK(X.size(0) > 0, "unisub.", op, ": X must hold at least one model (size of dim 0 > 0), got shape ",
-              X.sizes());
-  dim = wrap_dim(dim, X.dim(), op, "dim");
+  check_float_input(X_in, op, "X");
+  check_min_dim(X_in, 2, op, "X", "a model axis and at least one weight axis: [M, d1, ...]");
+  TORCH_CHECK(X_in.size(0) > 0, "unisub.", op, ": X must hold at least one model (size of dim 0 > 0), got shape ",
+              X_in.sizes());
+  dim = wrap_dim(dim, X_in.dim(), op, "dim");
   check_float_input(U, op, "U");
-  check_same_device(X, "X", U, "U", op);
-  const int64_t d = X.size(dim);
+  check_same_device(X_in, "X", U, "U", op);
+  const int64_t d = X_in.size(dim);
   TORCH_CHECK(U.dim() == 2 && U.size(0) == d, "unisub.", op, ": U must have shape [", d, ", k] (size of X along dim ",
               dim, "), got shape ", U.sizes());
   TORCH_CHECK(U.size(1) <= d, "unisub.", op,
               ": U must not have more columns than rows (a basis of at most ", d, " columns), got shape ", U.sizes());
   if (check_basis) check_orthonormal(U, op, "U");
+  // ratios of energies: the same for X·2^-e, whose squares stay within float64
+  const auto X = into_square_range(X_in).first;
 
   const auto Ud = U.to(at::kDouble);
   const int64_t models = X.size(0), k = U.size(1);

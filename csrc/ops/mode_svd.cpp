@@ -15,6 +15,7 @@
 #include "ops/checks.h"
 #include "ops/decompositions.h"
 #include "ops/matrix_checks.h"
+#include "ops/square_range.h"
 #include "ops/svd.h"
 #include "unisub/analysis.h"
 #include "unisub/decompositions.h"
@@ -164,16 +165,16 @@ int64_t components_for_energy(const at::Tensor& lambda, double total, double ene
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> mode_svd_impl(const at::Tensor& X, int64_t dim, int64_t rank,
+std::tuple<at::Tensor, at::Tensor> mode_svd_impl(const at::Tensor& X_in, int64_t dim, int64_t rank,
                                                  double energy, bool center, std::string_view method_name,
                                                  const GramKernels& kernels) {
   constexpr std::string_view op = "mode_svd";
   const at::NoGradGuard no_grad;  // not differentiable (see checks.h)
-  check_stack(X, op);
-  dim = wrap_dim(dim, X.dim(), op, "dim");
-  const Unfolding u = describe_unfolding(X, dim);
+  check_stack(X_in, op);
+  dim = wrap_dim(dim, X_in.dim(), op, "dim");
+  const Unfolding u = describe_unfolding(X_in, dim);
   const int64_t full = std::min(u.rows, u.columns());
-  TORCH_CHECK(full > 0, "unisub.mode_svd: the mode-", dim, " unfolding of X (shape ", X.sizes(), ") is empty");
+  TORCH_CHECK(full > 0, "unisub.mode_svd: the mode-", dim, " unfolding of X (shape ", X_in.sizes(), ") is empty");
   TORCH_CHECK(rank == -1 || (rank > 0 && rank <= full), "unisub.mode_svd: rank must be -1 or in [1, ", full,
               "] = [1, min(d_dim, product of the other dims)], got ", rank);
   TORCH_CHECK(energy == 0.0 || (energy > 0.0 && energy <= 1.0),
@@ -183,8 +184,9 @@ std::tuple<at::Tensor, at::Tensor> mode_svd_impl(const at::Tensor& X, int64_t di
               "unisub.mode_svd: method must be 'auto', 'gram' or 'randomized', got '", method_name, "'");
   TORCH_CHECK(method != SvdMethod::Randomized || rank > 0,
               "unisub.mode_svd: method='randomized' needs a rank in [1, ", full, "], got rank = ", rank);
-  check_finite(X, op, "X");
-  const auto out_dtype = result_dtype(X);
+  check_finite(X_in, op, "X");
+  const auto out_dtype = result_dtype(X_in);
+  const auto [X, exponent] = into_square_range(X_in);  // S is scaled back at the end
 
   // auto sketches only when the Gram would be large and few components are wanted, and keeps
   // the sketch only when certified_leading can vouch for it.
@@ -226,6 +228,7 @@ std::tuple<at::Tensor, at::Tensor> mode_svd_impl(const at::Tensor& X, int64_t di
   }
   at::Tensor no_vh;
   apply_sign_rule(U, no_vh, out_dtype);
+  if (exponent != 0) S = S * std::ldexp(1.0, exponent);
   return {U, S.to(out_dtype).contiguous()};
 }
 

@@ -137,3 +137,21 @@ def test_discovery_does_not_follow_links_back_to_a_folder_it_searches(tmp_path):
     os.symlink(tmp_path / "linked_sub", other / "models")
     found, _ = torch.ops.unisub.discover_sources([str(other)])
     assert [os.path.basename(p) for p in found] == ["m0.safetensors"]
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-170, 1e170, 1e300])
+def test_mode_svd_hosvd_and_explained_variance_at_the_ends_of_float64(scale, gen):
+    # their Grams squared the entries: singular values of 0 at 1e-300, an eigh failure at 1e300,
+    # NaN explained-variance ratios at both
+    X0 = torch.randn(5, 4, 6, generator=gen, dtype=torch.float64)
+    X = X0 * scale
+    want = torch.linalg.svdvals(X0.permute(1, 0, 2).reshape(4, -1)) * scale  # reference: svd, no squares
+    U, S = unisub.mode_svd(X, 1)
+    torch.testing.assert_close(S / scale, want / scale, rtol=1e-12, atol=0)
+    U0, _ = unisub.mode_svd(X0, 1)
+    torch.testing.assert_close(U, U0, rtol=0, atol=1e-12)
+    core, factors, _ = unisub.hosvd(X, [-1, 2, 3])
+    core0, factors0, _ = unisub.hosvd(X0, [-1, 2, 3])
+    torch.testing.assert_close(core / scale, core0, rtol=1e-10, atol=1e-12)
+    ev = unisub.explained_variance(X, U0[:, :2], dim=1)
+    torch.testing.assert_close(ev, unisub.explained_variance(X0, U0[:, :2], dim=1), rtol=1e-12, atol=0)
