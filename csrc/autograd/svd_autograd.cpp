@@ -26,8 +26,11 @@ at::Tensor svd_backward(const at::Tensor& gU, const at::Tensor& gS, const at::Te
   auto inner = gS.defined() ? at::diag_embed(gS) : at::zeros_like(at::diag_embed(S));
   const auto S2 = S * S;
   const auto E = S2.unsqueeze(-2) - S2.unsqueeze(-1);  // E_ij = σ_j² − σ_i²
-  const auto F = at::where(E == 0, at::zeros_like(E), E.reciprocal());
-  const auto S_inv = at::where(S > 0, S.reciprocal(), at::zeros_like(S));
+  // reciprocals of safe denominators: where() passes a NaN derivative of 1/0 through in a double
+  // backward, even from the branch it does not take
+  const auto zero_E = E == 0, positive_S = S > 0;
+  const auto F = at::where(zero_E, at::zeros_like(E), at::where(zero_E, at::ones_like(E), E).reciprocal());
+  const auto S_inv = at::where(positive_S, at::where(positive_S, S, at::ones_like(S)).reciprocal(), at::zeros_like(S));
   at::Tensor grad;
   at::Tensor UtgU, VtgV;
   if (gU.defined()) {
@@ -68,9 +71,13 @@ class SvdFunction : public torch::autograd::Function<SvdFunction> {
     // Exact gradients of a truncated SVD need the whole spectrum; a sketch has none.
     const std::string full_method = (truncated && method == "randomized") ? "lapack" : std::string(method);
     auto [U, S, Vh] = op.call(A, truncated ? -1 : rank, full_method);
+    // Saved as the outputs they are, U, S and Vh carry their dependence on A into a double
+    // backward (create_graph=True), which then differentiates the formula above exactly; the full
+    // factors a truncated svd saves are no outputs, so its double backward is refused instead
     ctx->save_for_backward({U, S, Vh});
-    const int64_t k = truncated ? rank : S.size(-1);
-    return {U.narrow(-1, 0, k).contiguous(), S.narrow(-1, 0, k).contiguous(), Vh.narrow(-2, 0, k).contiguous()};
+    ctx->saved_data["truncated"] = truncated;
+    if (!truncated) return {U, S, Vh};
+    return {U.narrow(-1, 0, rank).contiguous(), S.narrow(-1, 0, rank).contiguous(), Vh.narrow(-2, 0, rank).contiguous()};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -78,6 +85,9 @@ class SvdFunction : public torch::autograd::Function<SvdFunction> {
     const auto &U = saved[0], &S = saved[1], &Vh = saved[2];
     const int64_t full = S.size(-1);
     if (!grads[0].defined() && !grads[1].defined() && !grads[2].defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
+    TORCH_CHECK(!(at::GradMode::is_enabled() && ctx->saved_data["truncated"].toBool()),
+                "unisub.svd: second derivatives (backward with create_graph=True) of a truncated svd (rank < min(m, n)) "
+                "are not available: take the full svd and narrow it, or use torch.linalg.svd");
     auto gA = svd_backward(pad_last(grads[0], -1, full), pad_last(grads[1], -1, full),
                            pad_last(grads[2], -2, full), U, S, Vh);
     return {gA, at::Tensor(), at::Tensor()};

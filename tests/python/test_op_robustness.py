@@ -155,3 +155,16 @@ def test_mode_svd_hosvd_and_explained_variance_at_the_ends_of_float64(scale, gen
     torch.testing.assert_close(core / scale, core0, rtol=1e-10, atol=1e-12)
     ev = unisub.explained_variance(X, U0[:, :2], dim=1)
     torch.testing.assert_close(ev, unisub.explained_variance(X0, U0[:, :2], dim=1), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("method", ["auto", "lapack", "jacobi", "gram"])
+def test_svd_second_derivatives_are_exact_or_refused(method, gen):
+    # the factors were saved as constants: gradgradcheck failed, and the 1/0 of repeated σ made
+    # NaN second derivatives
+    for shape in [(4, 3), (3, 5), (2, 4, 3)]:
+        A = torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradgradcheck(lambda a: unisub.svd(a, method=method)[1], (A,))
+        assert torch.autograd.gradgradcheck(lambda a: (lambda r: r[0] @ r[0].mT)(unisub.svd(a, method=method)), (A,))
+    A = torch.randn(5, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(RuntimeError, match="second derivatives .* of a truncated svd"):
+        torch.autograd.grad(unisub.svd(A, 2)[1].sum(), A, create_graph=True)
