@@ -5,6 +5,7 @@
 
 #include <limits>
 
+#include "ops/checks.h"
 #include "ops/svd.h"
 #include "unisub/analysis.h"
 
@@ -44,6 +45,9 @@ int64_t rank_for_energy(const at::Tensor& eigenvalues, double tau, std::optional
 std::pair<at::Tensor, at::Tensor> sorted_eigh(const at::Tensor& G) {
   TORCH_CHECK(G.dim() == 2 && G.size(0) == G.size(1), "unisub.sorted_eigh: G must be a square matrix, got shape ",
               G.sizes());
+  TORCH_CHECK(G.is_floating_point(), "unisub.sorted_eigh: G must be floating point, got ", G.scalar_type());
+  // LAPACK takes NaN and infinity and returns numbers (an infinite entry gave eigenvalues [1, 1, 1])
+  TORCH_CHECK_VALUE(detail::all_finite(G), "unisub.sorted_eigh: G holds NaN or infinity");
   auto [evals, evecs] = at::linalg_eigh(G);
   evals = evals.flip(0).clamp_min(0);
   evecs = evecs.flip(1);

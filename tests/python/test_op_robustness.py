@@ -168,3 +168,12 @@ def test_svd_second_derivatives_are_exact_or_refused(method, gen):
     A = torch.randn(5, 4, generator=gen, dtype=torch.float64, requires_grad=True)
     with pytest.raises(RuntimeError, match="second derivatives .* of a truncated svd"):
         torch.autograd.grad(unisub.svd(A, 2)[1].sum(), A, create_graph=True)
+
+
+def test_sorted_eigh_refuses_nan_and_infinity():
+    # LAPACK returned numbers: an infinite entry gave eigenvalues [1, 1, 1]
+    for bad in (float("inf"), float("nan")):
+        G = torch.eye(3, dtype=torch.float64)
+        G[0, 1] = G[1, 0] = bad
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            torch.ops.unisub.sorted_eigh(G)
