@@ -177,3 +177,23 @@ def test_sorted_eigh_refuses_nan_and_infinity():
         G[0, 1] = G[1, 0] = bad
         with pytest.raises(ValueError, match="NaN or infinity"):
             torch.ops.unisub.sorted_eigh(G)
+
+
+def test_fake_kernels_refuse_what_the_real_ones_refuse():
+    # the fakes returned shapes for calls that cannot run, so a traced program failed only later
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        G, U = torch.randn(6, 4), torch.randn(5, 2)
+        for call in (lambda: unisub.project(G, U), lambda: unisub.coefficients(G, U),
+                     lambda: unisub.subspace_energy(G, U), lambda: unisub.project_(G, U)):
+            with pytest.raises(RuntimeError, match="U has 5 rows, expected 6"):
+                call()
+        with pytest.raises(RuntimeError, match="V has 3 columns, expected 4"):
+            unisub.reconstruct(torch.randn(2, 4), torch.randn(6, 2), torch.randn(5, 3))
+        with pytest.raises(RuntimeError, match="metric must be"):
+            unisub.subspace_distance(torch.randn(6, 2), torch.randn(6, 2), metric="bogus")
+        with pytest.raises(RuntimeError, match="equal row counts"):
+            unisub.principal_angles(torch.randn(6, 2), torch.randn(5, 2))
+        with pytest.raises(RuntimeError, match="method must be 'auto', 'gram' or 'randomized'"):
+            unisub.mode_svd(torch.randn(3, 4, 5), 1, method="lapack")

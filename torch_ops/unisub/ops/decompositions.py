@@ -64,6 +64,8 @@ def lora_gram(B: torch.Tensor, A: torch.Tensor, center: bool = False) -> torch.T
 
 @torch.library.register_fake("unisub::mode_svd")
 def _mode_svd_fake(X, dim, rank=-1, energy=0.0, center=False, method="auto"):
+    torch._check(method in ("auto", "gram", "randomized"),
+                 lambda: f"unisub.mode_svd: method must be 'auto', 'gram' or 'randomized', got '{method}'")
     torch._check(X.dim() >= 2, lambda: f"unisub.mode_svd: X must have at least 2 dimensions, got {X.dim()}")
     dim = wrap_dim(dim, X.dim(), "mode_svd")
     d = X.shape[dim]

@@ -12,14 +12,26 @@ def _pair_batch(U1, U2):
     return torch.broadcast_shapes(tuple(U1.shape[:-2]), tuple(U2.shape[:-2]))
 
 
+def _check_pair(op, U1, U2):
+    """What the real kernels check of two bases' shapes and devices, checked while tracing."""
+    torch._check(U1.dim() >= 2 and U2.dim() >= 2, lambda: f"unisub.{op}: U1 and U2 must have at least 2 dimensions")
+    torch._check(U1.shape[-2] == U2.shape[-2],
+                 lambda: f"unisub.{op}: U1 and U2 must have equal row counts m, got {U1.shape[-2]} and {U2.shape[-2]}")
+    torch._check(U1.device == U2.device, lambda: f"unisub.{op}: U1 is on {U1.device}, U2 on {U2.device}")
+
+
 @torch.library.register_fake("unisub::principal_angles")
 def _principal_angles_fake(U1, U2, check_basis=True):
+    _check_pair("principal_angles", U1, U2)
     p = min(U1.shape[-1], U2.shape[-1])
     return U1.new_empty((*_pair_batch(U1, U2), p), dtype=result_dtype(U1.dtype))
 
 
 @torch.library.register_fake("unisub::subspace_distance")
 def _subspace_distance_fake(U1, U2, metric="projection", check_basis=True):
+    torch._check(metric in ("projection", "geodesic", "max"),
+                 lambda: f"unisub.subspace_distance: metric must be 'projection', 'geodesic' or 'max', got '{metric}'")
+    _check_pair("subspace_distance", U1, U2)
     return U1.new_empty(_pair_batch(U1, U2), dtype=result_dtype(U1.dtype))
 
 

@@ -20,14 +20,32 @@ def _batch(*tensors):
     return torch.broadcast_shapes(*(tuple(t.shape[:-2]) for t in tensors if t is not None))
 
 
+def _check_sides(op, G, U, V, rows="U", cols="V", m=None, n=None, used=-2):
+    """The fake kernels check what the real ones check of the shapes and devices, so that a traced
+    call that cannot run fails while it is traced (a basis of the wrong size, another device)."""
+    m = G.shape[-2] if m is None else m
+    n = G.shape[-1] if n is None else n
+    for B, name, size in ((U, rows, m), (V, cols, n)):
+        if B is None:
+            continue
+        torch._check(B.dim() >= 2, lambda: f"unisub.{op}: {name} must have at least 2 dimensions, got {B.dim()}")
+        torch._check(B.shape[used] == size,
+                     lambda: f"unisub.{op}: {name} has {B.shape[used]} {'rows' if used == -2 else 'columns'}, "
+                             f"expected {size}")
+        torch._check(B.device == G.device, lambda: f"unisub.{op}: {name} is on {B.device}, G on {G.device}")
+
+
 @torch.library.register_fake("unisub::project")
 def _project_fake(G, U, V, complement=False, check_basis=True):
     torch._check(G.dim() >= 2, lambda: f"unisub.project: G must have at least 2 dimensions, got {G.dim()}")
+    _check_sides("project", G, U, V)
     return G.new_empty((*_batch(G, U, V), G.shape[-2], G.shape[-1]), dtype=result_dtype(G.dtype))
 
 
 @torch.library.register_fake("unisub::project_")
 def _project_inplace_fake(G, U, V, complement=False, check_basis=True):
+    torch._check(G.dim() >= 2, lambda: f"unisub.project_: G must have at least 2 dimensions, got {G.dim()}")
+    _check_sides("project_", G, U, V)
     return None
 
 
@@ -39,6 +57,7 @@ def _project_list_fake(Gs, Us, Vs, complement=False, check_basis=True):
 @torch.library.register_fake("unisub::coefficients")
 def _coefficients_fake(G, U, V, check_basis=True):
     torch._check(G.dim() >= 2, lambda: f"unisub.coefficients: G must have at least 2 dimensions, got {G.dim()}")
+    _check_sides("coefficients", G, U, V)
     k = U.shape[-1] if U is not None else G.shape[-2]
     l = V.shape[-1] if V is not None else G.shape[-1]  # noqa: E741
     return G.new_empty((*_batch(G, U, V), k, l), dtype=result_dtype(G.dtype))
@@ -47,6 +66,7 @@ def _coefficients_fake(G, U, V, check_basis=True):
 @torch.library.register_fake("unisub::reconstruct")
 def _reconstruct_fake(C, U, V, check_basis=True):
     torch._check(C.dim() >= 2, lambda: f"unisub.reconstruct: C must have at least 2 dimensions, got {C.dim()}")
+    _check_sides("reconstruct", C, U, V, used=-1)
     m = U.shape[-2] if U is not None else C.shape[-2]
     n = V.shape[-2] if V is not None else C.shape[-1]
     return C.new_empty((*_batch(C, U, V), m, n), dtype=result_dtype(C.dtype))
@@ -55,6 +75,7 @@ def _reconstruct_fake(C, U, V, check_basis=True):
 @torch.library.register_fake("unisub::subspace_energy")
 def _subspace_energy_fake(G, U, V, check_basis=True):
     torch._check(G.dim() >= 2, lambda: f"unisub.subspace_energy: G must have at least 2 dimensions, got {G.dim()}")
+    _check_sides("subspace_energy", G, U, V)
     return G.new_empty(_batch(G, U, V), dtype=result_dtype(G.dtype))
 
 
