@@ -254,11 +254,15 @@ def _run_inspect(args) -> int:
 
 
 def _run_demo(args) -> int:
-    from .demo import run_demo
+    from .demo import DemoError, run_demo
 
-    # flushed: the progress lines must show as they come when the output is a pipe or a CI log
-    run_demo(out=args.out, quick=args.quick, seed=args.seed, cache=args.cache, zoo=args.zoo,
-             log=lambda *a: print(*a, flush=True))
+    try:
+        # flushed: the progress lines must show as they come when the output is a pipe or a CI log
+        run_demo(out=args.out, quick=args.quick, seed=args.seed, cache=args.cache, zoo=args.zoo,
+                 log=lambda *a: print(*a, flush=True))
+    except DemoError as e:  # --out / --cache that cannot be used, found before anything is written
+        print(f"unisub demo: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -39,6 +39,7 @@ class GradientProjector:
         self._ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
         inner = model.module if self._ddp else model
         self.mapped: List[MappedParameter] = map_parameters(inner.named_parameters(), subspaces)
+        _refuse_sparse(inner, self.mapped)
         self._by_param: Dict[int, MappedParameter] = {id(mp.param): mp for mp in self.mapped}
         self._handles = []
         self._pending: List[MappedParameter] = []
@@ -47,10 +48,8 @@ class GradientProjector:
         if self._ddp:
             model.register_comm_hook(None, self._ddp_hook)
         else:
-            for mp in self.mapped:
-                if not mp.param.requires_grad:
-                    continue
-                self._handles.append(mp.param.register_post_accumulate_grad_hook(self._on_grad))
+            for mp in self.mapped:  # frozen ones too: gradual unfreezing must not escape the projection
+                self._handles.append(_grad_hook(mp.param, self._on_grad))
 
     # -- gradient projection -------------------------------------------------------------------
     def _on_grad(self, param: torch.Tensor) -> None:
@@ -66,6 +65,9 @@ class GradientProjector:
     def _project(self, items) -> None:
         grads, Us, Vs, copies = [], [], [], []
         for mp, g in items:
+            if g.is_sparse:  # aten's own error here ("Could not run ... SparseCPU") does not say why
+                raise RuntimeError(f"GradientProjector does not support sparse gradients (parameter '{mp.name}'; "
+                                   f"e.g. an nn.Embedding(sparse=True))")
             if not torch.isfinite(g).all():
                 continue  # an AMP overflow step: GradScaler skips it; projecting would spread the inf
             mat = g.view(mp.matrix_shape) if g.is_contiguous() else g.reshape(mp.matrix_shape).clone()
@@ -138,4 +140,29 @@ class GradientProjector:
 
     def __repr__(self) -> str:
         side = "complement of " if self.complement else ""
-        return f"GradientProjector({len(self.mapped)} parameters, onto the {side}their subspaces)"
+        return f"GradientProjector({len(self.mapped)} parameters, onto the {side}subspaces)"
+
+
+def _grad_hook(param: torch.Tensor, fn):
+    """``param.register_post_accumulate_grad_hook(fn)``, also for a parameter frozen now (torch
+    refuses a hook on a tensor that does not require grad): the hook stays with the parameter and
+    fires once it is unfrozen and gets a gradient."""
+    frozen = not param.requires_grad
+    if frozen:
+        param.requires_grad_(True)
+    try:
+        return param.register_post_accumulate_grad_hook(fn)
+    finally:
+        if frozen:
+            param.requires_grad_(False)
+
+
+def _refuse_sparse(model: torch.nn.Module, mapped: List[MappedParameter]) -> None:
+    """The layers known to produce sparse gradients (nn.Embedding / nn.EmbeddingBag with
+    sparse=True) cannot be projected: refused here, before any training step."""
+    ids = {id(mp.param): mp.name for mp in mapped}
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and module.sparse \
+                and id(module.weight) in ids:
+            raise ValueError(f"GradientProjector does not support sparse gradients: '{ids[id(module.weight)]}' "
+                             f"belongs to an {type(module).__name__}(sparse=True)")

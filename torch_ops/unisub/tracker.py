@@ -237,7 +237,8 @@ class ConvergenceTracker:
         log_dir: base folder for relative ``csv``/``tensorboard`` paths and for ``True``; given
             alone, a CSV is written to ``log_dir/convergence.csv``.
         csv: a CSV file (one row per tracked step, flushed after each row), or ``True`` for
-            ``log_dir/convergence.csv``.
+            ``log_dir/convergence.csv``. An existing tracker CSV is replaced (unless ``append``);
+            any other existing non-empty file is refused (``ValueError``), as is a folder.
         tensorboard: a TensorBoard log folder (``torch.utils.tensorboard.SummaryWriter``), or
             ``True`` for ``log_dir``.
         seed: seed of the random sketches (on the parameters' device); ``None`` draws from torch's
@@ -307,12 +308,18 @@ class ConvergenceTracker:
                 raise ImportError("ConvergenceTracker(tensorboard=...) needs the tensorboard package: "
                                   "pip install tensorboard (or pip install 'unisub[tensorboard]')") from e
         if csv_path is not None:
+            if csv_path.is_dir():
+                raise ValueError(f"csv: {csv_path} is a folder; give a file name (or log_dir={str(csv_path)!r} "
+                                 f"for {CSV_NAME} inside it)")
             csv_path.parent.mkdir(parents=True, exist_ok=True)
             header = ["step", *self.keys]
-            resumed = append and csv_path.is_file() and csv_path.stat().st_size > 0
+            found = _first_row(csv_path)
+            if not append and found is not None and found[:1] != ["step"]:
+                # a tracker's own CSV is replaced (a rerun); any other file may be the user's data
+                raise ValueError(f"csv: {csv_path} exists and is not a ConvergenceTracker CSV (first row "
+                                 f"{found[:3]}...); it would be overwritten: write to a new file")
+            resumed = append and found is not None
             if resumed:
-                with open(csv_path, newline="") as f:
-                    found = next(_csv.reader(f), None)
                 if found != header:
                     raise ValueError(f"append=True: {csv_path} has columns {found[:4] if found else found}... "
                                      f"that are not this tracker's {header[:4]}... (other layers or reference); "
@@ -417,3 +424,16 @@ class ConvergenceTracker:
             self.close()
         except Exception:
             pass
+
+
+def _first_row(path: Path) -> Optional[list]:
+    """The first row of an existing non-empty file, ``[]`` for one that is not text; None when
+    there is no such file."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    try:
+        with open(path, newline="") as f:
+            line = f.readline(1 << 16)  # bounded: the file may be anything, e.g. one huge binary blob
+        return next(_csv.reader([line]), [])
+    except (UnicodeDecodeError, _csv.Error):
+        return []

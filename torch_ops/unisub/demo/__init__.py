@@ -16,16 +16,15 @@ Both print tables and verdicts computed from the run's numbers and write ``repor
 ``report.md`` (with plots) to the output folder.
 """
 import json
-import shutil
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Optional
 
 import torch
 
 from ..analysis import analyze
 from . import experiments as ex
+from .outdir import DemoError, prepare_out  # noqa: F401  (DemoError: what a bad --out / --cache raises)
 from .report import plot_reconstruction, spectrum_rows, table, verdicts, write
 from .zoo import LAYERS, ZooConfig, build_zoo
 
@@ -46,8 +45,7 @@ def run_demo(out: Optional[str] = None, quick: bool = False, seed: int = 0, cach
         return run_minilm(out=out, quick=quick, seed=seed, cache=cache, log=log, config=config)
     config = config or (QUICK if quick else ZooConfig())
     config = ZooConfig(**{**asdict(config), "seed": seed, "tasks": tasks})
-    out = Path(out or "unisub-demo")
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_out(out or "unisub-demo", cache, ("analysis",))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the models are tiny: on 2 cores one thread is the fastest
     start = time.perf_counter()
@@ -72,8 +70,7 @@ def _run(config, out, cache, log, start):
     _section(log, "Spectra of each layer against a matched Gaussian null (unisub.analyze)")
     spectra = []
     for name, paths in (("finetuned", zoo.finetuned), ("scratch", zoo.scratch)):
-        folder = out / "analysis" / name
-        shutil.rmtree(folder, ignore_errors=True)
+        folder = out / "analysis" / name  # cleared by prepare_out: analyze needs a new folder
         analyze([str(p) for p in paths], slots=list(LAYERS), energy=0.9, out=folder, progress=False)
         spectra += spectrum_rows(json.loads((folder / "report.json").read_text()), name)
     log(table([{**r, "where": f"{r['zoo']} {r['slot']} [{r['mode']}]"} for r in spectra],

@@ -1,7 +1,6 @@
 """``unisub demo`` on the MiniLM LoRA zoo: the stages in the report's order, with progress lines."""
 import dataclasses
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Optional
@@ -11,6 +10,7 @@ import torch
 from . import lora_experiments as ex
 from . import lora_report as rp
 from . import minilm as ml
+from .outdir import prepare_out
 from .report import table
 
 QUICK = ml.MiniLMConfig(tasks=6, held_out=1, steps=25)
@@ -35,8 +35,9 @@ def run_minilm(out: Optional[str] = None, quick: bool = False, seed: int = 0, ca
                config: Optional[ml.MiniLMConfig] = None) -> dict:
     c = config or (QUICK if quick else ml.MiniLMConfig())
     c = dataclasses.replace(c, seed=seed) if config is None else c
-    out = Path(out or "unisub-demo")
-    out.mkdir(parents=True, exist_ok=True)
+    # before the (long) zoo: a bad --out or --cache is refused, and only the demo's own
+    # subfolders of a previous run are removed
+    out = prepare_out(out or "unisub-demo", cache, ("analysis", "merged", "exported"))
     threads = torch.get_num_threads()
     # MiniLM at 16 tokens and batch 16 is small: on a 2-core machine one thread per process was
     # the fastest (two threads lost to the other work on the machine, and to LAPACK's own threads).
@@ -60,8 +61,6 @@ def _run(c: ml.MiniLMConfig, out: Path, cache, log) -> dict:
 
     log(f"unisub demo: PEFT LoRA adapters on all-MiniLM-L6-v2 (seed {c.seed}); report folder {out.resolve()}")
     log(f"unisub demo: {load_start}")
-    for sub in ("analysis", "merged", "exported"):
-        shutil.rmtree(out / sub, ignore_errors=True)
     zoo = ml.build_zoo(c, cache, log)
     stage("zoo")
     k = min(16, c.tasks * c.rank)  # the subspace rank used for training, merging and projection

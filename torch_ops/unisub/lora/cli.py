@@ -72,6 +72,35 @@ def _errors():
     return (CheckpointError, PermissionError, FileNotFoundError, ValueError, KeyError, IndexError)
 
 
+def _write_failed(cmd, e) -> int:
+    """The output side failed (a full disk, no permission): exit 1, as `unisub analyze` does."""
+    print(f"unisub lora {cmd}: error: {e}", file=sys.stderr)
+    return 1
+
+
+def _write_error():
+    from ..io import WriteError
+
+    return WriteError
+
+
+def _unwritable(path, flag):
+    """Why the output file ``path`` cannot be written (None when it can): checked before the work,
+    so that a mistyped --out does not cost a whole compression."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        return f"{flag} '{path}' is a folder; give a file name"
+    if not parent.is_dir():
+        return f"{flag} '{path}': the folder '{parent}' does not exist"
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return f"{flag} '{path}' is not writable"
+    return None
+
+
 def _print_report(zoo, file=None):
     file = file or sys.stdout  # looked up per call: a default bound at import outlives a redirected stdout
     st = zoo.storage()
@@ -99,16 +128,22 @@ def _compress(args) -> int:
             return _fail("compress", "--lossless excludes --rank and --energy")
     elif args.rank is None and energy is None:
         energy = 0.99
+    for path, flag in ((args.out, "--out"), (args.json, "--json")):
+        why = path and _unwritable(path, flag)
+        if why:
+            return _fail("compress", why)
     try:
         zoo = compress(args.adapters, rank=args.rank, energy=energy, dtype=dtype_of(args.dtype),
                        keep_state=args.keep_state, progress=not args.quiet)
         zoo.save(args.out)
+        if args.json:
+            from ..io import write_json
+
+            write_json(args.json, zoo.report())
+    except _write_error() as e:
+        return _write_failed("compress", e)
     except _errors() as e:
         return _fail("compress", e)
-    if args.json:
-        from ..io import write_json
-
-        write_json(args.json, zoo.report())
     if not args.quiet:
         _print_report(zoo)
         print(f"written to {args.out}")
@@ -128,20 +163,28 @@ def _export(args) -> int:
         zoo = _load(args.zoo)
         which = int(args.adapter) if args.adapter.lstrip("-").isdigit() and args.adapter not in zoo.names else args.adapter
         rep = export(zoo, which, args.out, dtype=args.dtype, rank=args.rank)
+    except _write_error() as e:
+        return _write_failed("export", e)
     except _errors() as e:
         return _fail("export", e)
     print(f"{rep['name']}: relative error {rep['relative_error']:.3e}"
-          + (f", truncation {rep['truncation_error']:.3e}" if args.rank else "") + f"; written to {rep['folder']}")
+          + (f", truncation {rep['truncation_error']:.3e}" if args.rank is not None else "")
+          + f"; written to {rep['folder']}")
     return 0
 
 
 def _absorb(args) -> int:
     from .absorb import absorb
 
+    why = _unwritable(args.out or args.zoo, "--out" if args.out else "ZOO")
+    if why:
+        return _fail("absorb", why)
     try:
         zoo = _load(args.zoo)
         new, rep = absorb(zoo, args.adapter, name=args.name, update_bases=args.update_bases)
         new.save(args.out or args.zoo)
+    except _write_error() as e:
+        return _write_failed("absorb", e)
     except _errors() as e:
         return _fail("absorb", e)
     print(f"{rep['name']}: relative error {rep['relative_error']:.3e} (worst module {rep['worst_module']}: "
@@ -157,6 +200,8 @@ def _merge(args) -> int:
         rep = merge(args.adapters, args.out, method=args.method, scale=args.scale, weights=args.weights,
                     density=args.density, drop=args.drop, seed=args.seed, rank=args.rank, energy=args.energy,
                     out_rank=args.out_rank, dtype=args.dtype, modules=args.modules)
+    except _write_error() as e:
+        return _write_failed("merge", e)
     except _errors() as e:
         return _fail("merge", e)
     print(f"{args.method} of {len(rep['adapters'])} adapters written to {rep['folder']}; worst truncation error "

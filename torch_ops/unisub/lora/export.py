@@ -11,7 +11,7 @@ from typing import Dict, Optional, Union
 import torch
 
 from .lowrank import balanced_factors, lowrank_svd
-from .peft_out import dtype_of, write_adapter
+from .peft_out import check_rank, dtype_of, write_adapter
 from .zoo import LoraZoo
 
 
@@ -41,6 +41,7 @@ def export(zoo: LoraZoo, which, folder, dtype: Union[None, str, torch.dtype] = N
     (default: the adapter's own stored dtype). Returns the adapter's reconstruction error as the
     zoo reports it, and the truncation's added error when ``rank`` is given."""
     i = zoo.index(which)
+    check_rank("rank", rank)
     dt = dtype_of(dtype if dtype is not None else (zoo.source_dtypes[i] if zoo.source_dtypes else "float32"))
     factors, tails = adapter_factors(zoo, i, rank)
     extras = {k: ts[i] for k, ts in zoo.extras.items()}

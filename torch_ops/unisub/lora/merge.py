@@ -32,7 +32,7 @@ from ..ops import svd
 from .adapters import AdapterSource, open_adapters, plan_modules, read_delta
 from .compress import fit_module
 from .lowrank import balanced_factors, lowrank_svd
-from .peft_out import dtype_of, write_adapter
+from .peft_out import check_rank, dtype_of, refuse_inputs_as_output, write_adapter
 
 METHODS = ("mean", "task_arithmetic", "ties", "dare", "dare_ties", "subspace")
 
@@ -95,7 +95,9 @@ def merge(adapters: Sequence[AdapterSource], folder, method: str = "mean", scale
     subspace method's bases; ``out_rank``: the written adapter's rank (default Σ r_i, ≤ min(m, n));
     ``modules``: merge only the modules matching these globs (or ``re:`` regexes); the adapter
     written then targets exactly those."""
+    check_rank("out_rank", out_rank)
     cks = open_adapters(adapters)
+    refuse_inputs_as_output(folder, [ck.folder for ck in cks])
     M = len(cks)
     _check(method, density, drop, weights, M, scale)
     specs, extras = plan_modules(cks)

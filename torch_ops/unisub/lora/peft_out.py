@@ -6,10 +6,11 @@ Every module's factors are written with scaling 1: ``lora_alpha`` equals the mod
 whole escaped name, which PEFT matches as ``(.*\\.)?(name)$``), rsLoRA off, so PEFT adds exactly
 B·A. The factors are balanced (B = U√S, A = √S Vᵀ) for float16 / bfloat16 output."""
 import json
+import os
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
 
@@ -35,7 +36,9 @@ def lora_config(template: Mapping, ranks: Mapping[str, int]) -> Dict:
 def write_adapter(folder, factors: Mapping[str, Tuple[torch.Tensor, torch.Tensor]], specs: Mapping[str, ModuleSpec],
                   template: Mapping, dtype: torch.dtype = torch.float32,
                   extras: Optional[Mapping[str, torch.Tensor]] = None) -> Path:
-    """Write ``factors`` (module -> (B [m, r], A [r, n]) with ΔW = B @ A) as a PEFT adapter folder."""
+    """Write ``factors`` (module -> (B [m, r], A [r, n]) with ΔW = B @ A) as a PEFT adapter folder.
+    An adapter already in ``folder`` is replaced (its adapter_model.bin too, which would otherwise
+    sit beside the new weights)."""
     folder = Path(folder)
     ensure_writable_dir(folder)
     tensors = {}
@@ -48,9 +51,42 @@ def write_adapter(folder, factors: Mapping[str, Tuple[torch.Tensor, torch.Tensor
         tensors[PREFIX + spec.a_key] = A.to(dtype).reshape(spec.a_shape(r)).contiguous()
     for k, t in (extras or {}).items():
         tensors[PREFIX + k] = t
+    config = lora_config(template, ranks)
+    # The config goes first and comes back last: interrupted anywhere in between, the folder holds
+    # no config, which PEFT refuses loudly, never new weights beside an old config, which PEFT would
+    # load with the old lora_alpha / r scaling (silently wrong).
+    _remove(folder / "adapter_config.json")
     save_file(tensors, folder / "adapter_model.safetensors", metadata={"format": "pt"})
-    write_json(folder / "adapter_config.json", lora_config(template, ranks))
+    _remove(folder / "adapter_model.bin")
+    write_json(folder / "adapter_config.json", config)
     return folder
+
+
+def _remove(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def check_rank(name: str, rank) -> None:
+    """A written adapter needs r ≥ 1: 0 would write empty factors, a negative rank would slice."""
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise ValueError(f"{name} must be a positive integer, got {rank!r}")
+
+
+def refuse_inputs_as_output(folder, inputs: Iterable) -> None:
+    """A ValueError when ``folder`` is one of the ``inputs`` (paths): writing there would replace
+    an input adapter while, or before, it is read."""
+    out = Path(folder)
+    for src in inputs:
+        src = Path(src)
+        same = out.resolve() == src.resolve()
+        if not same and out.exists() and src.exists():
+            same = os.path.samefile(out, src)
+        if same:
+            raise ValueError(f"the output folder '{folder}' is the input adapter '{src}': it would be overwritten; "
+                             f"write the result to another folder")
 
 
 def dtype_of(name) -> torch.dtype:

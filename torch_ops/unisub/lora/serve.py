@@ -29,6 +29,7 @@ class _Selector:
 
     def __init__(self):
         self.ids = torch.zeros(1, dtype=torch.long)
+        self.per_row = False  # ids holds one task per batch row (set_task with a sequence / tensor)
 
 
 class SharedSubspaceLinear(torch.nn.Module):
@@ -53,6 +54,10 @@ class SharedSubspaceLinear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ids = self._selector.ids
+        if self._selector.per_row and (x.dim() < 2 or x.shape[0] != ids.shape[0]):
+            # checked: the grouping below would otherwise serve whole runs of rows with one task
+            raise ValueError(f"MultiTaskLoRA: set_task was given {ids.shape[0]} tasks (one per batch row), but the "
+                             f"batch has {x.shape[0] if x.dim() >= 2 else 'no'} rows (input of shape {list(x.shape)})")
         C = self.cores.index_select(0, ids)  # [t, k_in, k_out], t = 1 or one per batch row
         h = torch.nn.functional.linear(x, self.Vt)  # x V: [..., k_in]
         shape = h.shape
@@ -123,6 +128,7 @@ class MultiTaskLoRA(torch.nn.Module):
             ids = torch.tensor([self._id(task)], dtype=torch.long)
         device = next(iter(self._originals.values())).weight.device
         self._selector.ids = ids.to(device)
+        self._selector.per_row = isinstance(task, (torch.Tensor, list, tuple))
         return self
 
     def forward(self, *args, **kwargs):

@@ -6,6 +6,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from ..io.errors import CheckpointError
 from ..io.safetensors import open_unisub_file, save_file
 from .adapters import ModuleSpec
 
@@ -158,22 +159,72 @@ class LoraZoo:
 
     @classmethod
     def load(cls, path) -> "LoraZoo":
+        """Read a zoo file; a file whose metadata and tensors do not fit together (a damaged or
+        hand-edited file) is a CheckpointError naming the file and what is wrong, here rather
+        than a traceback, or a wrong adapter, at export."""
         f, meta = open_unisub_file(path, FORMAT, "unisub LoRA zoo")
+        missing = [k for k in _META_KEYS if k not in meta]
+        if missing:
+            raise CheckpointError(path, f"the zoo's metadata lacks {missing}")
+        names = meta["names"]
+        _check_names(path, names, meta)
         have = set(f.keys())
         modules = {}
         for mod, d in meta["modules"].items():
             p = f"module::{mod}::"
+            absent = [p + t for t in _MODULE_TENSORS if p + t not in have]
+            if absent:
+                raise CheckpointError(path, f"module '{mod}': tensor '{absent[0]}' is missing")
             spec = ModuleSpec(d["a_key"], d["b_key"], tuple(d["shape"]), tuple(d["a_tail"]), tuple(d["b_tail"]))
             st = {side: (f.get(p + f"state.{side}.vectors"), f.get(p + f"state.{side}.values"))
                   if p + f"state.{side}.vectors" in have else None for side in ("out", "in")}
             modules[mod] = ModuleBasis(spec, f.get(p + "U"), f.get(p + "V"), f.get(p + "coefficients"),
                                        f.get(p + "eigenvalues.out"), f.get(p + "eigenvalues.in"),
                                        f.get(p + "norm2"), f.get(p + "residual2"), st["out"], st["in"])
-        extras = {k: [f.get(f"extra::{i}::{k}") for i in range(len(meta["names"]))] for k in meta["extras"]}
-        return cls(meta["names"], modules, meta["peft_config"], extras, meta["source_dtypes"], meta["source_nbytes"],
+            _check_module(path, mod, modules[mod], len(names))
+        absent = [key for k in meta["extras"] for key in (f"extra::{i}::{k}" for i in range(len(names)))
+                  if key not in have]
+        if absent:
+            raise CheckpointError(path, f"tensor '{absent[0]}' is missing")
+        extras = {k: [f.get(f"extra::{i}::{k}") for i in range(len(names))] for k in meta["extras"]}
+        return cls(names, modules, meta["peft_config"], extras, meta["source_dtypes"], meta["source_nbytes"],
                    meta["options"])
 
     def __repr__(self):
         ranks = sorted({mb.ranks for mb in self.modules.values()})
         return (f"LoraZoo({self.count} adapters, {len(self.modules)} modules, ranks (out, in) {ranks[:4]}"
                 f"{' ...' if len(ranks) > 4 else ''}, {self.nbytes()} bytes{', with absorb state' if self.has_state else ''})")
+
+
+_META_KEYS = ("names", "modules", "peft_config", "extras", "source_dtypes", "source_nbytes", "options")
+_MODULE_TENSORS = ("U", "V", "coefficients", "eigenvalues.out", "eigenvalues.in", "norm2", "residual2")
+
+
+def _check_names(path, names, meta) -> None:
+    """The adapters' names: a non-empty list of distinct strings, one per entry of the per-adapter lists."""
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(path, f"the zoo's adapter names must be a non-empty list of strings, got {names!r:.80}")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise CheckpointError(path, f"adapter names repeat: {dup[:3]} (an export by name would pick the first)")
+    for key in ("source_dtypes", "source_nbytes"):
+        if meta[key] and len(meta[key]) != len(names):
+            raise CheckpointError(path, f"{len(meta[key])} {key} for {len(names)} adapters")
+    if not isinstance(meta["modules"], dict) or not meta["modules"]:
+        raise CheckpointError(path, "the zoo holds no LoRA module")
+
+
+def _check_module(path, mod: str, mb: ModuleBasis, count: int) -> None:
+    """Shapes that fit together (U [m, k_out], V [n, k_in], coefficients [M, k_out, k_in], one
+    norm per adapter) and finite values: what every export and merge relies on."""
+    m, n = mb.spec.shape
+    k_out = mb.U.shape[1] if mb.U.dim() == 2 else -1
+    k_in = mb.V.shape[1] if mb.V.dim() == 2 else -1
+    expected = {"U": (mb.U, (m, k_out)), "V": (mb.V, (n, k_in)),
+                "coefficients": (mb.coefficients, (count, k_out, k_in)), "norm2": (mb.norm2, (count,)), "residual2": (mb.residual2, (count,))}
+    for name, (t, shape) in expected.items():
+        if tuple(t.shape) != shape:
+            raise CheckpointError(path, f"module '{mod}': {name} has shape {list(t.shape)}, expected {list(shape)} "
+                                        f"(ΔW {m} x {n}, {count} adapters)")
+        if not bool(torch.isfinite(t).all()):
+            raise CheckpointError(path, f"module '{mod}': {name} holds NaN or infinite values")

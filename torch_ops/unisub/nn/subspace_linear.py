@@ -14,12 +14,15 @@ class SubspaceLinear(torch.nn.Module):
     parameter (``bias`` too when ``train_bias``). Either basis may be ``None`` (no restriction on
     that side). The weight is formed with ``unisub.reconstruct`` on every forward, so the module runs
     under TorchScript, ``torch.compile`` and ``torch.export``. Build one from a trained layer with
-    :meth:`from_linear`; :meth:`merge` gives back a plain ``nn.Linear`` for inference."""
+    :meth:`from_linear`; :meth:`merge` gives back a plain ``nn.Linear`` for inference, in
+    ``weight_dtype`` (the trained layer's dtype with ``from_linear``, else the offset's): the
+    subspace is kept in the bases' precision, the merged layer must run where the original did."""
 
     def __init__(self, offset: torch.Tensor, U: Optional[torch.Tensor], V: Optional[torch.Tensor],
                  coefficients: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
-                 train_bias: bool = False):
+                 train_bias: bool = False, weight_dtype: Optional[torch.dtype] = None):
         super().__init__()
+        self.weight_dtype = offset.dtype if weight_dtype is None else weight_dtype
         if offset.dim() != 2:
             raise ValueError(f"SubspaceLinear: offset must be an out × in matrix, got shape {tuple(offset.shape)}")
         mp, = map_parameters([("weight", offset)], {"weight": (U, V)})  # validates shapes, orthonormality
@@ -49,7 +52,8 @@ class SubspaceLinear(torch.nn.Module):
         unchanged by folding the weight's out-of-subspace part into the frozen offset."""
         mp, = map_parameters([("weight", linear.weight)], {"weight": subspace})
         offset, C0 = split_weight(mp, keep_residual)
-        return cls(offset, mp.U, mp.V, C0, None if linear.bias is None else linear.bias.detach(), train_bias)
+        return cls(offset, mp.U, mp.V, C0, None if linear.bias is None else linear.bias.detach(), train_bias,
+                   weight_dtype=linear.weight.dtype)
 
     def weight(self) -> torch.Tensor:
         return self.offset + torch.ops.unisub.reconstruct(self.C, self.U, self.V, False)
@@ -60,7 +64,7 @@ class SubspaceLinear(torch.nn.Module):
     @torch.no_grad()
     def merge(self) -> torch.nn.Linear:
         """A plain ``nn.Linear`` computing the same function (weight = offset + U C Vᵀ)."""
-        W = self.weight()
+        W = self.weight().to(self.weight_dtype)
         out = torch.nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, dtype=W.dtype, device=W.device)
         out.weight.copy_(W)
         if self.bias is not None:
