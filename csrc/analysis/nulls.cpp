@@ -65,6 +65,9 @@ std::vector<double> mp_quantiles(double y, int64_t k) {
 
 at::Tensor marchenko_pastur_null(int64_t p, int64_t N, double total) {
   TORCH_CHECK(p >= 0, "unisub.marchenko_pastur_null: p must be >= 0, got ", p);
+  TORCH_CHECK(N >= 0, "unisub.marchenko_pastur_null: N (the unfolding's columns) must be >= 0, got ", N);
+  TORCH_CHECK(std::isfinite(total) && total >= 0, "unisub.marchenko_pastur_null: total (the energy) must be finite and >= 0, got ",
+              total);
   auto out = at::zeros({p}, at::TensorOptions().dtype(at::kDouble));
   if (N <= 0 || !(total > 0) || p == 0) return out;
   const int64_t a = std::min(p, N), b = std::max(p, N);
@@ -83,6 +86,9 @@ double mp_upper_edge(int64_t p, int64_t N, double total) {
 
 at::Tensor gaussian_null(int64_t p, int64_t N, double total, int64_t seed) {
   TORCH_CHECK(p >= 0, "unisub.gaussian_null: p must be >= 0, got ", p);
+  TORCH_CHECK(N >= 0, "unisub.gaussian_null: N (the unfolding's columns) must be >= 0, got ", N);
+  TORCH_CHECK(std::isfinite(total) && total >= 0, "unisub.gaussian_null: total (the energy) must be finite and >= 0, got ",
+              total);
   const auto f64 = at::TensorOptions().dtype(at::kDouble);
   auto out = at::zeros({p}, f64);
   if (N <= 0 || !(total > 0) || p == 0) return out;

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <cmath>
 #include <limits>
 
 #include "ops/checks.h"
@@ -38,6 +39,9 @@ int64_t rank_for_energy(const at::Tensor& eigenvalues, double tau, std::optional
   TORCH_CHECK(eigenvalues.dim() == 1, "unisub.rank_for_energy: eigenvalues must be 1-D, got shape ",
               eigenvalues.sizes());
   const auto c = eigenvalues.detach().to(at::kCPU, at::kDouble).contiguous();
+  // a NaN spectrum (or total) would keep one direction as if the stack were zero
+  TORCH_CHECK_VALUE(detail::all_finite(c), "unisub.rank_for_energy: eigenvalues hold NaN or infinity");
+  TORCH_CHECK_VALUE(!total || std::isfinite(*total), "unisub.rank_for_energy: total must be finite, got ", *total);
   const double* p = c.data_ptr<double>();
   return rank_for_energy(std::vector<double>(p, p + c.numel()), tau, total);
 }

@@ -197,3 +197,14 @@ def test_fake_kernels_refuse_what_the_real_ones_refuse():
             unisub.principal_angles(torch.randn(6, 2), torch.randn(5, 2))
         with pytest.raises(RuntimeError, match="method must be 'auto', 'gram' or 'randomized'"):
             unisub.mode_svd(torch.randn(3, 4, 5), 1, method="lapack")
+
+
+def test_null_and_rank_rule_inputs_out_of_their_domain_are_refused():
+    # a negative N or NaN energy gave a null of zeros; a NaN spectrum kept one direction
+    for op in (torch.ops.unisub.marchenko_pastur_null, lambda p, N, t: torch.ops.unisub.gaussian_null(p, N, t, 0)):
+        with pytest.raises(RuntimeError, match="N .* must be >= 0"):
+            op(4, -3, 1.0)
+        with pytest.raises(RuntimeError, match="total .* must be finite"):
+            op(4, 10, float("nan"))
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        torch.ops.unisub.rank_for_energy(torch.tensor([1.0, float("nan")], dtype=torch.float64), 0.9)
