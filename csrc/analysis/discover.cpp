@@ -114,10 +114,11 @@ bool leads_back(const fs::path& link, const fs::path& parent, const std::set<std
 }
 
 void visit(const fs::path& p, bool top, std::vector<Source>& found, std::set<std::string>& searched) {
-  check_utf8(p);
+  if (top) check_utf8(p);  // below, only what is taken as a model is checked: other names do not matter
   std::error_code ec;
   if (fs::is_directory(p, ec)) {
     if (is_model_folder(p)) {
+      check_utf8(p);
       found.push_back({p.string(), fs::exists(p / "adapter_config.json") ? "adapter" : "folder"});
       return;
     }

@@ -102,6 +102,9 @@ OutputFolder::OutputFolder(std::string dir, const std::string& run_json, bool re
                       (root / "state").string(),
                       "' is from a different run (other checkpoints, slots or options); start without --resume");
   }
+  // an earlier unisub run's folder (its run description is there): what it wrote is forgotten below;
+  // any other folder's files are the user's and stay
+  const bool earlier_run = fs::exists(record);
   for (const char* sub : {"subspaces", "slots", "state"}) make_dir(root / sub);
   const auto lock = (root / "state" / "lock").string();
   lock_fd_ = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
@@ -127,11 +130,11 @@ OutputFolder::OutputFolder(std::string dir, const std::string& run_json, bool re
   std::error_code ec;
   for (const auto& [sub, extension] : {std::pair{"slots", ".json"}, std::pair{"subspaces", ".safetensors"},
                                        std::pair{"plots", ".png"}}) {
-    if (!fs::is_directory(root / sub, ec)) continue;
+    if (!earlier_run || !fs::is_directory(root / sub, ec)) continue;
     for (const auto& e : fs::directory_iterator(root / sub, ec))
       if (e.path().extension() == extension) fs::remove(e.path(), ec);
   }
-  fs::remove(root / "report.json", ec);
+  if (earlier_run) fs::remove(root / "report.json", ec);
   for (const auto& e : fs::directory_iterator(root / "state"))
     if (e.path().filename().string().rfind("partial.", 0) == 0) fs::remove(e.path(), ec);
   write_file_atomically(record.string(), run_json + "\n");

@@ -222,3 +222,31 @@ def test_a_hard_link_to_a_model_is_the_same_model(tmp_path, gen):
     zoo = _models(tmp_path / "zoo", gen, 1.0)
     os.link(zoo / "m0.safetensors", zoo / "m9.safetensors")  # before: analysed as a fifth model
     _refused_alike(_both(zoo, "--out", tmp_path / "o"), "m9.safetensors", "given twice", "m0.safetensors")
+
+
+def test_a_folder_no_run_has_used_keeps_its_files(tmp_path, gen):
+    # the fresh-run cleanup is for an earlier run's files, found by its state/run.json
+    zoo = _models(tmp_path / "zoo", gen, 1.0)
+    out = tmp_path / "myproject"
+    (out / "plots").mkdir(parents=True)
+    (out / "plots" / "figure1.png").write_bytes(b"png")
+    (out / "report.json").write_text("{}")
+    run = _run_tool(zoo, "--out", out)
+    assert run.returncode == 0, run.stderr
+    assert (out / "plots" / "figure1.png").read_bytes() == b"png"
+
+
+def test_a_subfolder_with_a_non_utf8_name_and_no_model_is_ignored(tmp_path, gen):
+    import os
+
+    zoo = _models(tmp_path / "zoo", gen, 1.0)
+    os.mkdir(os.fsencode(zoo) + b"/caf\xe9-notes")
+    found, _ = torch.ops.unisub.discover_sources([str(zoo)])
+    assert len(found) == 4
+
+
+def test_the_tool_reads_a_plus_sign_and_an_underflowing_energy_as_numbers(tmp_path, gen):
+    zoo = _models(tmp_path / "zoo", gen, 1.0)
+    assert _run_tool(zoo, "--out", tmp_path / "o", "--rank", "+2").returncode == 0
+    run = _run_tool(zoo, "--out", tmp_path / "o2", "--energy", "1e-400")
+    assert run.returncode == 2 and "--energy must lie in (0, 1], got 0" in run.stderr

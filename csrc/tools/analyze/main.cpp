@@ -67,7 +67,9 @@ struct Options {
 int64_t integer_option(const std::string& option, const std::string& text) {
   int64_t v = 0;
   const char* end = text.data() + text.size();
-  const auto [stop, ec] = std::from_chars(text.data(), end, v);
+  // a leading '+' is a sign, as Python's int() and strtoll read it (from_chars does not)
+  const char* begin = text.size() > 1 && text[0] == '+' && text[1] != '-' ? text.data() + 1 : text.data();
+  const auto [stop, ec] = std::from_chars(begin, end, v);
   if (ec == std::errc::result_out_of_range)
     usage_error(fmt::format("{} {} is out of range: values must fit a signed 64-bit integer", option, text));
   if (ec != std::errc() || stop != end) usage_error(fmt::format("{} takes an integer, got '{}'", option, text));
@@ -78,7 +80,9 @@ double number_option(const std::string& option, const std::string& text) {
   errno = 0;
   char* stop = nullptr;
   const double v = std::strtod(text.c_str(), &stop);
-  if (text.empty() || stop != text.c_str() + text.size() || errno == ERANGE)
+  // ERANGE with a result of 0 is an underflow: the number is read (as 0), and the option's own range
+  // check says what is wrong with it
+  if (text.empty() || stop != text.c_str() + text.size() || (errno == ERANGE && v != 0))
     usage_error(fmt::format("{} takes a number, got '{}'", option, text));
   return v;
 }
