@@ -158,10 +158,16 @@ def test_multitask_rows_must_match_the_batch(zoo_file):
     served = MultiTaskLoRA(_Model().eval(), LoraZoo.load(zoo_file))
     x = torch.randn(4, 5)
     with torch.no_grad():
-        with pytest.raises(ValueError, match="2 tasks .* 4 rows"):
-            served.set_task(["a", "b"])(x)
-        with pytest.raises(ValueError, match="3 tasks"):
+        with pytest.raises(ValueError, match="3 tasks .* not a multiple"):
             served.set_task(torch.tensor([0, 1, 2]))(x)
+        with pytest.raises(ValueError, match="3 tasks"):
+            served.set_task(["a", "b", "a"])(x)
+        # a flattened [B·S, H] input: t runs of S consecutive rows, as before
+        runs = served.set_task(["a", "b"])(x)
+        assert torch.allclose(runs, served.set_task(["a", "a", "b", "b"])(x))
+        # one task however given serves the whole batch
+        assert torch.allclose(served.set_task(["a"])(x), served.set_task("a")(x))
+        assert torch.allclose(served.set_task(torch.tensor(0))(x), served.set_task(0)(x))
         rows = served.set_task(["a", "a", "b", "b"])(x)
         assert torch.allclose(rows[:2], served.set_task("a")(x)[:2])  # one task: the whole batch
         assert torch.allclose(rows[2:], served.set_task("b")(x)[2:])
@@ -263,9 +269,14 @@ def test_tracker_csv_does_not_overwrite_other_files(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(5, 6))
     data = tmp_path / "data.csv"
     data.write_text("precious,user,data\n1,2,3\n")
-    with pytest.raises(ValueError, match="not a ConvergenceTracker CSV"):
+    with pytest.raises(ValueError, match="not this ConvergenceTracker's CSV"):
         ConvergenceTracker(model, {"0.weight": (U, None)}, csv=data)
     assert data.read_text() == "precious,user,data\n1,2,3\n"
+    log = tmp_path / "log.csv"  # a user's training log whose first column is "step" too
+    log.write_text("step,loss\n1,0.5\n")
+    with pytest.raises(ValueError, match="not this ConvergenceTracker's CSV"):
+        ConvergenceTracker(model, {"0.weight": (U, None)}, csv=log)
+    assert log.read_text() == "step,loss\n1,0.5\n"
     with pytest.raises(ValueError, match="is a folder"):
         ConvergenceTracker(model, {"0.weight": (U, None)}, csv=tmp_path)
     own = tmp_path / "run.csv"
@@ -285,3 +296,42 @@ def test_demo_out_that_cannot_be_used_is_one_line_exit_2(tmp_path):
     (mine / "analysis" / "notes.txt").write_text("keep")
     assert main(["demo", "--quick", "--out", str(mine)]) == 2
     assert (mine / "analysis" / "notes.txt").read_text() == "keep"  # nothing deleted
+
+
+def test_projector_keeps_a_create_graph_gradient_in_its_graph():
+    # project_ refuses a gradient that is part of a graph (backward(create_graph=True)); the
+    # projector projects it out of place instead, so second-order methods still work
+    from unisub import GradientProjector
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 6, dtype=torch.float64)
+    U = torch.linalg.qr(torch.randn(6, 2, dtype=torch.float64))[0]
+    projector = GradientProjector(model, {"weight": (U, None)})
+    x = torch.randn(3, 5, dtype=torch.float64)
+    model(x).pow(3).sum().backward(create_graph=True)
+    g = model.weight.grad
+    assert g.requires_grad
+    torch.testing.assert_close(g, U @ (U.T @ g))
+    projector.remove()
+
+
+def test_a_failed_adapter_write_leaves_the_old_adapter_whole(tmp_path, monkeypatch):
+    from unisub.lora import peft_out
+
+    folder = tmp_path / "ad"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text('{"r": 4}')
+    (folder / "adapter_model.safetensors").write_bytes(b"old")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    from unisub.lora.adapters import ModuleSpec
+
+    spec = ModuleSpec("q.lora_A.weight", "q.lora_B.weight", (6, 5), (5,), (6,))
+    monkeypatch.setattr(peft_out, "save_file", full_disk)
+    with pytest.raises(OSError):
+        peft_out.write_adapter(folder, {"q": (torch.randn(6, 2), torch.randn(2, 5))}, {"q": spec}, {"r": 4})
+    assert (folder / "adapter_config.json").read_text() == '{"r": 4}'
+    assert (folder / "adapter_model.safetensors").read_bytes() == b"old"
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]

@@ -5,7 +5,7 @@ from typing import Dict, List, Mapping, Optional
 import torch
 
 from .mapping import MappedParameter, SubspaceSpec, map_parameters
-from .ops.projection import project_, project_list_
+from .ops.projection import project, project_, project_list_
 
 
 class GradientProjector:
@@ -49,7 +49,9 @@ class GradientProjector:
             model.register_comm_hook(None, self._ddp_hook)
         else:
             for mp in self.mapped:  # frozen ones too: gradual unfreezing must not escape the projection
-                self._handles.append(_grad_hook(mp.param, self._on_grad))
+                handle = _grad_hook(mp.param, self._on_grad)
+                if handle is not None:
+                    self._handles.append(handle)
 
     # -- gradient projection -------------------------------------------------------------------
     def _on_grad(self, param: torch.Tensor) -> None:
@@ -70,6 +72,10 @@ class GradientProjector:
                                    f"e.g. an nn.Embedding(sparse=True))")
             if not torch.isfinite(g).all():
                 continue  # an AMP overflow step: GradScaler skips it; projecting would spread the inf
+            if g.requires_grad:  # backward(create_graph=True): the projection stays in the graph
+                mp.param.grad = project(g.reshape(mp.matrix_shape), mp.U, mp.V, self.complement,
+                                        check_basis=False).reshape(g.shape).to(g.dtype)
+                continue
             mat = g.view(mp.matrix_shape) if g.is_contiguous() else g.reshape(mp.matrix_shape).clone()
             if not g.is_contiguous():
                 copies.append((g, mat))
@@ -149,7 +155,10 @@ def _grad_hook(param: torch.Tensor, fn):
     fires once it is unfrozen and gets a gradient."""
     frozen = not param.requires_grad
     if frozen:
-        param.requires_grad_(True)
+        try:
+            param.requires_grad_(True)
+        except RuntimeError:  # an inference tensor can never require grad, so never needs the hook
+            return None
     try:
         return param.register_post_accumulate_grad_hook(fn)
     finally:

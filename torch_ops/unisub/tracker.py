@@ -314,10 +314,12 @@ class ConvergenceTracker:
             csv_path.parent.mkdir(parents=True, exist_ok=True)
             header = ["step", *self.keys]
             found = _first_row(csv_path)
-            if not append and found is not None and found[:1] != ["step"]:
-                # a tracker's own CSV is replaced (a rerun); any other file may be the user's data
-                raise ValueError(f"csv: {csv_path} exists and is not a ConvergenceTracker CSV (first row "
-                                 f"{found[:3]}...); it would be overwritten: write to a new file")
+            if not append and found is not None and found != header:
+                # this tracker's own CSV (the same columns: a rerun) is replaced; any other file may be
+                # the user's data (a training log whose first column is "step" too)
+                raise ValueError(f"csv: {csv_path} exists and is not this ConvergenceTracker's CSV (first row "
+                                 f"{found[:3]}..., expected {header[:3]}...); it would be overwritten: write to a "
+                                 "new file")
             resumed = append and found is not None
             if resumed:
                 if found != header:

@@ -70,7 +70,7 @@ def _run(config, out, cache, log, start):
     _section(log, "Spectra of each layer against a matched Gaussian null (unisub.analyze)")
     spectra = []
     for name, paths in (("finetuned", zoo.finetuned), ("scratch", zoo.scratch)):
-        folder = out / "analysis" / name  # cleared by prepare_out: analyze needs a new folder
+        folder = out / "analysis" / name  # cleared by prepare_out: no earlier run's files
         analyze([str(p) for p in paths], slots=list(LAYERS), energy=0.9, out=folder, progress=False)
         spectra += spectrum_rows(json.loads((folder / "report.json").read_text()), name)
     log(table([{**r, "where": f"{r['zoo']} {r['slot']} [{r['mode']}]"} for r in spectra],

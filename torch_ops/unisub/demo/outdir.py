@@ -1,6 +1,7 @@
 """The demo's report folder: the demo replaces only what it wrote there itself.
 
-A rerun must clear the previous run's subfolders (``analyze`` refuses a non-empty folder), but
+A rerun must clear the previous run's subfolders (stale adapters and analyses must not pass for
+this run's), but
 ``--out`` may name a folder of the user's: so a folder the demo uses carries a marker file, and a
 non-empty folder without one is refused before anything in it is touched."""
 import json

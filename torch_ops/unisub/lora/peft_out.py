@@ -52,11 +52,17 @@ def write_adapter(folder, factors: Mapping[str, Tuple[torch.Tensor, torch.Tensor
     for k, t in (extras or {}).items():
         tensors[PREFIX + k] = t
     config = lora_config(template, ranks)
-    # The config goes first and comes back last: interrupted anywhere in between, the folder holds
-    # no config, which PEFT refuses loudly, never new weights beside an old config, which PEFT would
-    # load with the old lora_alpha / r scaling (silently wrong).
-    _remove(folder / "adapter_config.json")
-    save_file(tensors, folder / "adapter_model.safetensors", metadata={"format": "pt"})
+    # The weights are written aside first: a failure there (a full disk, a dtype safetensors cannot
+    # hold) leaves the old adapter whole. Then the config goes and comes back last: interrupted in
+    # between, the folder holds no config, which PEFT refuses loudly, never new weights beside an
+    # old config, which PEFT would load with the old lora_alpha / r scaling (silently wrong).
+    staged = folder / f".adapter_model.safetensors.{os.getpid()}.new"
+    try:
+        save_file(tensors, staged, metadata={"format": "pt"})
+        _remove(folder / "adapter_config.json")
+        os.replace(staged, folder / "adapter_model.safetensors")
+    finally:
+        _remove(staged)
     _remove(folder / "adapter_model.bin")
     write_json(folder / "adapter_config.json", config)
     return folder

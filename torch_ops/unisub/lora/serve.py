@@ -54,10 +54,12 @@ class SharedSubspaceLinear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ids = self._selector.ids
-        if self._selector.per_row and (x.dim() < 2 or x.shape[0] != ids.shape[0]):
-            # checked: the grouping below would otherwise serve whole runs of rows with one task
+        if self._selector.per_row and (x.dim() < 2 or x.shape[0] % ids.shape[0] != 0):
+            # the grouping below serves t runs of consecutive rows ([B, S, H] by batch row, and a
+            # flattened [B·S, H] by runs of S rows); rows that do not split into t runs are an error
             raise ValueError(f"MultiTaskLoRA: set_task was given {ids.shape[0]} tasks (one per batch row), but the "
-                             f"batch has {x.shape[0] if x.dim() >= 2 else 'no'} rows (input of shape {list(x.shape)})")
+                             f"input's first dimension ({x.shape[0] if x.dim() >= 2 else 'none'}, input of shape "
+                             f"{list(x.shape)}) is not a multiple of it")
         C = self.cores.index_select(0, ids)  # [t, k_in, k_out], t = 1 or one per batch row
         h = torch.nn.functional.linear(x, self.Vt)  # x V: [..., k_in]
         shape = h.shape
@@ -128,7 +130,8 @@ class MultiTaskLoRA(torch.nn.Module):
             ids = torch.tensor([self._id(task)], dtype=torch.long)
         device = next(iter(self._originals.values())).weight.device
         self._selector.ids = ids.to(device)
-        self._selector.per_row = isinstance(task, (torch.Tensor, list, tuple))
+        # a single task, however given (a 0-d tensor, a one-element list), serves the whole batch
+        self._selector.per_row = isinstance(task, (torch.Tensor, list, tuple)) and ids.numel() > 1
         return self
 
     def forward(self, *args, **kwargs):
