@@ -81,12 +81,6 @@ at::Tensor read_finite(const Checkpoint& model, const std::string& key, bool sca
   return t;
 }
 
-at::Tensor read_finite_unscaled(const Checkpoint& model, const std::string& key) {
-  auto t = model.get_unscaled(key);
-  refuse(model, key, weight_problem(t));
-  return t;
-}
-
 void add_delta_model(DeltaAccumulator& acc, const Checkpoint& model, const std::string& a_key,
                      const std::string& b_key, bool scale, int64_t id) {
   // conv and embedding factors are stored with more dimensions: their matrix view, B [m, ·], A [·, n]

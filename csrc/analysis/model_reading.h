@@ -32,8 +32,6 @@ std::pair<std::string, std::string> delta_problem(const at::Tensor& B, const at:
 
 // The tensor as analysed (a lora_B times its scaling when `scale`; Checkpoint::get).
 at::Tensor read_finite(const Checkpoint& model, const std::string& key, bool scale);
-// The tensor as stored, its dtype kept (Checkpoint::get_unscaled).
-at::Tensor read_finite_unscaled(const Checkpoint& model, const std::string& key);
 
 // One model of a delta module: B [m, r] and A [r, n] read as stored and added to `acc` (whose shape
 // is m × n) with s = model.scaling(b_key, scale), under `id` (< 0: the next one).

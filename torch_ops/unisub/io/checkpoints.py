@@ -234,7 +234,8 @@ def discover(paths, scale_lora: bool = True) -> List[Checkpoint]:
     are models, which are folders of models), the one unisub-analyze follows (docs/format.md)."""
     if isinstance(paths, (str, bytes, os.PathLike)):
         paths = [paths]
-    found, kinds = _utf8_names(reader_call, torch.ops.unisub.discover_sources, [_utf8_path(p) for p in paths])
+    # libunisub refuses, by name, a model it finds whose name is not UTF-8 (discover.cpp)
+    found, kinds = reader_call(torch.ops.unisub.discover_sources, [_utf8_path(p) for p in paths])
     return [_open_source(Path(p), kind, scale_lora) for p, kind in zip(found, kinds)]
 
 
